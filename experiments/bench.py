@@ -1,0 +1,128 @@
+"""Speed and memory of the iterative fitters on synthetic data shaped like MovieLens.
+
+    python experiments/bench.py --preset ml20m --model als --rank 10 --iters 5 --json
+
+One iteration is one ALS sweep (users then items). Prints one JSON line (``--json``) or a
+short table row per run and appends the JSON to ``--out``. Fields: model, rank, preset,
+n_ratings, num_users, num_items, setup_seconds (encoding), compile_seconds,
+seconds_per_iter (median of the timed iterations after compile), seconds_per_iter_all,
+ratings_per_second, peak_rss_mb, devices, backend, probmf_version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+import probmf
+from probmf.data.synthetic import PRESETS, synthetic_preset
+from probmf.encoding import encode, layout_for_rank
+from probmf.fitters.als import als_run, check_als_options, make_priors
+from probmf.model import init_params
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def setup_als(rng_key, train, args):
+    """Returns (state, step) where step(state) -> state runs one jitted ALS sweep."""
+    check_als_options(
+        rank=args.rank, lam=args.lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10
+    )
+    solver = args.solver if args.solver != "auto" else ("cholesky" if args.rank <= 32 else "cg")
+    data = encode(train, layout_for_rank(args.rank))
+    params = init_params(rng_key, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
+    priors = make_priors(data.by_user.counts, data.by_item.counts, lam=args.lam, lam_bias=1.0)
+
+    def step(p):
+        return als_run(p, data, priors, num_sweeps=1, solver=solver)[0]
+
+    return params, step
+
+
+SETUPS = {"als": setup_als}
+
+
+def run(args) -> dict:
+    if args.smoke:
+        train, _ = synthetic_preset("tiny", seed=args.seed)
+    else:
+        train, _ = synthetic_preset(args.preset, seed=args.seed)
+    key = jax.random.PRNGKey(args.seed)
+    t0 = time.perf_counter()
+    state, step = SETUPS[args.model](key, train, args)
+    jax.block_until_ready(state)
+    setup = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(step(state))  # first call: trace + compile + one iteration
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(step(state))
+        times.append(time.perf_counter() - t0)
+    per_iter = statistics.median(times)
+    return {
+        "model": args.model,
+        "rank": args.rank,
+        "preset": "tiny" if args.smoke else args.preset,
+        "n_ratings": len(train),
+        "num_users": train.num_users,
+        "num_items": train.num_items,
+        "setup_seconds": round(setup, 3),
+        "compile_seconds": round(max(first - per_iter, 0.0), 3),
+        "seconds_per_iter": round(per_iter, 4),
+        "seconds_per_iter_all": [round(t, 4) for t in times],
+        "ratings_per_second": round(len(train) / per_iter),
+        "peak_rss_mb": round(_peak_rss_mb()),
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "probmf_version": probmf.__version__,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="ml20m", choices=sorted(PRESETS))
+    p.add_argument("--model", default="als", choices=sorted(SETUPS))
+    p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.05)
+    p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="tiny data, for tests")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--out", default="results/bench.jsonl", help="append the JSON rows here ('' to skip)")
+    args = p.parse_args(argv)
+    if args.iters < 1:
+        p.error("--iters must be >= 1")
+    row = run(args)
+    line = json.dumps(row)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(line + "\n")
+    if args.json:
+        print(line)
+    else:
+        print(
+            f"{row['model']} rank {row['rank']} on {row['preset']} ({row['n_ratings']:,} ratings): "
+            f"{row['seconds_per_iter']:.3f} s/iter, compile {row['compile_seconds']:.1f} s, "
+            f"setup {row['setup_seconds']:.1f} s, peak RSS {row['peak_rss_mb']:,} MB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

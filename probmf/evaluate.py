@@ -1,0 +1,173 @@
+"""Fit a model on training ratings and score it on held-out ratings: one row per fold.
+
+The row schema is the project's measurement interface (`probmf evaluate --json`):
+dataset, split, model, rank, rmse, mae, n_train, n_test, n_cold, fit_seconds,
+predict_seconds, probmf_version, seed, options.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+import probmf
+from probmf.data.io import read_ratings
+from probmf.data.movielens import DATASETS, DatasetNotFoundError, load_movielens, load_split
+from probmf.data.ratings import Ratings
+from probmf.data.splits import kfold, random_split
+from probmf.data.synthetic import PRESETS, synthetic_preset
+from probmf.fitters import FITTERS
+from probmf.metrics import accuracy, predict_ratings
+
+OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
+FALLBACK_PRESET = {"ml-100k": "ml100k", "ml-1m": "ml1m", "ml-20m": "ml20m"}
+
+
+def fitter_options(model: str) -> dict:
+    """The keyword options of a fitter and their defaults."""
+    sig = inspect.signature(FITTERS[model])
+    return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def resolve_options(model: str, given: dict) -> dict:
+    """The fitter's defaults overridden by ``given``; an option the model lacks is an error."""
+    if model not in FITTERS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(FITTERS)}")
+    options = fitter_options(model)
+    for name in given:
+        if name not in options:
+            raise ValueError(
+                f"option {name!r} does not apply to model {model!r} (it takes {sorted(options)})"
+            )
+    return {**options, **given}
+
+
+def evaluate_fold(
+    model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True
+) -> dict:
+    """Fit ``model`` on ``train`` and score it on ``test`` (test ids in train's id space).
+
+    ``clip``: True bounds predictions to the training rating range, False leaves them, or a
+    (low, high) pair. Cold pairs (a user or item with no training rating) are predicted
+    from biases and mu, and counted in ``n_cold``.
+    """
+    options = resolve_options(model, options)
+    if clip is True:
+        clip = (float(train.values.min()), float(train.values.max()))
+    t0 = time.perf_counter()
+    result = FITTERS[model](jax.random.PRNGKey(seed), train, **options)
+    jax.block_until_ready(result.params)
+    fit_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = predict_ratings(result.params, test, clip=clip or None)
+    predict_seconds = time.perf_counter() - t0
+    return {
+        "model": model,
+        "rank": int(result.params.rank),
+        **accuracy(pred, test, train=train),
+        "n_train": len(train),
+        "fit_seconds": round(fit_seconds, 4),
+        "predict_seconds": round(predict_seconds, 4),
+        "probmf_version": probmf.__version__,
+        "seed": seed,
+        "options": {k: v for k, v in options.items() if k != "rank"},
+    }
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """The mean of the numeric fields of per-fold rows, as a row with split "mean"."""
+    out = dict(rows[0])
+    out["split"] = "mean"
+    for key in ("rmse", "mae", "n_train", "n_test", "n_cold", "fit_seconds", "predict_seconds"):
+        out[key] = float(np.mean([r[key] for r in rows]))
+    out["folds"] = [r["split"] for r in rows]
+    return out
+
+
+def folds(
+    data: str | None,
+    split: str,
+    *,
+    train_file=None,
+    test_file=None,
+    seed: int = 0,
+    fallback: bool = True,
+    notify=None,
+) -> Iterator[tuple[str, str, Ratings, Ratings]]:
+    """Yield (dataset, split, train, test) for ``probmf evaluate``.
+
+    data: a MovieLens name ("ml-100k", ...), "synthetic" or "synthetic:<preset>"; ignored
+      when ``train_file``/``test_file`` are given.
+    split: u1..u5, ua, ub (ML-100K's official splits; on other data u1..u5 are the folds
+      of a seeded 5-fold split), "all" (u1..u5), or "holdout" (seeded random 80/20).
+    fallback: when MovieLens is absent and cannot be downloaded, use the synthetic preset
+      of the same shape and say so through ``notify``.
+    """
+    notify = notify or (lambda msg: print(msg, file=sys.stderr))
+    if train_file or test_file:
+        if not (train_file and test_file):
+            raise ValueError("--train and --test go together")
+        train = read_ratings(train_file)
+        test = read_ratings(test_file).reindex(train.user_ids, train.item_ids)
+        yield "files", str(test_file), train, test
+        return
+    names = FOLDS if split == "all" else (split,)
+    for name in names:
+        if name not in OFFICIAL_SPLITS + ("holdout",):
+            raise ValueError(f"unknown split {name!r}; choose u1..u5, ua, ub, all or holdout")
+    if data == "ml-100k" and split != "holdout":
+        try:
+            for name in names:
+                train, test = load_split("ml-100k", name)
+                yield data, name, train, test
+            return
+        except DatasetNotFoundError as err:
+            if not fallback:
+                raise
+            ratings, data = _fallback(data, err, notify)
+    elif data in DATASETS:
+        try:
+            ratings = load_movielens(data)
+        except DatasetNotFoundError as err:
+            if not fallback or data not in FALLBACK_PRESET:
+                raise
+            ratings, data = _fallback(data, err, notify)
+    elif data and (data == "synthetic" or data.startswith("synthetic:")):
+        preset = data.partition(":")[2] or "ml100k"
+        if preset not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
+        ratings, _ = synthetic_preset(preset, seed=0)
+        data = f"synthetic:{preset}"
+    else:
+        raise ValueError(f"unknown dataset {data!r}; choose one of {sorted(DATASETS)} or synthetic[:preset]")
+    yield from _cv_folds(data, ratings, names, seed)
+
+
+def _fallback(name: str, err: Exception, notify) -> tuple[Ratings, str]:
+    preset = FALLBACK_PRESET[name]
+    notify(
+        f"probmf: NOTICE: MovieLens {name} is not available ({str(err).splitlines()[0]}).\n"
+        f"probmf: NOTICE: using SYNTHETIC data shaped like it instead (preset {preset!r}); "
+        f"these figures are not MovieLens figures."
+    )
+    ratings, _ = synthetic_preset(preset, seed=0)
+    return ratings, f"synthetic:{preset}"
+
+
+def _cv_folds(dataset: str, ratings: Ratings, names, seed: int):
+    if names == ("holdout",):
+        train, test = random_split(ratings, 0.2, seed=seed)
+        yield dataset, "holdout", train, test
+        return
+    split_list = kfold(ratings, 5, seed=seed)
+    for name in names:
+        if name not in FOLDS:
+            raise ValueError(f"split {name!r} exists only for ml-100k; use u1..u5, all or holdout")
+        train, test = split_list[FOLDS.index(name)]
+        yield dataset, name, train, test

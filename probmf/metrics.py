@@ -1,0 +1,57 @@
+"""Accuracy metrics over held-out ratings (never over the whole matrix)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from probmf.data.ratings import Ratings
+from probmf.model import MFParams, predict_with_fallback
+
+
+def rmse(pred, truth) -> float:
+    """sqrt(mean (pred - truth)^2)."""
+    err = jnp.asarray(pred, jnp.float32) - jnp.asarray(truth, jnp.float32)
+    return float(jnp.sqrt(jnp.mean(err * err)))
+
+
+def mae(pred, truth) -> float:
+    """mean |pred - truth|."""
+    return float(jnp.mean(jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(truth, jnp.float32))))
+
+
+def predict_ratings(
+    params: MFParams, test: Ratings, *, clip: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Predicted means for every pair of ``test`` (indices in the training id space).
+
+    Cold users/items (index -1) are predicted from what is known: biases and mu
+    (`probmf.model.predict_with_fallback`). ``clip`` bounds predictions to the rating scale.
+    """
+    pred = predict_with_fallback(params, jnp.asarray(test.users), jnp.asarray(test.items))
+    if clip is not None:
+        pred = jnp.clip(pred, clip[0], clip[1])
+    return np.asarray(pred)
+
+
+def cold_mask(test: Ratings, train: Ratings | None = None) -> np.ndarray:
+    """bool (n,): the pair's user or item is unknown (-1) or, given ``train``, has no
+    training rating (its factors were never fitted)."""
+    cold = ~test.known
+    if train is not None:
+        seen_u = np.bincount(train.users, minlength=train.num_users) > 0
+        seen_i = np.bincount(train.items, minlength=train.num_items) > 0
+        cold |= ~seen_u[np.maximum(test.users, 0)] | ~seen_i[np.maximum(test.items, 0)]
+    return cold
+
+
+def accuracy(pred, test: Ratings, *, train: Ratings | None = None) -> dict:
+    """RMSE, MAE, the test size and how many test pairs are cold (see `cold_mask`)."""
+    if len(test) == 0:
+        raise ValueError(f"{test.source or 'test ratings'}: no held-out ratings to evaluate")
+    return {
+        "rmse": rmse(pred, test.values),
+        "mae": mae(pred, test.values),
+        "n_test": len(test),
+        "n_cold": int(np.sum(cold_mask(test, train))),
+    }
