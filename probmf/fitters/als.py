@@ -219,9 +219,9 @@ def fit_als(
     train: Ratings,
     *,
     rank: int = 10,
-    lam: float = 0.05,
-    lam_bias: float = 5.0,
-    weight_exponent: float = 0.0,
+    lam: float = 1.5,
+    lam_bias: float = 3.0,
+    weight_exponent: float = 0.5,
     num_sweeps: int = 15,
     solver: str = "auto",
     cg_iters: int = 10,
@@ -229,17 +229,29 @@ def fit_als(
 ) -> ALSResult:
     """Fit the biased MF model by ALS (MAP; lam = lam_bias = 0 gives the MLE).
 
+    Defaults were chosen by cross-validation on the ML-100K training folds
+    (``experiments/tune.py``): rank 10, lam 1.5 with weight_exponent 0.5, lam_bias 3.
+
     Args:
       rng_key: PRNG key for the factor initialisation.
       train: training `Ratings` (every id known).
       rank: k >= 0; rank 0 is the biases-only model.
-      lam: factor ridge strength (per rating when ``weighted``, ALS-WR).
+      lam: factor ridge strength; row i gets lam * n_i ** weight_exponent.
       lam_bias: bias ridge strength.
+      weight_exponent: alpha in lam * n_i^alpha: 0 plain L2, 1 ALS-WR (Zhou et al. 2008).
       num_sweeps: ALS sweeps (each updates users, then items).
       solver: "cholesky" (exact), "cg" (batched CG, ``cg_iters`` iterations, no LAPACK) or
         "auto" (cholesky up to rank 32, CG above, where LAPACK's per-matrix calls dominate).
+      init_scale: sd of the initial factors.
     Returns:
       `ALSResult(params, trace, priors)`; ``trace[s]`` is the objective after sweep s.
+
+    Example:
+      >>> from probmf.data.synthetic import synthetic_preset
+      >>> train, _ = synthetic_preset("tiny")
+      >>> result = fit_als(jax.random.PRNGKey(0), train, rank=3, num_sweeps=5)
+      >>> result.params.W.shape, result.trace.shape
+      ((60, 3), (5,))
     """
     check_als_options(
         rank=rank, lam=lam, lam_bias=lam_bias, num_sweeps=num_sweeps, solver=solver, cg_iters=cg_iters

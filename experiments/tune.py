@@ -1,0 +1,82 @@
+"""Choose a fitter's default hyper-parameters by cross-validation on TRAINING data only.
+
+    python experiments/tune.py --model als --rank 10
+
+For each official ML-100K fold u1..u5, the training file uX.base is split 80/20 at random
+(seed X); every configuration of the grid is fitted on the 80% and scored (RMSE, clipped
+to the rating range) on the 20%. The test files uX.test are never read. The
+configuration with the lowest mean validation RMSE is printed last; all rows are saved
+as JSON lines to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from probmf.data.movielens import load_split
+from probmf.data.splits import random_split
+from probmf.evaluate import FOLDS, evaluate_fold
+
+GRIDS = {
+    "als": [
+        {"weight_exponent": a, "lam": lam, "lam_bias": lb}
+        for a, lams in (
+            (0.0, (5, 8, 10, 12, 15, 20)),
+            (0.5, (0.5, 1, 1.5, 2, 3)),
+            (1.0, (0.03, 0.05, 0.08, 0.12)),
+        )
+        for lam, lb in itertools.product(lams, (1.0, 3.0, 10.0))
+    ],
+    "baseline": [{"lam_bias": lb} for lb in (0.5, 1, 2, 3, 5, 10, 15, 25)],
+    "svd": [{"lam_bias": lb} for lb in (1, 3, 10)],
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="als", choices=sorted(GRIDS))
+    p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--out", default="results/tune.jsonl")
+    args = p.parse_args(argv)
+
+    inner = []
+    for k, fold in enumerate(FOLDS, start=1):
+        base, _ = load_split("ml-100k", fold)  # the test file is not used
+        inner.append(random_split(base, 0.2, seed=k))
+    rows = []
+    for config in GRIDS[args.model]:
+        options = dict(config)
+        if args.model != "baseline":
+            options["rank"] = args.rank
+        t0 = time.perf_counter()
+        scores = [evaluate_fold(args.model, tr, va, options=options)["rmse"] for tr, va in inner]
+        row = {
+            "model": args.model,
+            "rank": options.get("rank", 0),
+            **config,
+            "val_rmse": float(np.mean(scores)),
+            "val_rmse_folds": [round(s, 4) for s in scores],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = min(rows, key=lambda r: r["val_rmse"])
+    print("best:", json.dumps(best))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
