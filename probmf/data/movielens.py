@@ -1,0 +1,379 @@
+"""MovieLens ratings, official splits and titles (https://grouplens.org/datasets/movielens/).
+
+A dataset folder ``<name>`` (the unzipped GroupLens archive) is looked for, in order, at:
+
+1. the ``path`` argument;
+2. ``$PROBMF_DATA_DIR/<name>``;
+3. the cache, ``$XDG_CACHE_HOME/probmf/<name>`` (default ``~/.cache/probmf/<name>``);
+
+and otherwise downloaded from ``https://files.grouplens.org/datasets/movielens/<name>.zip``
+into the cache. A download is used only when its SHA-256 matches the pinned value below;
+archives without a pinned value are never downloaded. Extraction refuses members that would
+land outside the target folder and links.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from probmf.data.io import read_ratings
+from probmf.data.ratings import Ratings
+
+__all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "UnsafeArchiveError",
+    "load_movielens",
+    "load_split",
+    "load_titles",
+]
+
+URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
+ENV_VAR = "PROBMF_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    folder: str  # top folder inside the zip
+    ratings: str
+    sep: str
+    header: bool
+    scale: tuple[float, float]
+    titles: str
+    titles_encoding: str
+    splits: tuple[str, ...] = ()
+    split_files: tuple[str, str] = ("", "")  # train / test file name patterns
+
+
+_CSV_SCALE = (0.5, 5.0)
+
+
+def _csv_spec(folder: str) -> _Spec:
+    return _Spec(folder, "ratings.csv", ",", True, _CSV_SCALE, "movies.csv", "utf-8")
+
+
+_SPECS = {
+    "ml-100k": _Spec(
+        "ml-100k",
+        "u.data",
+        "\t",
+        False,
+        (1.0, 5.0),
+        "u.item",
+        "latin-1",
+        splits=("u1", "u2", "u3", "u4", "u5", "ua", "ub"),
+        split_files=("{}.base", "{}.test"),
+    ),
+    "ml-1m": _Spec("ml-1m", "ratings.dat", "::", False, (1.0, 5.0), "movies.dat", "latin-1"),
+    # The 10M archive ships split_ratings.sh, which writes r1..r5 and ra/rb next to ratings.dat.
+    "ml-10m": _Spec(
+        "ml-10M100K",
+        "ratings.dat",
+        "::",
+        False,
+        (0.5, 5.0),
+        "movies.dat",
+        "utf-8",
+        splits=("r1", "r2", "r3", "r4", "r5", "ra", "rb"),
+        split_files=("{}.train", "{}.test"),
+    ),
+    "ml-20m": _csv_spec("ml-20m"),
+    "ml-25m": _csv_spec("ml-25m"),
+    "ml-32m": _csv_spec("ml-32m"),
+    "ml-latest-small": _csv_spec("ml-latest-small"),
+    "ml-latest": _csv_spec("ml-latest"),
+}
+DATASETS = tuple(_SPECS)
+
+# SHA-256 of the GroupLens zips, as pinned in public code:
+#   ml-100k, ml-1m, ml-20m, ml-25m, ml-latest-small: tensorflow/datasets,
+#     tensorflow_datasets/url_checksums/movielens.txt;
+#   ml-10m, ml-latest: ISG-Siegen/OmniRec, src/omnirec/data_loaders/movielens_small.py and
+#     movielens_large.py, which pin the same values as above for the other five archives.
+# GroupLens regenerates ml-latest from time to time; a newer release fails the check and has
+# to be downloaded by hand. No public pin was found for ml-32m, so it is never downloaded.
+_SHA256 = {
+    "ml-100k": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+    "ml-1m": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+    "ml-10m": "813c411ccb6122564edfe752e7f80c4dcc5aa25fa94c93622f6877a7ba252862",
+    "ml-20m": "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
+    "ml-25m": "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
+    "ml-latest-small": "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
+    "ml-latest": "66a9e518c747d76b241d9a859b001a2619d3ed1672ceef599eb50daf73a7b4a3",
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A MovieLens dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+class UnsafeArchiveError(ValueError):
+    """A zip archive holds a member that would be written outside the target folder, or a link."""
+
+
+# ---- public loaders ----------------------------------------------------------------------
+
+
+def load_movielens(name: str, *, path=None, split: str | None = None, download: bool = True) -> Ratings:
+    """All ratings of MovieLens ``name``, or one file of an official split.
+
+    Args:
+      name: one of `DATASETS` ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m",
+        "ml-latest-small", "ml-latest").
+      path: the dataset folder (or a folder holding ``<name>/``); skips the search.
+      split: None for the full ratings file, or one official split file such as "u1.base",
+        "u1.test", "ua.base" (ml-100k) or "r1.train" (ml-10m).
+      download: fetch the archive when it is not on disk.
+
+    Returns:
+      `Ratings` in the file's own id space (raw MovieLens ids), with timestamps.
+    """
+    spec = _spec(name)
+    folder = _locate(name, path, download)
+    file = spec.ratings if split is None else _split_file(name, spec, split)
+    return _read(folder / file, spec, name)
+
+
+def load_split(name: str, split: str, *, path=None, download: bool = True) -> tuple[Ratings, Ratings]:
+    """An official train / test split: ml-100k "u1".."u5", "ua", "ub"; ml-10m "r1".."r5", "ra", "rb".
+
+    The test set is expressed in the training set's id space, so its users and items that
+    never occur in training get the index -1 (cold).
+
+    Returns:
+      (train, test) `Ratings`.
+    """
+    spec = _spec(name)
+    if split not in spec.splits:
+        have = ", ".join(spec.splits) if spec.splits else "none"
+        raise ValueError(f"{name} has no official split {split!r}; its splits: {have}")
+    folder = _locate(name, path, download)
+    train_file, test_file = (pattern.format(split) for pattern in spec.split_files)
+    train = _read(folder / train_file, spec, name)
+    test = _read(folder / test_file, spec, name)
+    return train, test.reindex(train.user_ids, train.item_ids)
+
+
+def load_titles(name: str, *, path=None, download: bool = True) -> dict:
+    """Movie titles by raw item id (int), from ``u.item``, ``movies.dat`` or ``movies.csv``."""
+    spec = _spec(name)
+    file = _locate(name, path, download) / spec.titles
+    titles: dict = {}
+    if spec.titles.endswith(".csv"):
+        with open(file, encoding=spec.titles_encoding, newline="") as f:
+            reader = csv.reader(f)
+            head = next(reader)
+            item_col, title_col = head.index("movieId"), head.index("title")
+            for row in reader:
+                if row:
+                    titles[int(row[item_col])] = row[title_col]
+        return titles
+    sep = "|" if spec.titles == "u.item" else "::"
+    with open(file, encoding=spec.titles_encoding) as f:
+        for line in f:
+            fields = line.rstrip("\r\n").split(sep)
+            if len(fields) >= 2 and fields[0].strip():
+                titles[int(fields[0])] = fields[1]
+    return titles
+
+
+# ---- reading -----------------------------------------------------------------------------
+
+
+def _spec(name: str) -> _Spec:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown MovieLens dataset {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+def _split_file(name: str, spec: _Spec, split: str) -> str:
+    files = [pattern.format(s) for s in spec.splits for pattern in spec.split_files]
+    if split not in files:
+        have = ", ".join(files) if files else "none"
+        raise ValueError(f"{name} has no split file {split!r}; its split files: {have}")
+    return split
+
+
+def _read(file: Path, spec: _Spec, name: str) -> Ratings:
+    if not file.is_file():
+        hint = ""
+        if name == "ml-10m" and file.name != spec.ratings:
+            hint = " (run split_ratings.sh from the archive in that folder to create the splits)"
+        raise DatasetNotFoundError(f"{name}: {file} not found{hint}")
+    return read_ratings(file, sep=spec.sep, header=spec.header, rating_scale=spec.scale)
+
+
+# ---- locating and downloading ------------------------------------------------------------
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "probmf"
+
+
+def _candidates(root: Path, name: str, spec: _Spec) -> list[Path]:
+    """``root/<name>``, then ``root/<folder in the zip>`` when that differs (ml-10M100K)."""
+    out = [root / name]
+    if spec.folder != name:
+        out.append(root / spec.folder)
+    return out
+
+
+def _locate(name: str, path, download: bool) -> Path:
+    spec = _spec(name)
+    if path is not None:
+        path = Path(os.fspath(path)).expanduser()
+        for folder in [path, *_candidates(path, name, spec)]:
+            if (folder / spec.ratings).is_file():
+                return folder
+        raise DatasetNotFoundError(
+            f"MovieLens {name}: no {spec.ratings} in {path} (nor in {path / name}/); pass path= the "
+            f"folder unzipped from {URL.format(name=name)}"
+        )
+    looked = []
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        for folder in _candidates(Path(env).expanduser(), name, spec):
+            looked.append(f"{folder}  (${ENV_VAR})")
+            if (folder / spec.ratings).is_file():
+                return folder
+    else:
+        looked.append(f"${ENV_VAR}/{name}  (${ENV_VAR} is not set)")
+    cache = _cache_root()
+    for folder in _candidates(cache, name, spec):
+        looked.append(f"{folder}  (cache)")
+        if (folder / spec.ratings).is_file():
+            return folder
+    if not download:
+        reason = "downloading is turned off (download=False)"
+    else:
+        try:
+            return _download(name, spec, cache)
+        except _DownloadFailed as err:
+            reason = str(err)
+    url = URL.format(name=name)
+    raise DatasetNotFoundError(
+        f"MovieLens {name} not found. Looked for {spec.ratings} in:\n"
+        + "".join(f"  {place}\n" for place in looked)
+        + f"and could not download it: {reason}.\n"
+        f"To get it: download {url}, unzip it, and either move its {spec.folder}/ folder to "
+        f"{cache / name}, or set {ENV_VAR} to the folder that holds {name}/, or pass "
+        f"path= the folder that holds {spec.ratings}."
+    )
+
+
+class _DownloadFailed(Exception):
+    pass
+
+
+def _fetch(url: str, dest: Path) -> None:
+    """Download ``url`` to the new file ``dest`` (replaced in tests: no network there)."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "xb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(name: str, spec: _Spec, cache: Path) -> Path:
+    """Fetch and verify ``<name>.zip`` into ``cache`` and unpack it as ``cache/<name>``."""
+    url = URL.format(name=name)
+    expected = _SHA256.get(name)
+    if expected is None:
+        raise _DownloadFailed(f"no known SHA-256 for {url}, so it is not downloaded automatically")
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / f"{name}.zip"
+    if archive.is_file() and _sha256(archive) != expected:
+        archive.unlink()  # a corrupt or truncated earlier download is never trusted
+    if not archive.is_file():
+        part = cache / f".{name}.zip.{secrets.token_hex(6)}.part"
+        try:
+            try:
+                _fetch(url, part)
+            except Exception as err:  # URLError, timeouts, HTTP errors: all mean "not downloaded"
+                raise _DownloadFailed(f"{url}: {err}") from err
+            got = _sha256(part)
+            if got != expected:
+                raise _DownloadFailed(f"{url} has SHA-256 {got}, expected {expected}; the file was discarded")
+            os.replace(part, archive)
+        finally:
+            part.unlink(missing_ok=True)
+    target = cache / name
+    _extract(archive, spec, target)
+    return target
+
+
+def _extract(archive: Path, spec: _Spec, target: Path) -> None:
+    """Unzip into a temporary folder next to ``target``, then rename its top folder into place."""
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unzip", dir=target.parent))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            _safe_extract(zf, work)
+        unpacked = work / spec.folder
+        if not (unpacked / spec.ratings).is_file():
+            raise _DownloadFailed(f"{archive} has no {spec.folder}/{spec.ratings}")
+        if (target / spec.ratings).is_file():
+            return  # a concurrent download finished first
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)  # an incomplete earlier extraction (it lacked the ratings file)
+        os.replace(unpacked, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _safe_extract(zf: zipfile.ZipFile, dest) -> None:
+    """Extract every member of ``zf`` under ``dest``, refusing unsafe members before writing.
+
+    Raises:
+      UnsafeArchiveError: a member is a link or special file, or its path (absolute, or with
+        ``..``) resolves outside ``dest``.
+    """
+    root = os.path.realpath(dest)
+    where = zf.filename or "zip archive"
+    plan = []
+    for info in zf.infolist():
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise UnsafeArchiveError(
+                f"{where}: member {info.filename!r} is a symbolic link; refusing to extract"
+            )
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise UnsafeArchiveError(
+                f"{where}: member {info.filename!r} is not a regular file; refusing to extract"
+            )
+        target = os.path.realpath(os.path.join(root, info.filename))
+        inside = os.path.commonpath([root, target]) == root and (target != root or info.is_dir())
+        if not inside:
+            raise UnsafeArchiveError(
+                f"{where}: member {info.filename!r} would be written outside {root}; refusing to extract"
+            )
+        plan.append((info, target))
+    for info, target in plan:
+        if info.is_dir():
+            os.makedirs(target, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            with zf.open(info) as src, open(target, "xb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except FileExistsError:
+            raise UnsafeArchiveError(f"{where}: member {info.filename!r} appears twice") from None
