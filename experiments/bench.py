@@ -34,9 +34,7 @@ def _peak_rss_mb() -> float:
 
 def setup_als(rng_key, train, args):
     """Returns (state, step) where step(state) -> state runs one jitted ALS sweep."""
-    check_als_options(
-        rank=args.rank, lam=args.lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10
-    )
+    check_als_options(rank=args.rank, lam=args.lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10)
     solver = args.solver if args.solver != "auto" else ("cholesky" if args.rank <= 32 else "cg")
     data = encode(train, layout_for_rank(args.rank))
     params = init_params(rng_key, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))

@@ -26,9 +26,7 @@ _OPTION_FLAGS = {
 
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="fit on training ratings, report accuracy on held-out ratings")
-    p.add_argument(
-        "--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]"
-    )
+    p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]")
     p.add_argument("--split", default="u1", help="u1..u5, ua, ub, all (u1..u5 and their mean), holdout")
     p.add_argument("--train", help="training ratings file (CSV userId,movieId,rating[,timestamp] or tab)")
     p.add_argument("--test", help="held-out ratings file, same formats")
@@ -69,9 +67,7 @@ def cmd_evaluate(args) -> int:
         fallback=not args.no_fallback,
     ):
         row = {"dataset": dataset, "split": split}
-        row.update(
-            evaluate_fold(args.model, train, test, options=given, seed=args.seed, clip=not args.no_clip)
-        )
+        row.update(evaluate_fold(args.model, train, test, options=given, seed=args.seed, clip=not args.no_clip))
         rows.append(row)
         _print_row(row, args.json)
     if len(rows) > 1:

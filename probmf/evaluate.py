@@ -42,15 +42,11 @@ def resolve_options(model: str, given: dict) -> dict:
     options = fitter_options(model)
     for name in given:
         if name not in options:
-            raise ValueError(
-                f"option {name!r} does not apply to model {model!r} (it takes {sorted(options)})"
-            )
+            raise ValueError(f"option {name!r} does not apply to model {model!r} (it takes {sorted(options)})")
     return {**options, **given}
 
 
-def evaluate_fold(
-    model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True
-) -> dict:
+def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True) -> dict:
     """Fit ``model`` on ``train`` and score it on ``test`` (test ids in train's id space).
 
     ``clip``: True bounds predictions to the training rating range, False leaves them, or a

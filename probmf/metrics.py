@@ -20,9 +20,7 @@ def mae(pred, truth) -> float:
     return float(jnp.mean(jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(truth, jnp.float32))))
 
 
-def predict_ratings(
-    params: MFParams, test: Ratings, *, clip: tuple[float, float] | None = None
-) -> np.ndarray:
+def predict_ratings(params: MFParams, test: Ratings, *, clip: tuple[float, float] | None = None) -> np.ndarray:
     """Predicted means for every pair of ``test`` (indices in the training id space).
 
     Cold users/items (index -1) are predicted from what is known: biases and mu

@@ -43,9 +43,7 @@ class MFParams(NamedTuple):
         return self.W.shape[1]
 
 
-def init_params(
-    rng_key, num_users: int, num_items: int, rank: int, *, scale: float = 0.1, mu=0.0
-) -> MFParams:
+def init_params(rng_key, num_users: int, num_items: int, rank: int, *, scale: float = 0.1, mu=0.0) -> MFParams:
     """Factors ~ N(0, scale^2), biases 0, offset ``mu``."""
     key_w, key_u = jax.random.split(rng_key)
     return MFParams(
@@ -79,9 +77,4 @@ def predict_with_fallback(params: MFParams, users: jax.Array, items: jax.Array) 
     u = jnp.where(known_u, users, 0)
     i = jnp.where(known_i, items, 0)
     dot = jnp.sum(W[u] * U[i], axis=-1)
-    return (
-        jnp.where(known_u & known_i, dot, 0.0)
-        + jnp.where(known_u, b[u], 0.0)
-        + jnp.where(known_i, c[i], 0.0)
-        + mu
-    )
+    return jnp.where(known_u & known_i, dot, 0.0) + jnp.where(known_u, b[u], 0.0) + jnp.where(known_i, c[i], 0.0) + mu

@@ -33,9 +33,7 @@ def test_item_rows_are_exact_minimisers_of_the_objective(data):
     u, i, r = _arrays(ratings)
     enc = encode(ratings)
     for alpha in (0.0, 1.0):
-        priors = make_priors(
-            enc.by_user.counts, enc.by_item.counts, lam=0.7, lam_bias=2.0, weight_exponent=alpha
-        )
+        priors = make_priors(enc.by_user.counts, enc.by_item.counts, lam=0.7, lam_bias=2.0, weight_exponent=alpha)
         params = init_params(KEY, ratings.num_users, ratings.num_items, 3, mu=float(ratings.values.mean()))
         params, _ = als_sweep(params, enc, priors)
         grad = jax.grad(regularized_loss)(params, u, i, r, priors)
@@ -112,9 +110,7 @@ def test_mle_is_finite_with_rows_rated_fewer_times_than_the_rank():
     users = np.repeat(np.arange(12), rng.integers(1, 4, 12))
     items = rng.integers(0, 9, users.size)  # item 9 is never rated
     keep = np.unique(users * 100 + items, return_index=True)[1]
-    r = Ratings(
-        users[keep], items[keep], rng.uniform(1, 5, keep.size), IdMap.identity(12), IdMap.identity(10)
-    )
+    r = Ratings(users[keep], items[keep], rng.uniform(1, 5, keep.size), IdMap.identity(12), IdMap.identity(10))
     res = fit_als(KEY, r, rank=8, lam=0.0, lam_bias=0.0, num_sweeps=5)
     for leaf in res.params:
         assert np.all(np.isfinite(np.asarray(leaf)))
@@ -125,9 +121,7 @@ def test_mle_is_finite_with_rows_rated_fewer_times_than_the_rank():
 
 
 def test_recovers_planted_rank_to_the_noise_floor():
-    ratings, truth = synthetic_ratings(
-        num_users=300, num_items=200, num_ratings=24_000, rank=3, noise=0.3, seed=3
-    )
+    ratings, truth = synthetic_ratings(num_users=300, num_items=200, num_ratings=24_000, rank=3, noise=0.3, seed=3)
     rng = np.random.default_rng(0)
     test_mask = rng.random(len(ratings)) < 0.1
     train, test = ratings.take(~test_mask), ratings.take(test_mask)
@@ -191,9 +185,7 @@ def test_bad_options_fail_before_compiling(data, kwargs, match):
 
 def test_unknown_ids_cannot_be_trained_on(data):
     ratings, _ = data
-    bad = Ratings(
-        np.array([0, -1]), np.array([0, 1]), np.array([3.0, 4.0]), IdMap.identity(2), IdMap.identity(2)
-    )
+    bad = Ratings(np.array([0, -1]), np.array([0, 1]), np.array([3.0, 4.0]), IdMap.identity(2), IdMap.identity(2))
     with pytest.raises(ValueError, match="unknown"):
         fit_als(KEY, bad)
 

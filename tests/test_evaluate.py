@@ -41,9 +41,7 @@ def test_evaluate_files_json(tmp_path, capsys, model):
 
 
 def test_split_all_adds_a_mean_row(capsys):
-    assert (
-        main(["evaluate", "--data", "synthetic:tiny", "--split", "all", "--model", "baseline", "--json"]) == 0
-    )
+    assert main(["evaluate", "--data", "synthetic:tiny", "--split", "all", "--model", "baseline", "--json"]) == 0
     rows = _json_rows(capsys)
     assert [r["split"] for r in rows] == ["u1", "u2", "u3", "u4", "u5", "mean"]
     np.testing.assert_allclose(rows[-1]["rmse"], np.mean([r["rmse"] for r in rows[:-1]]))

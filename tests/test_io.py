@@ -65,9 +65,7 @@ def test_movielens_tab_without_header(tmp_path):
 
 
 def test_double_colon_dat(tmp_path):
-    path = _write(
-        tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
-    )
+    path = _write(tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
     r = read_ratings(path)
     np.testing.assert_array_equal(r.raw_users(), [1, 1, 2])
     np.testing.assert_array_equal(r.raw_items(), [1193, 661, 1193])
@@ -252,9 +250,7 @@ def test_line_numbers_count_header_and_blank_lines(tmp_path):
 def test_rating_scale(tmp_path):
     path = _write(tmp_path, "r.csv", "1,2,3\n1,3,5.5\n")
     assert len(read_ratings(path)) == 2
-    with pytest.raises(
-        RatingsFileError, match=r"r\.csv, line 2: rating 5\.5 is outside the scale \[1, 5\]"
-    ) as info:
+    with pytest.raises(RatingsFileError, match=r"r\.csv, line 2: rating 5\.5 is outside the scale \[1, 5\]") as info:
         read_ratings(path, rating_scale=(1, 5))
     assert info.value.value == 5.5
     with pytest.raises(ValueError, match="rating_scale"):

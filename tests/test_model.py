@@ -69,9 +69,7 @@ def test_map_equals_mle_plus_prior_by_hand():
     prior = lp(params.W, lam) + lp(params.U, lam) + lp(params.b, lam_b) + lp(params.c, lam_b)
     priors = Priors.uniform(lam, lam_b)
     np.testing.assert_allclose(log_prior(params, priors), prior, rtol=1e-5)
-    np.testing.assert_allclose(
-        map_loss(params, users, items, ratings, priors, sigma=sigma), nll - prior, rtol=1e-5
-    )
+    np.testing.assert_allclose(map_loss(params, users, items, ratings, priors, sigma=sigma), nll - prior, rtol=1e-5)
 
 
 def test_map_is_l2_regularised_least_squares_up_to_a_constant():
@@ -83,10 +81,7 @@ def test_map_is_l2_regularised_least_squares_up_to_a_constant():
         p = init_params(jax.random.PRNGKey(seed), 3, 3, 2, scale=1.0, mu=2.0)
         p = p._replace(b=jax.random.normal(jax.random.PRNGKey(10 + seed), (3,)))
         gaps.append(
-            float(
-                map_loss(p, users, items, ratings, priors)
-                - regularized_loss(p, users, items, ratings, priors)
-            )
+            float(map_loss(p, users, items, ratings, priors) - regularized_loss(p, users, items, ratings, priors))
         )
     np.testing.assert_allclose(gaps, gaps[0], rtol=1e-5)
 

@@ -34,20 +34,14 @@ def isolated(tmp_path, monkeypatch):
 
 
 U_ITEM = (
-    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0\n"
-    "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1\n"
-    "3|Café (1998)|x||y|0\n"
+    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0\n2|GoldenEye (1995)|01-Jan-1995||http://x|0|1\n3|Café (1998)|x||y|0\n"
 )
 
 
 def make_ml100k(folder: Path, n_users: int = 3) -> Path:
     """A tiny ml-100k folder: u.data with ``n_users`` users, one split, u.item."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [
-        f"{u}\t{i}\t{1 + (u + i) % 5}\t{880000000 + 10 * u + i}"
-        for u in range(1, n_users + 1)
-        for i in (1, 2)
-    ]
+    rows = [f"{u}\t{i}\t{1 + (u + i) % 5}\t{880000000 + 10 * u + i}" for u in range(1, n_users + 1) for i in (1, 2)]
     (folder / "u.data").write_text("\n".join(rows) + "\n")
     (folder / "u1.base").write_text("1\t1\t5\t1\n1\t2\t3\t2\n2\t1\t4\t3\n")
     (folder / "u1.test").write_text("2\t2\t1\t4\n3\t1\t2\t5\n2\t3\t5\t6\n")
@@ -88,9 +82,7 @@ def test_explicit_path(tmp_path):
     assert r.timestamps is not None
     # a folder holding ml-100k/ works too
     make_ml100k(tmp_path / "parent" / "ml-100k")
-    assert load_movielens("ml-100k", path=tmp_path / "parent").source == str(
-        tmp_path / "parent" / "ml-100k" / "u.data"
-    )
+    assert load_movielens("ml-100k", path=tmp_path / "parent").source == str(tmp_path / "parent" / "ml-100k" / "u.data")
 
 
 def test_explicit_path_missing_is_not_searched_further(tmp_path, monkeypatch, isolated):
@@ -129,12 +121,8 @@ def test_archive_folder_name_is_accepted(tmp_path, monkeypatch):
     # ml-10m.zip unpacks to ml-10M100K/
     folder = tmp_path / "data" / "ml-10M100K"
     folder.mkdir(parents=True)
-    (folder / "ratings.dat").write_text(
-        "1::122::5::838985046\n1::185::4.5::838983525\n2::122::0.5::868245777\n"
-    )
-    (folder / "movies.dat").write_text(
-        "122::Boomerang (1992)::Comedy|Romance\n185::Net, The (1995)::Action\n"
-    )
+    (folder / "ratings.dat").write_text("1::122::5::838985046\n1::185::4.5::838983525\n2::122::0.5::868245777\n")
+    (folder / "movies.dat").write_text("122::Boomerang (1992)::Comedy|Romance\n185::Net, The (1995)::Action\n")
     monkeypatch.setenv("PROBMF_DATA_DIR", str(tmp_path / "data"))
     r = load_movielens("ml-10m")
     np.testing.assert_array_equal(r.values, [5, 4.5, 0.5])
@@ -160,9 +148,7 @@ def test_ml1m_and_csv_datasets(tmp_path):
 
     big = tmp_path / "ml-25m"
     big.mkdir()
-    (big / "ratings.csv").write_text(
-        "userId,movieId,rating,timestamp\n1,296,5.0,1147880044\n1,306,3.5,1147868817\n"
-    )
+    (big / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,296,5.0,1147880044\n1,306,3.5,1147868817\n")
     (big / "movies.csv").write_text(
         "movieId,title,genres\n"
         "296,Pulp Fiction (1994),Crime\n"

@@ -87,9 +87,7 @@ def test_any_feasible_request_is_met_exactly(num_users, num_items, fill, min_fra
         user_activity_sigma=sigma,
         seed=seed,
     )
-    _check_valid(
-        ratings, num_users=num_users, num_items=num_items, num_ratings=num_ratings, min_per_user=min_per_user
-    )
+    _check_valid(ratings, num_users=num_users, num_items=num_items, num_ratings=num_ratings, min_per_user=min_per_user)
 
 
 def test_exact_fallback_alone_gives_distinct_pairs(monkeypatch):
@@ -121,9 +119,7 @@ def test_planted_parameters_do_not_depend_on_the_sample_size():
 
 
 def test_truth_holds_the_planted_parameters():
-    ratings, truth = synthetic_ratings(
-        num_users=30, num_items=20, num_ratings=200, rank=3, mu=2.0, noise=0.25, seed=0
-    )
+    ratings, truth = synthetic_ratings(num_users=30, num_items=20, num_ratings=200, rank=3, mu=2.0, noise=0.25, seed=0)
     assert isinstance(truth, SyntheticTruth)
     assert truth.W.shape == (30, 3) and truth.U.shape == (20, 3)
     assert truth.b.shape == (30,) and truth.c.shape == (20,)
@@ -200,9 +196,7 @@ def test_half_star_rounding():
 
 
 def test_clip_bounds_the_ratings():
-    ratings, _ = synthetic_ratings(
-        num_users=100, num_items=60, num_ratings=3000, noise=1.0, clip=(2, 4), seed=0
-    )
+    ratings, _ = synthetic_ratings(num_users=100, num_items=60, num_ratings=3000, noise=1.0, clip=(2, 4), seed=0)
     assert ratings.values.min() == 2.0 and ratings.values.max() == 4.0
     assert 0 < np.mean((ratings.values > 2) & (ratings.values < 4)) < 1
 
@@ -213,9 +207,7 @@ def test_clip_bounds_the_ratings():
 )
 def test_presets_have_the_movielens_sizes(name, num_users, num_items, num_ratings, min_per_user):
     ratings, truth = synthetic_preset(name, seed=0)
-    _check_valid(
-        ratings, num_users=num_users, num_items=num_items, num_ratings=num_ratings, min_per_user=min_per_user
-    )
+    _check_valid(ratings, num_users=num_users, num_items=num_items, num_ratings=num_ratings, min_per_user=min_per_user)
     assert name in ratings.source
     if name != "tiny":
         assert ratings.values.min() >= 1.0 and ratings.values.max() <= 5.0

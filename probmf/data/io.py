@@ -159,9 +159,7 @@ class _Source:
         line = self.line_of(pos)
         if self.first_line_hint and int(self.df.index[pos]) == 0:
             what = f"{what} ({self.first_line_hint})"
-        return RatingsFileError(
-            f"{self.path}, {self.unit} {line}: {what}", path=self.path, line=line, value=value
-        )
+        return RatingsFileError(f"{self.path}, {self.unit} {line}: {what}", path=self.path, line=line, value=value)
 
 
 class _TextFormat:
@@ -400,9 +398,7 @@ def _parse(
             if multi:
                 with _open_binary(path) as raw:
                     stream = io.BufferedReader(
-                        _ReplacingReader(
-                            raw, fmt.sep.encode("utf-8" if fmt.encoding == "utf-8-sig" else fmt.encoding)
-                        ),
+                        _ReplacingReader(raw, fmt.sep.encode("utf-8" if fmt.encoding == "utf-8-sig" else fmt.encoding)),
                         1 << 20,
                     )
                     return pd.read_csv(stream, sep=_UNIT_SEP, **kwargs)
@@ -455,18 +451,14 @@ def _read_parquet(path: Path, columns) -> _Source:
         for role, col in zip(_ROLES, columns, strict=False):
             if isinstance(col, str):
                 if col not in names:
-                    raise RatingsFileError(
-                        f"{path}: no column named {col!r} in {names}", path=path, value=col
-                    )
+                    raise RatingsFileError(f"{path}: no column named {col!r} in {names}", path=path, value=col)
                 positions[role] = names.index(col)
             else:
                 positions[role] = int(col)
     else:
         positions = _column_positions(path, None, names, len(names), None)
     if len(names) < 3 or max(positions.values()) >= len(names):
-        raise RatingsFileError(
-            f"{path}: expected user, item and rating columns, found {names}", path=path, value=names
-        )
+        raise RatingsFileError(f"{path}: expected user, item and rating columns, found {names}", path=path, value=names)
     df = df.reset_index(drop=True)
     roles = {role: df.columns[pos] for role, pos in positions.items()}
     return _Source(path, df[list(roles.values())], roles, 1, "row")
@@ -522,8 +514,7 @@ def _missing(src: _Source, role: str, pos: int):
         found = len(src.text.split(line))
         if found != src.text.ncol:
             return (
-                f"expected {src.text.ncol} fields separated by {_sep_name(src.text.sep)}, "
-                f"found {found}: {line!r}",
+                f"expected {src.text.ncol} fields separated by {_sep_name(src.text.sep)}, found {found}: {line!r}",
                 line,
             )
         return f"empty {role} field: {line!r}", ""

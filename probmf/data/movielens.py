@@ -353,13 +353,9 @@ def _safe_extract(zf: zipfile.ZipFile, dest) -> None:
     for info in zf.infolist():
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
-            raise UnsafeArchiveError(
-                f"{where}: member {info.filename!r} is a symbolic link; refusing to extract"
-            )
+            raise UnsafeArchiveError(f"{where}: member {info.filename!r} is a symbolic link; refusing to extract")
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise UnsafeArchiveError(
-                f"{where}: member {info.filename!r} is not a regular file; refusing to extract"
-            )
+            raise UnsafeArchiveError(f"{where}: member {info.filename!r} is not a regular file; refusing to extract")
         target = os.path.realpath(os.path.join(root, info.filename))
         inside = os.path.commonpath([root, target]) == root and (target != root or info.is_dir())
         if not inside:

@@ -66,11 +66,7 @@ class IdMap:
         return np.where(found, pos_c, UNKNOWN).astype(np.int32)
 
     def __eq__(self, other) -> bool:
-        return (
-            isinstance(other, IdMap)
-            and self.raw.shape == other.raw.shape
-            and bool(np.all(self.raw == other.raw))
-        )
+        return isinstance(other, IdMap) and self.raw.shape == other.raw.shape and bool(np.all(self.raw == other.raw))
 
     __hash__ = None
 
@@ -110,9 +106,7 @@ class Ratings:
         values = np.ascontiguousarray(self.values, dtype=np.float32).reshape(-1)
         n = users.size
         if items.size != n or values.size != n:
-            raise ValueError(
-                f"users, items and values must have the same length, got {n}, {items.size}, {values.size}"
-            )
+            raise ValueError(f"users, items and values must have the same length, got {n}, {items.size}, {values.size}")
         for name, idx, m in (("user", users, len(self.user_ids)), ("item", items, len(self.item_ids))):
             if n and (idx.min() < UNKNOWN or idx.max() >= m):
                 bad = idx[(idx < UNKNOWN) | (idx >= m)][0]

@@ -135,8 +135,7 @@ def synthetic_ratings(
         )
     if min(noise, user_bias_scale, item_bias_scale, user_activity_sigma, item_popularity_exponent) < 0:
         raise ValueError(
-            "noise, user_bias_scale, item_bias_scale, user_activity_sigma and item_popularity_exponent "
-            "must be >= 0"
+            "noise, user_bias_scale, item_bias_scale, user_activity_sigma and item_popularity_exponent must be >= 0"
         )
     if clip is not None and not clip[0] <= clip[1]:
         raise ValueError(f"clip must be (low, high) with low <= high, got {clip}")
@@ -193,9 +192,7 @@ def synthetic_ratings(
         f"synthetic biased MF: {num_users} users x {num_items} items, {num_ratings} ratings, "
         f"rank {rank}, noise {noise:g}, seed {seed}"
     )
-    ratings = Ratings(
-        users, items, values, IdMap.identity(num_users), IdMap.identity(num_items), timestamps, source
-    )
+    ratings = Ratings(users, items, values, IdMap.identity(num_users), IdMap.identity(num_items), timestamps, source)
     return ratings, truth
 
 

@@ -153,9 +153,7 @@ def _half_sweep(X, xb, Y, yb, mu, tiles: RowTiles, lam_factor, lam_bias, solver,
     n, m = X.shape[0], Y.shape[0]
     blocks, r = tiles.num_blocks, tiles.block_rows
     # Row m is the padding column: zero in both tables, so padded entries add nothing.
-    a = jnp.concatenate(
-        [jnp.concatenate([Y, jnp.ones((m, 1), Y.dtype)], 1), jnp.zeros((1, Y.shape[1] + 1))], 0
-    )
+    a = jnp.concatenate([jnp.concatenate([Y, jnp.ones((m, 1), Y.dtype)], 1), jnp.zeros((1, Y.shape[1] + 1))], 0)
     offset = jnp.concatenate([yb + mu, jnp.zeros((1,))])
 
     def per_block(v):  # (n, ...) -> (blocks, r, ...), padding rows zero
@@ -192,9 +190,7 @@ def als_sweep(
 
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps", "solver", "cg_iters"))
-def als_run(
-    params, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10
-):
+def als_run(params, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10):
     """``num_sweeps`` ALS sweeps in one `lax.scan`; returns (params, ALSInfo with a leading sweep axis)."""
 
     def step(p, _):
@@ -203,15 +199,11 @@ def als_run(
     return lax.scan(step, params, None, length=num_sweeps)
 
 
-def make_priors(
-    counts_user, counts_item, *, lam: float, lam_bias: float, weight_exponent: float = 0.0
-) -> Priors:
+def make_priors(counts_user, counts_item, *, lam: float, lam_bias: float, weight_exponent: float = 0.0) -> Priors:
     """Ridge strengths per row: lam n_i^alpha on factors (alpha = ``weight_exponent``;
     0: plain L2, 1: ALS-WR), lam_bias on biases."""
     alpha = jnp.float32(weight_exponent)
-    return Priors(
-        lam * counts_user**alpha, lam * counts_item**alpha, jnp.float32(lam_bias), jnp.float32(lam_bias)
-    )
+    return Priors(lam * counts_user**alpha, lam * counts_item**alpha, jnp.float32(lam_bias), jnp.float32(lam_bias))
 
 
 def fit_als(
@@ -253,9 +245,7 @@ def fit_als(
       >>> result.params.W.shape, result.trace.shape
       ((60, 3), (5,))
     """
-    check_als_options(
-        rank=rank, lam=lam, lam_bias=lam_bias, num_sweeps=num_sweeps, solver=solver, cg_iters=cg_iters
-    )
+    check_als_options(rank=rank, lam=lam, lam_bias=lam_bias, num_sweeps=num_sweeps, solver=solver, cg_iters=cg_iters)
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     if solver == "auto":
