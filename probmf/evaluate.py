@@ -58,14 +58,16 @@ def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, s
         clip = (float(train.values.min()), float(train.values.max()))
     t0 = time.perf_counter()
     result = FITTERS[model](jax.random.PRNGKey(seed), train, **options)
-    jax.block_until_ready(result.params)
+    # An MF fitter's result carries MFParams; another model predicts by itself.
+    fitted = result if hasattr(result, "predict") else result.params
+    jax.block_until_ready(fitted)
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pred = predict_ratings(result.params, test, clip=clip or None)
+    pred = predict_ratings(fitted, test, clip=clip or None)
     predict_seconds = time.perf_counter() - t0
     return {
         "model": model,
-        "rank": int(result.params.rank),
+        "rank": int(fitted.rank),
         **accuracy(pred, test, train=train),
         "n_train": len(train),
         "fit_seconds": round(fit_seconds, 4),

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probmf.data.ratings import Ratings
-from probmf.model import MFParams, predict_with_fallback
+from probmf.model import predict_with_fallback
 
 
 def rmse(pred, truth) -> float:
@@ -20,13 +20,16 @@ def mae(pred, truth) -> float:
     return float(jnp.mean(jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(truth, jnp.float32))))
 
 
-def predict_ratings(params: MFParams, test: Ratings, *, clip: tuple[float, float] | None = None) -> np.ndarray:
+def predict_ratings(model, test: Ratings, *, clip: tuple[float, float] | None = None) -> np.ndarray:
     """Predicted means for every pair of ``test`` (indices in the training id space).
 
-    Cold users/items (index -1) are predicted from what is known: biases and mu
-    (`probmf.model.predict_with_fallback`). ``clip`` bounds predictions to the rating scale.
+    ``model`` is an `MFParams`, or any fitted model with ``predict(users, items) -> (n,)``
+    that accepts the index -1. Cold users/items (-1) are predicted from what is known:
+    biases and mu (`probmf.model.predict_with_fallback`). ``clip`` bounds predictions to the
+    rating scale.
     """
-    pred = predict_with_fallback(params, jnp.asarray(test.users), jnp.asarray(test.items))
+    users, items = jnp.asarray(test.users), jnp.asarray(test.items)
+    pred = model.predict(users, items) if hasattr(model, "predict") else predict_with_fallback(model, users, items)
     if clip is not None:
         pred = jnp.clip(pred, clip[0], clip[1])
     return np.asarray(pred)
