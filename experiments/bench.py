@@ -24,6 +24,7 @@ import jax
 import probmf
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.encoding import encode, layout_for_rank
+from probmf.evaluate import fitter_options
 from probmf.fitters.als import als_run, check_als_options, make_priors
 from probmf.model import init_params
 
@@ -34,11 +35,19 @@ def _peak_rss_mb() -> float:
 
 def setup_als(rng_key, train, args):
     """Returns (state, step) where step(state) -> state runs one jitted ALS sweep."""
-    check_als_options(rank=args.rank, lam=args.lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10)
+    defaults = fitter_options("als")
+    lam = defaults["lam"] if args.lam is None else args.lam
+    check_als_options(rank=args.rank, lam=lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10)
     solver = args.solver if args.solver != "auto" else ("cholesky" if args.rank <= 32 else "cg")
     data = encode(train, layout_for_rank(args.rank))
     params = init_params(rng_key, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    priors = make_priors(data.by_user.counts, data.by_item.counts, lam=args.lam, lam_bias=1.0)
+    priors = make_priors(
+        data.by_user.counts,
+        data.by_item.counts,
+        lam=lam,
+        lam_bias=defaults["lam_bias"],
+        weight_exponent=defaults["weight_exponent"],
+    )
 
     def step(p):
         return als_run(p, data, priors, num_sweeps=1, solver=solver)[0]
@@ -95,7 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="als", choices=sorted(SETUPS))
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.05)
+    p.add_argument("--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")
     p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny data, for tests")

@@ -12,15 +12,17 @@ Its two block rows are the seed's updates, satisfied at once:
     w_i = (sum_j u_j u_j^T + lam I)^-1 sum_j (r_ij - b_i - c_j - mu) u_j,
     b_i = sum_j (r_ij - w_i.u_j - c_j - mu) / (|Psi_i| + lam_b).
 The item update is symmetric. ``mu`` stays at the training mean (the unpenalised
-biases absorb any shift). Each half-sweep builds all row Grams from fixed-length tiles
-(`probmf.encoding`) in one `lax.scan` and makes one batched solve.
+biases absorb any shift). A half-sweep loops over blocks of rows (`probmf.encoding`):
+each block accumulates its row Grams from fixed-length tiles of ratings, then makes one
+batched solve.
 
 lam = 0 is MLE. A row rated fewer than k+1 times then has a singular Gram; a jitter of
 1e-5 x (mean Gram diagonal) + 1e-9 is always added, which makes the solve the ridge limit of
 the minimum-norm least-squares solution: finite, and negligible for full-rank rows. A row
 with no ratings gets x_i = 0 (its rating falls back to the other side's bias and mu).
 
-ALS-WR (Zhou et al. 2008) scales the factor ridge by each row's count: lam_i = lam n_i.
+The factor ridge may scale with each row's count, lam_i = lam n_i^alpha; alpha = 1 is ALS-WR
+(Zhou et al. 2008).
 """
 
 from __future__ import annotations
