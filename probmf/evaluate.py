@@ -149,10 +149,10 @@ def folds(
 
 def _fallback(name: str, err: Exception, notify) -> tuple[Ratings, str]:
     preset = FALLBACK_PRESET[name]
+    details = "".join(f"probmf:   {line}\n" for line in str(err).splitlines())
     notify(
-        f"probmf: NOTICE: MovieLens {name} is not available ({str(err).splitlines()[0]}).\n"
-        f"probmf: NOTICE: using SYNTHETIC data shaped like it instead (preset {preset!r}); "
-        f"these figures are not MovieLens figures."
+        f"probmf: NOTICE: MovieLens {name} is not available, so this runs on SYNTHETIC data shaped like it "
+        f"(preset {preset!r}); these figures are not MovieLens figures.\n{details}".rstrip()
     )
     ratings, _ = synthetic_preset(preset, seed=0)
     return ratings, f"synthetic:{preset}"
