@@ -37,6 +37,7 @@ from jax import lax
 
 from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, RowTiles, encode, layout_for_rank
+from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.model import MFParams, init_params
 from probmf.objectives import Priors, penalty
 
@@ -56,38 +57,6 @@ class ALSResult(NamedTuple):
     params: MFParams
     trace: np.ndarray  # (num_sweeps,) objective after each sweep
     priors: Priors
-
-
-def _gram(x: jax.Array) -> jax.Array:
-    """(C, T, k) -> (C, k, k) sum over T of outer products x x^T."""
-    if x.shape[-1] <= 16:
-        # Small k: a fused multiply-reduce beats the batched GEMM of tiny matrices on CPU.
-        return jnp.sum(x[..., :, None] * x[..., None, :], axis=1)
-    return jnp.einsum("ctk,ctl->ckl", x, x, precision=lax.Precision.HIGHEST)
-
-
-def _normal_equations(a: jax.Array, offset: jax.Array, tiles: RowTiles, block: jax.Array):
-    """Row Grams G_i = sum_j a_j a_j^T, right-hand sides h_i = sum_j y_ij a_j and
-    s_i = sum_j y_ij^2, with y_ij = r_ij - offset_j, for the rows of one block.
-
-    a: (M + 1, k+1) rows [other_j; 1] and a zero padding row; offset: (M + 1,) the other
-    side's bias + mu, 0 on padding. Returns G (R, k+1, k+1), h (R, k+1), s (R,), R = block_rows.
-    """
-    k1 = a.shape[1]
-    r = tiles.block_rows
-
-    def body(c, acc):
-        G, h, s = acc
-        rows, cols, vals = tiles.rows[c], tiles.cols[c], tiles.vals[c]
-        x = a[cols]  # (C, T, k+1)
-        y = vals - offset[cols]  # (C, T); zero on padding
-        G = G.at[rows].add(_gram(x))
-        h = h.at[rows].add(jnp.einsum("ctk,ct->ck", x, y, precision=lax.Precision.HIGHEST))
-        s = s.at[rows].add(jnp.sum(y * y, axis=1))
-        return G, h, s
-
-    init = (jnp.zeros((r, k1, k1)), jnp.zeros((r, k1)), jnp.zeros((r,)))
-    return lax.fori_loop(tiles.starts[block], tiles.starts[block + 1], body, init)
 
 
 def _cg(A: jax.Array, b: jax.Array, x0: jax.Array, num_iters: int) -> jax.Array:
@@ -147,37 +116,17 @@ def solve_rows(A, h, x0, *, solver: str = "cholesky", cg_iters: int = 10):
 
 
 def _half_sweep(X, xb, Y, yb, mu, tiles: RowTiles, lam_factor, lam_bias, solver, cg_iters):
-    """New rows (X, xb) given the other side (Y, yb), and the SSE of these ratings after it.
+    """New rows (X, xb) given the other side (Y, yb), and the SSE of these ratings after it."""
+    n = X.shape[0]
+    lam_rows = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), (lam_factor, lam_bias))
 
-    Loops over row blocks: each builds its Grams from its chunks of tiles and makes one
-    batched solve, so memory is block_rows x (k+1)^2 floats whatever the number of rows.
-    """
-    n, m = X.shape[0], Y.shape[0]
-    blocks, r = tiles.num_blocks, tiles.block_rows
-    # Row m is the padding column: zero in both tables, so padded entries add nothing.
-    a = jnp.concatenate([jnp.concatenate([Y, jnp.ones((m, 1), Y.dtype)], 1), jnp.zeros((1, Y.shape[1] + 1))], 0)
-    offset = jnp.concatenate([yb + mu, jnp.zeros((1,))])
+    def solve_block(block, G, h, s, x0, lam):
+        A, d = regularize(G, *lam)
+        x = solve_rows(A, h, x0, solver=solver, cg_iters=cg_iters)
+        # G is dead once A exists (XLA can regularise it in place), so G_i = A_i - diag(d_i).
+        return x, residual_sum_of_squares(x, A, h, s) - jnp.sum(d * x * x)
 
-    def per_block(v):  # (n, ...) -> (blocks, r, ...), padding rows zero
-        v = jnp.pad(v, [(0, blocks * r - n)] + [(0, 0)] * (v.ndim - 1))
-        return v.reshape((blocks, r) + v.shape[1:])
-
-    x0 = per_block(jnp.concatenate([X, xb[:, None]], axis=1))
-    lam_factor = per_block(jnp.broadcast_to(jnp.asarray(lam_factor, jnp.float32), (n,)))
-    lam_bias = per_block(jnp.broadcast_to(jnp.asarray(lam_bias, jnp.float32), (n,)))
-
-    def solve_block(sse, inputs):
-        block, x0_b, lam_factor_b, lam_bias_b = inputs
-        G, h, s = _normal_equations(a, offset, tiles, block)
-        A, d = regularize(G, lam_factor_b, lam_bias_b)
-        x = solve_rows(A, h, x0_b, solver=solver, cg_iters=cg_iters)
-        # sum_j (y_ij - a_j.x_i)^2 = s_i - 2 x_i.h_i + x_i^T G_i x_i, with G_i = A_i - diag(d_i)
-        quad = jnp.einsum("nk,nkl,nl->n", x, A, x, precision=lax.Precision.HIGHEST) - jnp.sum(d * x * x, -1)
-        return sse + jnp.sum(s - 2.0 * jnp.sum(x * h, -1) + quad), x
-
-    sse, x = lax.scan(solve_block, jnp.float32(0), (jnp.arange(blocks), x0, lam_factor, lam_bias))
-    x = x.reshape(blocks * r, -1)[:n]
-    return x[:, :-1], x[:, -1], sse
+    return update_rows(X, xb, Y, yb, mu, tiles, lam_rows, solve_block)
 
 
 def als_sweep(

@@ -1,0 +1,101 @@
+"""Row-wise normal equations over the tiled layout: the engine of ALS and Gibbs sweeps.
+
+With the other side fixed, each row i of one side (a user, or an item) sees its ratings
+y_ij = r_ij - mu - (other side's bias)_j against features a_j = [other_j; 1]; everything a
+closed-form or conjugate row update needs is
+
+    G_i = sum_j a_j a_j^T  (k+1, k+1),   h_i = sum_j y_ij a_j  (k+1,),   s_i = sum_j y_ij^2,
+
+and, for any new row x_i, sum_j (y_ij - a_j.x_i)^2 = s_i - 2 x_i.h_i + x_i^T G_i x_i.
+`update_rows` loops over blocks of rows (`probmf.encoding`): each block accumulates its
+(G, h, s) from fixed-length tiles of ratings and hands them to a block solver, so memory is
+block_rows x (k+1)^2 floats whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from probmf.encoding import RowTiles
+
+
+def _gram(x: jax.Array) -> jax.Array:
+    """(C, T, k) -> (C, k, k) sum over T of outer products x x^T."""
+    if x.shape[-1] <= 16:
+        # Small k: a fused multiply-reduce beats the batched GEMM of tiny matrices on CPU.
+        return jnp.sum(x[..., :, None] * x[..., None, :], axis=1)
+    return jnp.einsum("ctk,ctl->ckl", x, x, precision=lax.Precision.HIGHEST)
+
+
+def normal_equations(a: jax.Array, offset: jax.Array, tiles: RowTiles, block: jax.Array):
+    """(G, h, s) of the rows of one block; see the module docstring.
+
+    a: (M + 1, k+1) rows [other_j; 1] and a zero padding row; offset: (M + 1,) the other
+    side's bias + mu, 0 on padding. Returns G (R, k+1, k+1), h (R, k+1), s (R,), R = block_rows.
+    """
+    k1 = a.shape[1]
+    r = tiles.block_rows
+
+    def body(c, acc):
+        G, h, s = acc
+        rows, cols, vals = tiles.rows[c], tiles.cols[c], tiles.vals[c]
+        x = a[cols]  # (C, T, k+1)
+        y = vals - offset[cols]  # (C, T); zero on padding
+        G = G.at[rows].add(_gram(x))
+        h = h.at[rows].add(jnp.einsum("ctk,ct->ck", x, y, precision=lax.Precision.HIGHEST))
+        s = s.at[rows].add(jnp.sum(y * y, axis=1))
+        return G, h, s
+
+    init = (jnp.zeros((r, k1, k1)), jnp.zeros((r, k1)), jnp.zeros((r,)))
+    return lax.fori_loop(tiles.starts[block], tiles.starts[block + 1], body, init)
+
+
+def residual_sum_of_squares(x, G, h, s) -> jax.Array:
+    """sum_i sum_j (y_ij - a_j.x_i)^2 = sum_i s_i - 2 x_i.h_i + x_i^T G_i x_i."""
+    quad = jnp.einsum("nk,nkl,nl->n", x, G, x, precision=lax.Precision.HIGHEST)
+    return jnp.sum(s - 2.0 * jnp.sum(x * h, -1) + quad)
+
+
+BlockSolver = Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def update_rows(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSolver):
+    """New rows [X, xb] of one side given the other side (Y, yb).
+
+    Args:
+      X: (N, k) factors and xb: (N,) biases of the side being updated (also handed to the
+        solver as the current rows ``x0``, e.g. a warm start).
+      Y: (M, k), yb: (M,) the other side; mu: the global offset.
+      tiles: this side's `RowTiles`.
+      per_row: a pytree of (N, ...) arrays the solver needs per row (e.g. ridge strengths).
+      solve_block: ``solve_block(block, G, h, s, x0, per_row) -> (x, value)`` for one block
+        of R rows: x (R, k+1) new rows, value a scalar summed over blocks (e.g. the SSE).
+        Padding rows (past N) have G = 0, h = 0, s = 0 and zero per-row inputs.
+    Returns:
+      (X_new (N, k), xb_new (N,), sum of the blocks' values).
+    """
+    n, m = X.shape[0], Y.shape[0]
+    blocks, r = tiles.num_blocks, tiles.block_rows
+    # Row m is the padding column: zero in both tables, so padded entries add nothing.
+    a = jnp.concatenate([jnp.concatenate([Y, jnp.ones((m, 1), Y.dtype)], 1), jnp.zeros((1, Y.shape[1] + 1))], 0)
+    offset = jnp.concatenate([yb + mu, jnp.zeros((1,))])
+
+    def per_block(v):  # (n, ...) -> (blocks, r, ...), padding rows zero
+        v = jnp.pad(v, [(0, blocks * r - n)] + [(0, 0)] * (v.ndim - 1))
+        return v.reshape((blocks, r) + v.shape[1:])
+
+    x0 = per_block(jnp.concatenate([X, xb[:, None]], axis=1))
+
+    def body(total, inputs):
+        block, x0_b, per_row_b = inputs
+        G, h, s = normal_equations(a, offset, tiles, block)
+        x, value = solve_block(block, G, h, s, x0_b, per_row_b)
+        return total + value, x
+
+    total, x = lax.scan(body, jnp.float32(0), (jnp.arange(blocks), x0, jax.tree.map(per_block, per_row)))
+    x = x.reshape(blocks * r, -1)[:n]
+    return x[:, :-1], x[:, -1], total
