@@ -2,9 +2,9 @@
 
     python experiments/bench.py --preset ml20m --model als --rank 10 --iters 5 --json
 
-One iteration is one ALS sweep (users then items). Prints one JSON line (``--json``) or a
-short table row per run and appends the JSON to ``--out``. Fields: model, rank, preset,
-n_ratings, num_users, num_items, setup_seconds (encoding), compile_seconds,
+One iteration is one ALS sweep (users then items), or one optax epoch (``--model optax``).
+Prints one JSON line (``--json``) or a short table row per run and appends the JSON to
+``--out``. Fields: model, rank, preset, n_ratings, num_users, num_items, setup_seconds (encoding), compile_seconds,
 seconds_per_iter (median of the timed iterations after compile), seconds_per_iter_all,
 ratings_per_second, peak_rss_mb, devices, backend, probmf_version.
 """
@@ -12,6 +12,7 @@ ratings_per_second, peak_rss_mb, devices, backend, probmf_version.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -20,13 +21,18 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import probmf
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.encoding import encode, layout_for_rank
 from probmf.evaluate import fitter_options
 from probmf.fitters.als import als_run, check_als_options, make_priors
+from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
+from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.model import init_params
+from probmf.objectives import Priors
 
 
 def _peak_rss_mb() -> float:
@@ -55,7 +61,41 @@ def setup_als(rng_key, train, args):
     return params, step
 
 
-SETUPS = {"als": setup_als}
+def setup_optax(rng_key, train, args):
+    """Returns (state, step) where step(state) -> state runs one epoch of the optax fitter
+    (host shuffle + one jitted scan over the batches), at the fitter's default options."""
+    defaults = fitter_options("optax")
+    lam = defaults["lam"] if args.lam is None else args.lam
+    batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
+    check_optax_options(**{**defaults, "rank": args.rank, "lam": lam, "batch_size": batch_size})
+    key_init, key_shuffle = jax.random.split(rng_key)
+    n = len(train)
+    params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
+    n_u = np.bincount(train.users, minlength=train.num_users).astype(np.float32)
+    n_i = np.bincount(train.items, minlength=train.num_items).astype(np.float32)
+    alpha, lam_bias = defaults["weight_exponent"], defaults["lam_bias"]
+    priors = Priors(jnp.asarray(lam * n_u**alpha), jnp.asarray(lam * n_i**alpha), lam_bias, lam_bias)
+    num_batches, weights = padded_index(n, batch_size)
+    optimizer = make_optimizer(
+        defaults["optimizer"],
+        defaults["learning_rate"],
+        schedule=defaults["schedule"],
+        total_steps=num_batches * defaults["num_epochs"],
+    )
+    epoch = make_epoch(functools.partial(mf_objective, priors=priors, num_ratings=n), optimizer)
+    data = tuple(jnp.asarray(a) for a in (train.users, train.items, train.values))
+    weights = jnp.asarray(weights)
+    rng = np.random.default_rng(args.seed)
+    index = np.zeros(num_batches * batch_size, np.int32)
+
+    def step(state):
+        index[:n] = rng.permutation(n)
+        return epoch(state, data, jnp.asarray(index.reshape(num_batches, batch_size)), weights)[0]
+
+    return MinibatchState(params, optimizer.init(params)), step
+
+
+SETUPS = {"als": setup_als, "optax": setup_optax}
 
 
 def run(args) -> dict:
@@ -106,6 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
     p.add_argument("--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")
     p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step (default: the fitter's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny data, for tests")
     p.add_argument("--json", action="store_true", help="print JSON lines")

@@ -22,7 +22,7 @@ import numpy as np
 
 from probmf.data.movielens import load_split
 from probmf.data.splits import random_split
-from probmf.evaluate import FOLDS, evaluate_fold
+from probmf.evaluate import FOLDS, evaluate_fold, fitter_options
 
 GRIDS = {
     "als": [
@@ -36,6 +36,28 @@ GRIDS = {
     ],
     "baseline": [{"lam_bias": lb} for lb in (0.5, 1, 2, 3, 5, 10, 15, 25)],
     "svd": [{"lam_bias": lb} for lb in (1, 3, 10)],
+    "autorec-i": [
+        {"lam": lam, "dropout": p, "learning_rate": lr, "patience": pat, "num_epochs": 400}
+        for lam, p, lr, pat in (
+            (30, 0.0, 1e-3, 20),
+            (100, 0.0, 1e-3, 20),
+            (300, 0.0, 1e-3, 20),
+            (100, 0.5, 1e-3, 20),
+            (100, 0.7, 1e-3, 20),
+            (100, 0.5, 5e-4, 40),
+            (150, 0.5, 5e-4, 40),
+            (150, 0.5, 2.5e-4, 60),
+        )
+    ],
+    # Adam, batch 1024: train to the MAP point on all of the inner-train ratings (cosine decay,
+    # fixed epochs), or stop early on a tenth of them.
+    "optax": [
+        {"weight_exponent": a, "lam": lam, "lam_bias": lb, "validation_fraction": 0.0, "num_epochs": 40, "schedule": s}
+        for a, lams in ((0.0, (5, 8, 12, 16, 20)), (0.5, (1, 1.5, 2)))
+        for lam, lb, s in itertools.product(lams, (1.0, 3.0, 10.0), ("cosine",))
+    ]
+    + [{"lam": lam, "lam_bias": 3.0, "validation_fraction": 0.1} for lam in (8, 10, 12)]
+    + [{"weight_exponent": 0.5, "lam": 1.5, "lam_bias": 3.0, "validation_fraction": 0.1}],
 }
 
 
@@ -53,7 +75,7 @@ def main(argv=None) -> int:
     rows = []
     for config in GRIDS[args.model]:
         options = dict(config)
-        if args.model != "baseline":
+        if "rank" in fitter_options(args.model):
             options["rank"] = args.rank
         t0 = time.perf_counter()
         scores = [evaluate_fold(args.model, tr, va, options=options)["rmse"] for tr, va in inner]

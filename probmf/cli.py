@@ -21,6 +21,14 @@ _OPTION_FLAGS = {
     "num_sweeps": "num_sweeps",
     "weight_exponent": "weight_exponent",
     "solver": "solver",
+    "hidden": "hidden",
+    "epochs": "num_epochs",
+    "learning_rate": "learning_rate",
+    "dropout": "dropout",
+    "objective": "objective",
+    "batch_size": "batch_size",
+    "num_samples": "num_samples",
+    "num_warmup": "num_warmup",
 }
 
 
@@ -37,6 +45,14 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--sweeps", dest="num_sweeps", type=int, help="ALS sweeps")
     p.add_argument("--weight-exponent", dest="weight_exponent", type=float, help="ALS ridge lam * n_i^alpha")
     p.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="ALS row solver")
+    p.add_argument("--hidden", type=int, help="AutoRec hidden units")
+    p.add_argument("--epochs", type=int, help="optax, AutoRec: (most) training epochs")
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, help="Adam step size")
+    p.add_argument("--dropout", type=float, help="AutoRec input-dropout rate in [0, 1)")
+    p.add_argument("--objective", choices=["map", "mle"], help="optax: MAP (with priors) or MLE")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step")
+    p.add_argument("--samples", dest="num_samples", type=int, help="gibbs: posterior draws kept")
+    p.add_argument("--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and random splits")
     p.add_argument("--no-clip", action="store_true", help="do not clip predictions to the rating range")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using synthetic data")
@@ -49,7 +65,7 @@ def _print_row(row: dict, as_json: bool) -> None:
         return
     print(
         f"{row['dataset']:>16} {row['split']:>7} {row['model']:>8} k={row['rank']:<3} "
-        f"RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  n_test {row['n_test']:,.0f} "
+        f"RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  cov90 {row['coverage_90']:.3f}  n_test {row['n_test']:,.0f} "
         f"(cold {row['n_cold']:,.0f})  fit {row['fit_seconds']:.2f} s",
         flush=True,
     )

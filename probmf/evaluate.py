@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import probmf
@@ -22,7 +23,7 @@ from probmf.data.ratings import Ratings
 from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.fitters import FITTERS
-from probmf.metrics import accuracy, predict_ratings
+from probmf.metrics import accuracy, interval_scores, predict_ratings, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
@@ -69,6 +70,7 @@ def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, s
         "model": model,
         "rank": int(fitted.rank),
         **accuracy(pred, test, train=train),
+        **_uncertainty(fitted, train, test),
         "n_train": len(train),
         "fit_seconds": round(fit_seconds, 4),
         "predict_seconds": round(predict_seconds, 4),
@@ -78,11 +80,26 @@ def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, s
     }
 
 
+def _uncertainty(fitted, train: Ratings, test: Ratings) -> dict:
+    """Interval coverage and NLL on the test ratings: from the posterior predictive when the
+    model has one, else from the plug-in Gaussian N(r_hat, s^2) with s the RMS training
+    residual (a point estimate seen as a posterior with one draw)."""
+    if hasattr(fitted, "predictive"):
+        mean, sd = fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items))
+        extra = {"num_samples": int(fitted.posterior.num_samples)}
+    else:
+        mean = predict_ratings(fitted, test)
+        sd = np.full(len(test), rmse(predict_ratings(fitted, train), train.values))
+        extra = {"num_samples": 1}
+    return {**interval_scores(mean, sd, test.values), **extra}
+
+
 def mean_row(rows: list[dict]) -> dict:
     """The mean of the numeric fields of per-fold rows, as a row with split "mean"."""
     out = dict(rows[0])
     out["split"] = "mean"
-    for key in ("rmse", "mae", "n_train", "n_test", "n_cold", "fit_seconds", "predict_seconds"):
+    for key in ("rmse", "mae", "coverage_50", "coverage_90", "nll", "n_train", "n_test", "n_cold", "fit_seconds",
+                "predict_seconds"):  # fmt: skip
         out[key] = float(np.mean([r[key] for r in rows]))
     out["folds"] = [r["split"] for r in rows]
     return out

@@ -35,6 +35,19 @@ def predict_ratings(model, test: Ratings, *, clip: tuple[float, float] | None = 
     return np.asarray(pred)
 
 
+def interval_scores(mean, sd, truth) -> dict:
+    """Calibration of Gaussian predictive distributions N(mean, sd^2) on held-out ratings:
+    coverage of the central 50% and 90% intervals and the mean negative log density (nats)."""
+    mean, sd, truth = (np.asarray(a, np.float64) for a in (mean, sd, truth))
+    z = np.abs(truth - mean) / sd
+    nll = 0.5 * z**2 + np.log(sd) + 0.5 * np.log(2 * np.pi)
+    return {
+        "coverage_50": float(np.mean(z <= 0.6744897501960817)),
+        "coverage_90": float(np.mean(z <= 1.6448536269514722)),
+        "nll": float(np.mean(nll)),
+    }
+
+
 def cold_mask(test: Ratings, train: Ratings | None = None) -> np.ndarray:
     """bool (n,): the pair's user or item is unknown (-1) or, given ``train``, has no
     training rating (its factors were never fitted)."""

@@ -1,24 +1,41 @@
-"""Fitters: each maps (rng_key, train Ratings, **options) to a result whose ``params`` is
-an `MFParams`, so prediction and metrics never depend on the fitter."""
+"""Fitters: each maps (rng_key, train Ratings, **options) to a result that either carries
+``params`` (`MFParams`) or predicts by itself (``predict(users, items)``, and
+``predictive(users, items) -> (mean, sd)`` for posteriors), so prediction and metrics never
+depend on the fitter."""
 
 from probmf.fitters.als import ALSResult, als_run, als_sweep, fit_als
+from probmf.fitters.autorec import AutoRecResult, fit_autorec, fit_autorec_i, fit_autorec_u
 from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.gibbs import GibbsResult, fit_gibbs
+from probmf.fitters.optax_mf import OptaxResult, fit_optax
 from probmf.fitters.svd import SVDResult, fit_svd, truncated_svd
 
 FITTERS = {
     "baseline": fit_baseline,
     "svd": fit_svd,
     "als": fit_als,
+    "autorec-i": fit_autorec_i,
+    "autorec-u": fit_autorec_u,
+    "optax": fit_optax,
+    "gibbs": fit_gibbs,
 }
 
 __all__ = [
     "FITTERS",
     "ALSResult",
+    "AutoRecResult",
+    "GibbsResult",
+    "OptaxResult",
     "SVDResult",
     "als_run",
     "als_sweep",
     "fit_als",
+    "fit_autorec",
+    "fit_autorec_i",
+    "fit_autorec_u",
     "fit_baseline",
+    "fit_gibbs",
+    "fit_optax",
     "fit_svd",
     "truncated_svd",
 ]

@@ -1,0 +1,472 @@
+"""AutoRec (Sedhain et al. 2015): an autoencoder of each item's (or user's) ratings.
+
+Item-based (I-AutoRec): the input vector r_j in R^num_users is item j's column of ratings;
+user-based (U-AutoRec): user i's row, in R^num_items. One hidden layer reconstructs it,
+
+    h(r) = W2^T sigmoid(W1^T r + b1) + b2,      W1 (width, hidden), W2 (hidden, width),
+
+and the objective counts observed cells only (O_r: the observed entries of r):
+
+    J = sum_r sum_{c in O_r} (h(r)_c - r_c)^2 + lam/2 (|W1|^2 + |W2|^2).
+
+A missing cell enters the input as 0 and never the loss. Training is minibatch Adam on J
+with input dropout (denoising); every epoch is one jitted `lax.scan` over fixed-size batches
+of rows, each densified on the fly from CSR arrays on the device, so memory is
+O(batch x width), never the num_users x num_items matrix. The epoch with the lowest RMSE
+on a validation split carved from the training ratings is kept.
+
+The prediction for (user i, item j) is entry i of h(r_j) (item-based), r_j built from all
+training ratings. A pair whose user or item is unknown (-1) or has no training rating falls
+back to the bias baseline mu + b_i + c_j (`probmf.fitters.baseline`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from probmf.data.ratings import Ratings
+from probmf.data.splits import random_split
+from probmf.fitters.baseline import fit_baseline
+from probmf.model import MFParams, predict_with_fallback
+
+
+class AutoRecParams(NamedTuple):
+    """Autoencoder weights (a pytree). width = num_users (item-based) or num_items.
+
+    Attributes:
+      W1: (width, hidden) encoder; b1: (hidden,).
+      W2: (hidden, width) decoder; b2: (width,).
+    """
+
+    W1: jax.Array
+    b1: jax.Array
+    W2: jax.Array
+    b2: jax.Array
+
+
+class RowsCSR(NamedTuple):
+    """The input vectors as CSR device arrays: row r holds ``indices[indptr[r]:indptr[r+1]]``
+    (columns, int32) with ratings ``values`` (float32)."""
+
+    indptr: jax.Array
+    indices: jax.Array
+    values: jax.Array
+
+
+class AutoRecResult(NamedTuple):
+    """A fitted AutoRec model; ``predict(users, items)`` gives (n,) predicted means.
+
+    ``inputs`` are the input vectors (all training ratings), ``seen_rows``/``seen_cols`` mark
+    rows/columns with a training rating, ``baseline`` predicts the other pairs, ``trace`` is
+    the validation RMSE after each epoch and ``best_epoch`` the epoch kept (0-based).
+    """
+
+    params: AutoRecParams
+    inputs: RowsCSR
+    max_len: int
+    seen_rows: np.ndarray
+    seen_cols: np.ndarray
+    baseline: MFParams
+    item_based: bool
+    trace: np.ndarray
+    best_epoch: int
+
+    @property
+    def rank(self) -> int:
+        return int(self.params.W1.shape[1])
+
+    @property
+    def num_users(self) -> int:
+        return self.seen_cols.size if self.item_based else self.seen_rows.size
+
+    @property
+    def num_items(self) -> int:
+        return self.seen_rows.size if self.item_based else self.seen_cols.size
+
+    def predict(self, users, items) -> jax.Array:
+        """(n,) means for int (n,) ``users``/``items``; -1 (unknown) or an id without training
+        ratings gets the baseline's prediction."""
+        users, items = np.asarray(users), np.asarray(items)
+        rows, cols = (items, users) if self.item_based else (users, items)
+        warm = _warm(rows, cols, self.seen_rows, self.seen_cols)
+        fallback = predict_with_fallback(self.baseline, jnp.asarray(users), jnp.asarray(items))
+        pred = reconstruct_pairs(self.params, self.inputs, rows, cols, warm, max_len=self.max_len)
+        return jnp.where(jnp.asarray(warm), pred, fallback)
+
+
+# ---- the model ----------------------------------------------------------------------------
+def init(rng_key, width: int, hidden: int, *, mu: float = 0.0) -> AutoRecParams:
+    """W1 ~ N(0, 1/width), W2 ~ N(0, 1/hidden), b1 = 0, b2 = mu (outputs start at the mean)."""
+    key_1, key_2 = jax.random.split(rng_key)
+    return AutoRecParams(
+        W1=jax.random.normal(key_1, (width, hidden), jnp.float32) / np.sqrt(width),
+        b1=jnp.zeros((hidden,), jnp.float32),
+        W2=jax.random.normal(key_2, (hidden, width), jnp.float32) / np.sqrt(hidden),
+        b2=jnp.full((width,), mu, jnp.float32),
+    )
+
+
+def apply(params: AutoRecParams, x: jax.Array) -> jax.Array:
+    """Reconstruction h(x) = sigmoid(x W1 + b1) W2 + b2 of input rows x (B, width) -> (B, width)."""
+    return jax.nn.sigmoid(x @ params.W1 + params.b1) @ params.W2 + params.b2
+
+
+def loss(params: AutoRecParams, x, mask, *, lam, keep=None, sse_weight=1.0) -> jax.Array:
+    """sse_weight * sum_{mask} (h(x_in) - x)^2 + lam/2 (|W1|^2 + |W2|^2).
+
+    x: (B, width) ratings, any filler where ``mask`` (bool (B, width)) is False: the input
+    x_in zeroes those cells and the sum skips them. keep: optional (B, width) input-dropout
+    multiplier (0 or 1/(1-p)).
+    """
+    x_in = jnp.where(mask, x, 0.0)
+    if keep is not None:
+        x_in = x_in * keep
+    err = jnp.where(mask, apply(params, x_in) - x, 0.0)
+    return sse_weight * jnp.sum(err * err) + 0.5 * lam * (jnp.sum(params.W1**2) + jnp.sum(params.W2**2))
+
+
+# ---- sparse inputs ------------------------------------------------------------------------
+def rows_csr(train: Ratings, *, item_based: bool) -> tuple[RowsCSR, int, int]:
+    """The input vectors of ``train`` as CSR device arrays, the width and the longest row."""
+    csr = train.to_csr()
+    if item_based:
+        csr = csr.T.tocsr()
+    csr.sort_indices()
+    lengths = np.diff(csr.indptr)
+    max_len = max(int(lengths.max()) if lengths.size else 0, 1)
+    arrays = RowsCSR(
+        jnp.asarray(csr.indptr, jnp.int32),
+        # One padding entry keeps every gather index valid even with no ratings.
+        jnp.asarray(np.append(csr.indices, 0), jnp.int32),
+        jnp.asarray(np.append(csr.data, 0.0), jnp.float32),
+    )
+    return arrays, csr.shape[1], max_len
+
+
+def densify(csr: RowsCSR, rows: jax.Array, width: int, max_len: int) -> tuple[jax.Array, jax.Array]:
+    """Dense ratings x (B, width) and observed mask (B, width) of ``rows`` (int (B,); -1: an
+    empty padding row). Gathers B x max_len CSR slots, then scatters into the batch."""
+    valid = rows >= 0
+    r = jnp.where(valid, rows, 0)
+    start = csr.indptr[r]
+    length = jnp.where(valid, csr.indptr[r + 1] - start, 0)
+    slot = jnp.arange(max_len)
+    ok = slot[None, :] < length[:, None]
+    pos = jnp.where(ok, start[:, None] + slot, 0)
+    # Slots past a row's end go to an extra column that is cut off: no reliance on clamping.
+    cols = jnp.where(ok, csr.indices[pos], width)
+    b = jnp.arange(rows.shape[0])[:, None]
+    x = jnp.zeros((rows.shape[0], width + 1), jnp.float32).at[b, cols].set(jnp.where(ok, csr.values[pos], 0.0))
+    mask = jnp.zeros((rows.shape[0], width + 1), bool).at[b, cols].set(ok)
+    return x[:, :width], mask[:, :width]
+
+
+def _warm(rows, cols, seen_rows, seen_cols) -> np.ndarray:
+    """bool (n,): the row and column are in range and have training ratings."""
+    ok_r = (rows >= 0) & (rows < seen_rows.size)
+    ok_c = (cols >= 0) & (cols < seen_cols.size)
+    return ok_r & ok_c & seen_rows[np.where(ok_r, rows, 0)] & seen_cols[np.where(ok_c, cols, 0)]
+
+
+# ---- training -----------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("width", "max_len"))
+def run_epoch(params, opt_state, csr: RowsCSR, batches, rng_key, hyper, *, width: int, max_len: int):
+    """One epoch of Adam steps, one per row of ``batches`` (S, B) (-1 pads the last batch).
+
+    hyper: (learning_rate, lam, dropout, num_rows / nnz, 1 / nnz) as float32 scalars. Each step
+    follows J / nnz estimated from its B_eff real rows: (N / B_eff) sse_batch + lam/2 |W|^2.
+    Returns (params, opt_state, per-step objective (S,)).
+    """
+    lr, lam, dropout, rows_per_nnz, inv_nnz = hyper
+    opt = optax.adam(lr)
+
+    def step(carry, inputs):
+        params, opt_state = carry
+        rows, key = inputs
+        x, mask = densify(csr, rows, width, max_len)
+        keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape) / (1.0 - dropout)
+        b_eff = jnp.maximum(jnp.sum(rows >= 0), 1)
+        objective = lambda p: loss(p, x, mask, lam=lam * inv_nnz, keep=keep, sse_weight=rows_per_nnz / b_eff)  # noqa: E731
+        value, grads = jax.value_and_grad(objective)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    keys = jax.random.split(rng_key, batches.shape[0])
+    (params, opt_state), values = lax.scan(step, (params, opt_state), (batches, keys))
+    return params, opt_state, values
+
+
+def _pair_plan(rows: np.ndarray, warm: np.ndarray, batch_size: int):
+    """Host-side plan to reconstruct each distinct warm row once: (S, B) row batches (-1 pad),
+    and for every pair its batch and position in it (batch -1: not reconstructed)."""
+    uniq, inverse = np.unique(np.where(warm, rows, -1), return_inverse=True)
+    if uniq.size and uniq[0] == -1:
+        uniq, inverse = uniq[1:], inverse - 1
+    num_batches = max(-(-uniq.size // batch_size), 1)
+    batches = np.full(num_batches * batch_size, -1, np.int32)
+    batches[: uniq.size] = uniq
+    inverse = inverse.reshape(-1)
+    pair_batch = np.where(inverse >= 0, inverse // batch_size, -1).astype(np.int32)
+    pair_pos = np.where(inverse >= 0, inverse % batch_size, 0).astype(np.int32)
+    return batches.reshape(num_batches, batch_size), pair_batch, pair_pos
+
+
+@functools.partial(jax.jit, static_argnames=("width", "max_len"))
+def _reconstruct_planned(params, csr: RowsCSR, batches, pair_batch, pair_pos, cols, *, width: int, max_len: int):
+    """h(r_row)[col] for every pair, reconstructing one (B, width) batch of rows per scan step."""
+
+    def step(pred, inputs):
+        s, rows = inputs
+        out = apply(params, densify(csr, rows, width, max_len)[0])
+        return jnp.where(pair_batch == s, out[pair_pos, cols], pred), None
+
+    init_pred = jnp.zeros(pair_batch.shape, jnp.float32)
+    return lax.scan(step, init_pred, (jnp.arange(batches.shape[0]), batches))[0]
+
+
+def reconstruct_pairs(params, csr: RowsCSR, rows, cols, warm, *, max_len: int, batch_size: int = 256) -> jax.Array:
+    """(n,) entry ``cols[k]`` of the reconstruction of row ``rows[k]``; 0 where not ``warm``."""
+    rows, cols, warm = np.asarray(rows), np.asarray(cols), np.asarray(warm, bool)
+    batches, pair_batch, pair_pos = _pair_plan(rows, warm, batch_size)
+    safe_cols = np.where(warm, cols, 0).astype(np.int32)
+    return _reconstruct_planned(
+        params,
+        csr,
+        jnp.asarray(batches),
+        jnp.asarray(pair_batch),
+        jnp.asarray(pair_pos),
+        jnp.asarray(safe_cols),
+        width=int(params.b2.shape[0]),
+        max_len=max_len,
+    )
+
+
+def fit_autorec(
+    rng_key,
+    train: Ratings,
+    *,
+    item_based: bool = True,
+    hidden: int = 500,
+    lam: float = 150.0,
+    dropout: float = 0.5,
+    learning_rate: float = 2.5e-4,
+    batch_size: int = 64,
+    num_epochs: int = 400,
+    patience: int = 60,
+    val_fraction: float = 0.1,
+    refit: bool = True,
+    lam_bias: float = 3.0,
+) -> AutoRecResult:
+    """Fit AutoRec by minibatch Adam with early stopping; see the module docstring.
+
+    Defaults (item-based) were chosen by cross-validation on the ML-100K training folds
+    (inner 80/20 splits of u1.base and u2.base, as ``experiments/tune.py`` does): hidden 500,
+    lam 150, input dropout 0.5, Adam 2.5e-4 for up to 400 epochs, patience 60.
+
+    Args:
+      rng_key: PRNG key (initialisation, validation split, shuffling, dropout).
+      train: training `Ratings`.
+      item_based: True: I-AutoRec (items' columns are the inputs); False: U-AutoRec.
+      hidden: hidden units (the result's ``rank``).
+      lam: L2 weight decay of W1 and W2 in J (the sum over all observed cells).
+      dropout: input-dropout rate in [0, 1) (denoising).
+      learning_rate: Adam step size.
+      batch_size: rows per step; num_epochs, patience: stop after ``patience`` epochs
+        without a better validation RMSE and restore the best epoch's weights.
+      val_fraction: share of the training ratings held out for early stopping (0: none;
+        all ``num_epochs`` run).
+      refit: after early stopping, retrain on all training ratings for the chosen number of
+        epochs (False: keep the best epoch's weights, fitted without the validation part).
+      lam_bias: ridge of the fallback baseline's biases.
+    Returns:
+      `AutoRecResult`.
+
+    Example:
+      >>> from probmf.data.synthetic import synthetic_preset
+      >>> train, _ = synthetic_preset("tiny")
+      >>> result = fit_autorec(jax.random.PRNGKey(0), train, hidden=8, num_epochs=3)
+      >>> result.rank, result.predict(jnp.array([0, -1]), jnp.array([1, 2])).shape
+      (8, (2,))
+    """
+    check_autorec_options(
+        hidden=hidden,
+        lam=lam,
+        dropout=dropout,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        patience=patience,
+        val_fraction=val_fraction,
+    )
+    if len(train) == 0:
+        raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    key_init, key_split, key_shuffle, key_drop = jax.random.split(rng_key, 4)
+    baseline = fit_baseline(key_init, train, lam_bias=lam_bias).params
+    inputs, width, max_len = rows_csr(train, item_based=item_based)
+    if val_fraction > 0 and len(train) >= 10:
+        split_seed = int(jax.random.randint(key_split, (), 0, 2**31 - 1))
+        fit_part, val = random_split(train, val_fraction, seed=split_seed)
+    else:
+        fit_part, val = train, None
+    csr, _, fit_max_len = rows_csr(fit_part, item_based=item_based)
+    num_rows = train.num_items if item_based else train.num_users
+    epochs = functools.partial(
+        _epochs,
+        key_init,
+        key_shuffle,
+        key_drop,
+        width=width,
+        num_rows=num_rows,
+        hidden=hidden,
+        hyper=(learning_rate, lam, dropout),
+        batch_size=batch_size,
+    )
+    if val is None:
+        *_, params = epochs(csr, fit_part, fit_max_len, num_epochs)
+        return _result(params, train, inputs, max_len, baseline, item_based, np.zeros(0), num_epochs - 1)
+
+    v_rows, v_cols = (val.items, val.users) if item_based else (val.users, val.items)
+    seen_r = np.bincount(fit_part.items if item_based else fit_part.users, minlength=num_rows) > 0
+    seen_c = np.bincount(fit_part.users if item_based else fit_part.items, minlength=width) > 0
+    v_warm = _warm(v_rows, v_cols, seen_r, seen_c)
+    plan = tuple(jnp.asarray(a) for a in _pair_plan(v_rows, v_warm, 256))
+    plan += (jnp.asarray(np.where(v_warm, v_cols, 0).astype(np.int32)),)
+    v_truth, v_idx = jnp.asarray(val.values[v_warm]), jnp.asarray(np.flatnonzero(v_warm))
+    lo, hi = float(train.values.min()), float(train.values.max())
+
+    trace, best, best_epoch = [], (np.inf, None), 0
+    for epoch, params in enumerate(epochs(csr, fit_part, fit_max_len, num_epochs)):
+        pred = _reconstruct_planned(params, csr, *plan, width=width, max_len=fit_max_len)[v_idx]
+        score = float(jnp.sqrt(jnp.mean((jnp.clip(pred, lo, hi) - v_truth) ** 2)))
+        trace.append(score)
+        if score < best[0]:
+            best, best_epoch = (score, params), epoch
+        elif epoch - best_epoch >= patience:
+            break
+    params = best[1]
+    if refit:
+        # The validation ratings were only for choosing the epoch count: refit on all of them.
+        *_, params = epochs(inputs, train, max_len, best_epoch + 1)
+    return _result(params, train, inputs, max_len, baseline, item_based, np.asarray(trace), best_epoch)
+
+
+def _epochs(
+    key_init, key_shuffle, key_drop, csr, part, max_len, num_epochs, *, width, num_rows, hidden, hyper, batch_size
+):
+    """Yield the params after each of ``num_epochs`` epochs of training on ``part`` (its CSR)."""
+    learning_rate, lam, dropout = hyper
+    params = init(key_init, width, hidden, mu=float(np.mean(part.values, dtype=np.float64)))
+    opt_state = optax.adam(learning_rate).init(params)
+    nnz = len(part)
+    hyper = tuple(jnp.float32(v) for v in (learning_rate, lam, dropout, num_rows / nnz, 1.0 / nnz))
+    # Rows are shuffled on the host: one permutation per epoch, padded with -1 to full batches.
+    rng = np.random.default_rng(int(jax.random.randint(key_shuffle, (), 0, 2**31 - 1)))
+    num_batches = -(-num_rows // batch_size)
+    for epoch in range(num_epochs):
+        perm = np.full(num_batches * batch_size, -1, np.int32)
+        perm[:num_rows] = rng.permutation(num_rows)
+        batches = jnp.asarray(perm.reshape(num_batches, batch_size))
+        key = jax.random.fold_in(key_drop, epoch)
+        params, opt_state, _ = run_epoch(params, opt_state, csr, batches, key, hyper, width=width, max_len=max_len)
+        yield params
+
+
+def _result(params, train, inputs, max_len, baseline, item_based, trace, best_epoch) -> AutoRecResult:
+    num_rows, width = (train.num_items, train.num_users) if item_based else (train.num_users, train.num_items)
+    seen_rows = np.bincount(train.items if item_based else train.users, minlength=num_rows) > 0
+    seen_cols = np.bincount(train.users if item_based else train.items, minlength=width) > 0
+    return AutoRecResult(
+        params, inputs, max_len, seen_rows, seen_cols, baseline, item_based, np.asarray(trace), best_epoch
+    )
+
+
+def fit_autorec_i(
+    rng_key,
+    train: Ratings,
+    *,
+    hidden: int = 500,
+    lam: float = 150.0,
+    dropout: float = 0.5,
+    learning_rate: float = 2.5e-4,
+    batch_size: int = 64,
+    num_epochs: int = 400,
+    patience: int = 60,
+    val_fraction: float = 0.1,
+    refit: bool = True,
+    lam_bias: float = 3.0,
+) -> AutoRecResult:
+    """Item-based AutoRec (I-AutoRec); see `fit_autorec`."""
+    return fit_autorec(
+        rng_key,
+        train,
+        item_based=True,
+        hidden=hidden,
+        lam=lam,
+        dropout=dropout,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        patience=patience,
+        val_fraction=val_fraction,
+        refit=refit,
+        lam_bias=lam_bias,
+    )
+
+
+def fit_autorec_u(
+    rng_key,
+    train: Ratings,
+    *,
+    hidden: int = 500,
+    lam: float = 100.0,
+    dropout: float = 0.5,
+    learning_rate: float = 1e-3,
+    batch_size: int = 64,
+    num_epochs: int = 200,
+    patience: int = 20,
+    val_fraction: float = 0.1,
+    refit: bool = True,
+    lam_bias: float = 3.0,
+) -> AutoRecResult:
+    """User-based AutoRec (U-AutoRec); see `fit_autorec` (defaults not tuned separately)."""
+    return fit_autorec(
+        rng_key,
+        train,
+        item_based=False,
+        hidden=hidden,
+        lam=lam,
+        dropout=dropout,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        patience=patience,
+        val_fraction=val_fraction,
+        refit=refit,
+        lam_bias=lam_bias,
+    )
+
+
+def check_autorec_options(
+    *, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, val_fraction
+) -> None:
+    """Reject out-of-range options before anything is compiled."""
+    for name, value in (("hidden", hidden), ("batch_size", batch_size), ("num_epochs", num_epochs)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if int(patience) != patience or patience < 0:
+        raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+    if not (np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lambda must be >= 0, got {lam!r}")
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    if not (np.isfinite(dropout) and 0 <= dropout < 1):
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not (np.isfinite(val_fraction) and 0 <= val_fraction < 1):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
