@@ -2,11 +2,11 @@
 
     python experiments/bench.py --preset ml20m --model als --rank 10 --iters 5 --json
 
-One iteration is one ALS sweep (users then items), or one optax epoch (``--model optax``).
-Prints one JSON line (``--json``) or a short table row per run and appends the JSON to
-``--out``. Fields: model, rank, preset, n_ratings, num_users, num_items, setup_seconds (encoding), compile_seconds,
-seconds_per_iter (median of the timed iterations after compile), seconds_per_iter_all,
-ratings_per_second, peak_rss_mb, devices, backend, probmf_version.
+One iteration is one ALS or Gibbs sweep (users then items) or one optax epoch. Prints one
+JSON line (``--json``) or a short table row per run and appends the JSON to ``--out``.
+Fields: model, rank, preset, n_ratings, num_users, num_items, setup_seconds (encoding),
+compile_seconds, seconds_per_iter (median of the timed iterations after compile),
+seconds_per_iter_all, ratings_per_second, peak_rss_mb, devices, backend, probmf_version.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.encoding import encode, layout_for_rank
 from probmf.evaluate import fitter_options
 from probmf.fitters.als import als_run, check_als_options, make_priors
+from probmf.fitters.gibbs import Hyperpriors, gibbs_sweep, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.model import init_params
@@ -95,7 +96,22 @@ def setup_optax(rng_key, train, args):
     return MinibatchState(params, optimizer.init(params)), step
 
 
-SETUPS = {"als": setup_als, "optax": setup_optax}
+def setup_gibbs(rng_key, train, args):
+    """Returns (state, step) where step(state) -> state runs one jitted Gibbs sweep."""
+    data = encode(train, layout_for_rank(args.rank))
+    key_init, key_run = jax.random.split(rng_key)
+    params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
+    sweep = jax.jit(lambda key, s: gibbs_sweep(key, s, data, Hyperpriors())[0])
+
+    def step(state):
+        key, s = state
+        key, key_sweep = jax.random.split(key)
+        return key, sweep(key_sweep, s)
+
+    return (key_run, init_state(params, 1.0)), step
+
+
+SETUPS = {"als": setup_als, "optax": setup_optax, "gibbs": setup_gibbs}
 
 
 def run(args) -> dict:
