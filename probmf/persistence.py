@@ -1,0 +1,227 @@
+"""Save and load fitted models safely: a folder with ``model.json`` and ``arrays.npz``.
+
+The format (version 1), documented for anyone reading a saved model by hand:
+
+    model.json   {"format": "probmf-model", "format_version": 1, "probmf_version", "model",
+                  "options", "rating_range", "structure", "arrays": {key: [dtype, shape]},
+                  "sha256": hex digest of arrays.npz}
+    arrays.npz   every array of the fitted model, plus "user_ids" and "item_ids" (raw ids)
+
+``structure`` describes the fitted object as a tree of named tuples whose leaves are arrays
+(by key into ``arrays.npz``) or JSON scalars. Only the named-tuple types listed in `TYPES`
+are ever rebuilt, and arrays are read with ``allow_pickle=False``: loading a file runs no
+code from it. Loading checks the format version, the checksum, and every array's dtype and
+shape, and raises `ModelFileError` naming the file and what is wrong.
+
+Saving is atomic: the folder is written under a temporary name beside the target and renamed
+into place; an existing model at the target is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import probmf
+from probmf.data.ratings import IdMap
+from probmf.fitters.als import ALSResult
+from probmf.fitters.autorec import AutoRecParams, AutoRecResult, RowsCSR
+from probmf.fitters.gibbs import GibbsInfo, GibbsResult
+from probmf.fitters.minibatch import MinibatchTrace
+from probmf.fitters.optax_mf import OptaxResult
+from probmf.fitters.svd import SVDResult
+from probmf.model import MFParams
+from probmf.objectives import Priors
+from probmf.posterior import Posterior
+
+FORMAT = "probmf-model"
+FORMAT_VERSION = 1
+TYPES = {
+    t.__name__: t
+    for t in (
+        MFParams,
+        Priors,
+        Posterior,
+        ALSResult,
+        SVDResult,
+        OptaxResult,
+        MinibatchTrace,
+        GibbsResult,
+        GibbsInfo,
+        AutoRecResult,
+        AutoRecParams,
+        RowsCSR,
+    )
+}
+
+
+class ModelFileError(ValueError):
+    """A saved model that cannot be loaded: missing, corrupt, or of another format version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedModel:
+    """A fitted model with what it needs to answer in raw ids.
+
+    Attributes:
+      model: the fitter's name ("als", "gibbs", ...); options: the options it ran with.
+      fitted: `MFParams`, or a result that predicts by itself (``predict(users, items)``).
+      user_ids, item_ids: the training id maps.
+      rating_range: (low, high) of the training ratings, for clipping.
+    """
+
+    model: str
+    options: dict
+    fitted: Any
+    user_ids: IdMap
+    item_ids: IdMap
+    rating_range: tuple[float, float]
+
+
+def save_model(path, model: FittedModel) -> Path:
+    """Write ``model`` to the folder ``path`` atomically; returns the path."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    structure = _encode(model.fitted, arrays, "fitted")
+    arrays["user_ids"] = np.asarray(model.user_ids.raw)
+    arrays["item_ids"] = np.asarray(model.item_ids.raw)
+    for key, a in arrays.items():
+        if a.dtype == object:
+            raise TypeError(f"array {key!r} has dtype object, which cannot be saved without pickle")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        np.savez(work / "arrays.npz", **arrays)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "probmf_version": probmf.__version__,
+            "model": model.model,
+            "options": model.options,
+            "rating_range": list(model.rating_range),
+            "structure": structure,
+            "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
+            "sha256": _sha256(work / "arrays.npz"),
+        }
+        (work / "model.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
+        _replace_dir(work, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def load_model(path) -> FittedModel:
+    """Read a model written by `save_model`, checking format, checksum, dtypes and shapes."""
+    path = Path(path)
+    meta_file, array_file = path / "model.json", path / "arrays.npz"
+    if not meta_file.is_file() or not array_file.is_file():
+        raise ModelFileError(f"{path}: not a saved probmf model (needs model.json and arrays.npz)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{meta_file}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{meta_file}: not a probmf model file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{meta_file}: format version {meta.get('format_version')!r}; this probmf "
+            f"({probmf.__version__}) reads version {FORMAT_VERSION}"
+        )
+    if _sha256(array_file) != meta.get("sha256"):
+        raise ModelFileError(f"{array_file}: checksum mismatch, the file is corrupt or was changed")
+    try:
+        with np.load(array_file, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise ModelFileError(f"{array_file}: cannot be read ({err})") from None
+    expected = meta.get("arrays", {})
+    if set(arrays) != set(expected):
+        raise ModelFileError(f"{array_file}: holds arrays {sorted(arrays)}, expected {sorted(expected)}")
+    for key, (dtype, shape) in expected.items():
+        if arrays[key].dtype.str != dtype or list(arrays[key].shape) != shape:
+            raise ModelFileError(
+                f"{array_file}: array {key!r} is {arrays[key].dtype.str} {list(arrays[key].shape)}, "
+                f"expected {dtype} {shape}"
+            )
+    try:
+        fitted = _decode(meta["structure"], arrays)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{meta_file}: bad structure ({err})") from None
+    low, high = meta["rating_range"]
+    return FittedModel(
+        meta["model"], meta["options"], fitted, IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"]), (low, high)
+    )
+
+
+# ---- the structure tree ---------------------------------------------------------------------
+
+
+def _encode(obj, arrays: dict, key: str):
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        name = type(obj).__name__
+        if TYPES.get(name) is not type(obj):
+            raise TypeError(f"cannot save a {name}: not one of probmf.persistence.TYPES")
+        return {"type": name, "fields": {f: _encode(getattr(obj, f), arrays, f"{key}.{f}") for f in obj._fields}}
+    if isinstance(obj, jax.Array | np.ndarray):
+        arrays[key] = np.asarray(obj)
+        return {"array": key}
+    if isinstance(obj, np.generic):
+        return {"value": obj.item()}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return {"value": obj}
+    if isinstance(obj, list | tuple):
+        return {"list": [_encode(v, arrays, f"{key}.{i}") for i, v in enumerate(obj)]}
+    raise TypeError(f"cannot save {key}: unsupported type {type(obj).__name__}")
+
+
+def _decode(node, arrays: dict):
+    if "type" in node:
+        cls = TYPES[node["type"]]  # KeyError for any type not allow-listed
+        return cls(**{f: _decode(v, arrays) for f, v in node["fields"].items()})
+    if "array" in node:
+        return arrays[node["array"]]
+    if "list" in node:
+        return tuple(_decode(v, arrays) for v in node["list"])
+    return node["value"]
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | jax.Array):
+        return np.asarray(obj).tolist()
+    raise TypeError(f"option of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``; an old ``target`` is removed only after."""
+    if target.exists() and not (target / "model.json").is_file():
+        raise FileExistsError(f"{target} exists and is not a saved probmf model; not overwriting it")
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)  # put the previous model back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""Saved models: round trips for every fitter, corruption and version checks, atomic writes."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from probmf.data.synthetic import synthetic_preset
+from probmf.evaluate import resolve_options
+from probmf.fitters import FITTERS
+from probmf.metrics import predict_ratings
+from probmf.persistence import FittedModel, ModelFileError, load_model, save_model
+
+QUICK = {
+    "baseline": {},
+    "svd": {"rank": 2},
+    "als": {"rank": 2, "num_sweeps": 3},
+    "optax": {"rank": 2, "num_epochs": 2},
+    "gibbs": {"rank": 2, "num_warmup": 2, "num_samples": 3},
+    "autorec-i": {"hidden": 4, "num_epochs": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    ratings, _ = synthetic_preset("tiny", seed=3)
+    return ratings
+
+
+def _fit(model, ratings):
+    options = resolve_options(model, QUICK[model])
+    result = FITTERS[model](jax.random.PRNGKey(0), ratings, **options)
+    fitted = result if hasattr(result, "predict") else result.params
+    lo, hi = float(ratings.values.min()), float(ratings.values.max())
+    return FittedModel(model, options, fitted, ratings.user_ids, ratings.item_ids, (lo, hi))
+
+
+@pytest.mark.parametrize("model", sorted(QUICK))
+def test_round_trip_gives_identical_predictions(tmp_path, data, model):
+    fm = _fit(model, data)
+    save_model(tmp_path / "m", fm)
+    back = load_model(tmp_path / "m")
+    assert back.model == model and back.user_ids == data.user_ids and back.item_ids == data.item_ids
+    assert back.options == json.loads(json.dumps(fm.options))
+    np.testing.assert_array_equal(predict_ratings(back.fitted, data), predict_ratings(fm.fitted, data))
+
+
+def test_corrupt_arrays_are_detected(tmp_path, data):
+    save_model(tmp_path / "m", _fit("als", data))
+    npz = tmp_path / "m" / "arrays.npz"
+    raw = bytearray(npz.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    npz.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(tmp_path / "m")
+
+
+def test_format_version_and_shapes_are_checked(tmp_path, data):
+    save_model(tmp_path / "m", _fit("als", data))
+    meta_file = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["format_version"] = 99
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        load_model(tmp_path / "m")
+    meta["format_version"] = 1
+    meta["arrays"]["fitted.W"][1] = [1, 1]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="fitted.W"):
+        load_model(tmp_path / "m")
+
+
+def test_only_allow_listed_types_are_rebuilt(tmp_path, data):
+    save_model(tmp_path / "m", _fit("als", data))
+    meta_file = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["structure"]["type"] = "os.system"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="bad structure"):
+        load_model(tmp_path / "m")
+
+
+def test_failed_save_keeps_the_previous_model(tmp_path, data):
+    good = _fit("als", data)
+    save_model(tmp_path / "m", good)
+    before = (tmp_path / "m" / "arrays.npz").read_bytes()
+    bad = FittedModel("als", {}, good.fitted._replace(W=np.array([object()])), good.user_ids, good.item_ids, (1, 5))
+    with pytest.raises(TypeError):
+        save_model(tmp_path / "m", bad)
+    assert (tmp_path / "m" / "arrays.npz").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+    load_model(tmp_path / "m")
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_a_model(tmp_path, data):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        save_model(tmp_path / "m", _fit("baseline", data))
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def test_missing_files_give_a_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="not a saved probmf model"):
+        load_model(tmp_path)
