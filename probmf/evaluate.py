@@ -47,33 +47,45 @@ def resolve_options(model: str, given: dict) -> dict:
     return {**options, **given}
 
 
-def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True) -> dict:
-    """Fit ``model`` on ``train`` and score it on ``test`` (test ids in train's id space).
+def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0):
+    """Fit ``model`` on ``train``: returns (fitted, options used, seconds). ``fitted`` is the
+    result when it predicts by itself, else its ``params`` (`MFParams`)."""
+    options = resolve_options(model, options)
+    t0 = time.perf_counter()
+    result = FITTERS[model](jax.random.PRNGKey(seed), train, **options)
+    fitted = result if hasattr(result, "predict") else result.params
+    jax.block_until_ready(fitted)
+    return fitted, options, time.perf_counter() - t0
+
+
+def score(fitted, train: Ratings, test: Ratings, *, clip=True) -> dict:
+    """Accuracy and calibration of a fitted model on ``test`` (ids in train's id space).
 
     ``clip``: True bounds predictions to the training rating range, False leaves them, or a
     (low, high) pair. Cold pairs (a user or item with no training rating) are predicted
     from biases and mu, and counted in ``n_cold``.
     """
-    options = resolve_options(model, options)
     if clip is True:
         clip = (float(train.values.min()), float(train.values.max()))
-    t0 = time.perf_counter()
-    result = FITTERS[model](jax.random.PRNGKey(seed), train, **options)
-    # An MF fitter's result carries MFParams; another model predicts by itself.
-    fitted = result if hasattr(result, "predict") else result.params
-    jax.block_until_ready(fitted)
-    fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = predict_ratings(fitted, test, clip=clip or None)
     predict_seconds = time.perf_counter() - t0
     return {
-        "model": model,
         "rank": int(fitted.rank),
         **accuracy(pred, test, train=train),
         **_uncertainty(fitted, train, test),
         "n_train": len(train),
-        "fit_seconds": round(fit_seconds, 4),
         "predict_seconds": round(predict_seconds, 4),
+    }
+
+
+def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True) -> dict:
+    """Fit ``model`` on ``train`` and score it on ``test``: one row of `probmf evaluate`."""
+    fitted, options, seconds = fit_model(model, train, options=options, seed=seed)
+    return {
+        "model": model,
+        **score(fitted, train, test, clip=clip),
+        "fit_seconds": round(seconds, 4),
         "probmf_version": probmf.__version__,
         "seed": seed,
         "options": {k: v for k, v in options.items() if k != "rank"},
