@@ -5,7 +5,8 @@ The format (version 1), documented for anyone reading a saved model by hand:
     model.json   {"format": "probmf-model", "format_version": 1, "probmf_version", "model",
                   "options", "rating_range", "structure", "arrays": {key: [dtype, shape]},
                   "sha256": hex digest of arrays.npz}
-    arrays.npz   every array of the fitted model, plus "user_ids" and "item_ids" (raw ids)
+    arrays.npz   every array of the fitted model, plus "user_ids" and "item_ids" (raw ids) and
+                 "rated_indptr", "rated_items" (CSR of the training items of each user)
 
 ``structure`` describes the fitted object as a tree of named tuples whose leaves are arrays
 (by key into ``arrays.npz``) or JSON scalars. Only the named-tuple types listed in `TYPES`
@@ -77,6 +78,9 @@ class FittedModel:
       fitted: `MFParams`, or a result that predicts by itself (``predict(users, items)``).
       user_ids, item_ids: the training id maps.
       rating_range: (low, high) of the training ratings, for clipping.
+      rated_indptr, rated_items: CSR of the items each user rated in training (dense
+        indices; user i's are ``rated_items[rated_indptr[i]:rated_indptr[i+1]]``), so
+        recommendations can leave them out; None when not kept.
     """
 
     model: str
@@ -85,6 +89,29 @@ class FittedModel:
     user_ids: IdMap
     item_ids: IdMap
     rating_range: tuple[float, float]
+    rated_indptr: np.ndarray | None = None
+    rated_items: np.ndarray | None = None
+
+    def rated(self, user: int) -> np.ndarray:
+        """Dense indices of the items dense user ``user`` rated in training."""
+        if self.rated_indptr is None:
+            return np.zeros(0, np.int32)
+        return self.rated_items[self.rated_indptr[user] : self.rated_indptr[user + 1]]
+
+    @classmethod
+    def from_training(cls, model: str, options: dict, fitted, train) -> FittedModel:
+        """Wrap a fit on the `Ratings` ``train``, keeping its id maps, rating range and rated items."""
+        csr = train.to_coo().tocsr()
+        return cls(
+            model,
+            options,
+            fitted,
+            train.user_ids,
+            train.item_ids,
+            (float(train.values.min()), float(train.values.max())),
+            csr.indptr.astype(np.int64),
+            csr.indices.astype(np.int32),
+        )
 
 
 def save_model(path, model: FittedModel) -> Path:
@@ -94,6 +121,9 @@ def save_model(path, model: FittedModel) -> Path:
     structure = _encode(model.fitted, arrays, "fitted")
     arrays["user_ids"] = np.asarray(model.user_ids.raw)
     arrays["item_ids"] = np.asarray(model.item_ids.raw)
+    if model.rated_indptr is not None:
+        arrays["rated_indptr"] = np.asarray(model.rated_indptr)
+        arrays["rated_items"] = np.asarray(model.rated_items)
     for key, a in arrays.items():
         if a.dtype == object:
             raise TypeError(f"array {key!r} has dtype object, which cannot be saved without pickle")
@@ -158,7 +188,14 @@ def load_model(path) -> FittedModel:
         raise ModelFileError(f"{meta_file}: bad structure ({err})") from None
     low, high = meta["rating_range"]
     return FittedModel(
-        meta["model"], meta["options"], fitted, IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"]), (low, high)
+        meta["model"],
+        meta["options"],
+        fitted,
+        IdMap(arrays["user_ids"]),
+        IdMap(arrays["item_ids"]),
+        (low, high),
+        arrays.get("rated_indptr"),
+        arrays.get("rated_items"),
     )
 
 

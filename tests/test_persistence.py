@@ -32,8 +32,7 @@ def _fit(model, ratings):
     options = resolve_options(model, QUICK[model])
     result = FITTERS[model](jax.random.PRNGKey(0), ratings, **options)
     fitted = result if hasattr(result, "predict") else result.params
-    lo, hi = float(ratings.values.min()), float(ratings.values.max())
-    return FittedModel(model, options, fitted, ratings.user_ids, ratings.item_ids, (lo, hi))
+    return FittedModel.from_training(model, options, fitted, ratings)
 
 
 @pytest.mark.parametrize("model", sorted(QUICK))
@@ -44,6 +43,7 @@ def test_round_trip_gives_identical_predictions(tmp_path, data, model):
     assert back.model == model and back.user_ids == data.user_ids and back.item_ids == data.item_ids
     assert back.options == json.loads(json.dumps(fm.options))
     np.testing.assert_array_equal(predict_ratings(back.fitted, data), predict_ratings(fm.fitted, data))
+    np.testing.assert_array_equal(back.rated(3), np.sort(data.items[data.users == 3]))
 
 
 def test_corrupt_arrays_are_detected(tmp_path, data):
