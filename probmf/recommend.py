@@ -1,0 +1,187 @@
+"""Answers in raw ids from a saved model: predictions for pairs, top-N recommendations, and
+new users folded in without retraining.
+
+Fold-in solves the new user's row with the items fixed, exactly as an ALS half-sweep does:
+
+    [w; b] = (sum_j a_j a_j^T + diag(lam I, lam_b))^-1 sum_j (r_j - mu - c_j) a_j,  a_j = [u_j; 1],
+
+with the model's own ridge strengths (MAP fitters); for a posterior, the same conditional is
+solved in every draw s with tau_s and a Gaussian prior whose mean and precision are the
+empirical ones of that draw's user rows (BPMF's hyper-parameters are not kept), and a row is
+drawn from N(A_s^-1 r_s, A_s^-1) per draw, so the fold-in carries the posterior's
+uncertainty.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import norm
+
+from probmf.data.ratings import UNKNOWN
+from probmf.model import MFParams, predict_with_fallback
+from probmf.persistence import FittedModel
+from probmf.posterior import Posterior
+
+STRATEGIES = ("mean", "ucb", "thompson")
+
+
+class Predictions(NamedTuple):
+    """Per pair: mean (n,), sd (n,) or None for point estimates, known (n,) bool: False where
+    the user or item is unknown and the prediction fell back to biases and mu."""
+
+    mean: np.ndarray
+    sd: np.ndarray | None
+    known: np.ndarray
+
+
+def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True) -> Predictions:
+    """Predictions for raw (user, item) ids; unknown ids fall back and are flagged."""
+    users, items = model.user_ids.index(raw_users), model.item_ids.index(raw_items)
+    known = (users != UNKNOWN) & (items != UNKNOWN)
+    u, i = jnp.asarray(users), jnp.asarray(items)
+    if hasattr(model.fitted, "predictive"):
+        mean, sd = (np.asarray(a) for a in model.fitted.predictive(u, i))
+    else:
+        mean = np.asarray(
+            model.fitted.predict(u, i)
+            if hasattr(model.fitted, "predict")
+            else predict_with_fallback(model.fitted, u, i)
+        )
+        sd = None
+    if clip:
+        mean = np.clip(mean, *model.rating_range)
+    return Predictions(mean, sd, known)
+
+
+class Recommendation(NamedTuple):
+    items: np.ndarray  # raw item ids, best first
+    score: np.ndarray  # the ranking score (mean, upper bound, or a posterior draw)
+    mean: np.ndarray
+    sd: np.ndarray | None
+
+
+def recommend(
+    model: FittedModel,
+    user_scores: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
+    *,
+    n: int = 10,
+    exclude=(),
+    strategy: str = "mean",
+    ucb_level: float = 0.9,
+) -> Recommendation:
+    """Top-``n`` items by ``strategy`` from a user's scores over all items.
+
+    user_scores: (mean (M,), sd (M,) or None, one posterior draw's means (M,) or None), e.g.
+      from `score_user` or `fold_in`. exclude: dense item indices not to recommend (the
+      user's rated items). strategy: "mean"; "ucb", the upper end of the central
+      ``ucb_level`` predictive interval; "thompson", one posterior draw's means.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    mean, sd, draw = user_scores
+    if strategy != "mean" and sd is None:
+        raise ValueError(
+            f"strategy {strategy!r} needs a Bayesian model (gibbs, svi, nuts); {model.model!r} is a point estimate"
+        )
+    score = {"mean": lambda: mean, "ucb": lambda: mean + norm.ppf(0.5 + ucb_level / 2) * sd, "thompson": lambda: draw}[
+        strategy
+    ]()
+    score = np.array(score, np.float64)
+    score[np.asarray(list(exclude), np.int64)] = -np.inf
+    top = np.argsort(-score, kind="stable")[: min(n, int(np.isfinite(score).sum()))]
+    return Recommendation(model.item_ids.raw[top], score[top], mean[top], None if sd is None else sd[top])
+
+
+def score_user(model: FittedModel, user: int, rng_key=None):
+    """(mean, sd or None, one draw's means or None) over all M items for dense user ``user``."""
+    m = len(model.item_ids)
+    users, items = jnp.full((m,), user, jnp.int32), jnp.arange(m, dtype=jnp.int32)
+    fitted = model.fitted
+    if isinstance(fitted, MFParams) or not hasattr(fitted, "predictive"):
+        pred = (
+            fitted.predict(users, items) if hasattr(fitted, "predict") else predict_with_fallback(fitted, users, items)
+        )
+        return np.asarray(pred), None, None
+    mean, sd = fitted.predictive(users, items)
+    posterior: Posterior = fitted.posterior
+    s = _draw_index(rng_key, posterior.num_samples)
+    draw = predict_with_fallback(jax.tree.map(lambda a: a[s], posterior.draws), users, items)
+    return np.asarray(mean), np.asarray(sd), np.asarray(draw)
+
+
+def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
+    """Scores over all items for a NEW user given their ratings of known items, without
+    retraining (see the module docstring). Returns (scores as `score_user`, dense indices of
+    the rated items)."""
+    items = model.item_ids.index(raw_items)
+    if np.any(items == UNKNOWN):
+        bad = np.asarray(raw_items)[items == UNKNOWN][0]
+        raise ValueError(f"item {bad!r} is not known to the model; fold-in needs items it was trained on")
+    r = np.asarray(ratings, np.float32)
+    fitted = model.fitted
+    if isinstance(fitted, MFParams):
+        lam, lam_b = _ridge(model, len(r))
+        x = _solve_row(fitted.U[items], fitted.c[items], fitted.mu, r, lam, lam_b)
+        mean = np.asarray(fitted.U @ x[:-1] + x[-1] + fitted.c + fitted.mu)
+        return (mean, None, None), items
+    if hasattr(fitted, "posterior"):
+        key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+        preds = np.asarray(_fold_in_draws(key, fitted.posterior, jnp.asarray(items), jnp.asarray(r)))
+        noise = float(np.mean(1.0 / np.asarray(fitted.posterior.tau)))
+        s = _draw_index(rng_key, preds.shape[0])
+        return (preds.mean(0), np.sqrt(preds.var(0) + noise), preds[s]), items
+    raise ValueError(f"fold-in is not available for model {model.model!r}")
+
+
+def _ridge(model: FittedModel, count: int) -> tuple[float, float]:
+    opts = model.options
+    if model.model in ("svd", "baseline") or "lam" not in opts:
+        return 1e-6, float(opts.get("lam_bias", 0.0))
+    if opts.get("objective") == "mle":
+        return 0.0, 0.0
+    lam = float(opts["lam"]) * count ** float(opts.get("weight_exponent", 0.0))
+    return lam, float(opts.get("lam_bias", 0.0))
+
+
+def _solve_row(U, c, mu, r, lam, lam_b):
+    """[w; b] minimising sum_j (r_j - mu - c_j - w.u_j - b)^2 + lam |w|^2 + lam_b b^2."""
+    a = jnp.concatenate([U, jnp.ones((U.shape[0], 1))], axis=1)
+    k1 = a.shape[1]
+    d = jnp.concatenate([jnp.full((k1 - 1,), lam), jnp.array([lam_b])]) + 1e-6
+    return jnp.linalg.solve(a.T @ a + jnp.diag(d), a.T @ (r - mu - c))
+
+
+@jax.jit
+def _fold_in_draws(rng_key, posterior: Posterior, items, r):
+    """Per draw: sample [w; b] from its conditional and return the (S, M) predicted means."""
+
+    def one(key, params, tau):
+        W, U, b, c, mu = params
+        k = W.shape[1]
+        prior_mean = jnp.concatenate([jnp.mean(W, 0), jnp.zeros(1)])
+        cov = jnp.cov(W.T).reshape(k, k) + 1e-6 * jnp.eye(k)
+        prior_prec = (
+            jnp.zeros((k + 1, k + 1)).at[:k, :k].set(jnp.linalg.inv(cov)).at[k, k].set(1.0 / (jnp.var(b) + 1e-6))
+        )
+        a = jnp.concatenate([U[items], jnp.ones((items.shape[0], 1))], axis=1)
+        A = tau * a.T @ a + prior_prec
+        L = jnp.linalg.cholesky(A)
+        y = jax.scipy.linalg.solve_triangular(L, tau * a.T @ (r - mu - c[items]) + prior_prec @ prior_mean, lower=True)
+        z = jax.random.normal(key, y.shape)
+        x = jax.scipy.linalg.solve_triangular(L, y + z, lower=True, trans="T")
+        return U @ x[:-1] + x[-1] + c + mu
+
+    keys = jax.random.split(rng_key, posterior.num_samples)
+    return jax.lax.map(lambda args: one(*args), (keys, posterior.draws, posterior.tau))
+
+
+def _draw_index(rng_key, num: int) -> int:
+    if rng_key is None:
+        return 0
+    return int(jax.random.randint(rng_key, (), 0, num))
