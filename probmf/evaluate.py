@@ -158,22 +158,29 @@ def folds(
             if not fallback:
                 raise
             ratings, data = _fallback(data, err, notify)
-    elif data in DATASETS:
+    else:
+        ratings, data = load_ratings(data, fallback=fallback, notify=notify)
+    yield from _cv_folds(data, ratings, names, seed)
+
+
+def load_ratings(data: str, *, fallback: bool = True, notify=None) -> tuple[Ratings, str]:
+    """All ratings of a dataset and its name: a MovieLens name, or "synthetic[:preset]"
+    (default preset ml100k). With ``fallback``, a MovieLens set that is absent and cannot
+    be downloaded is replaced by the synthetic preset of its shape, with a notice."""
+    notify = notify or (lambda msg: print(msg, file=sys.stderr))
+    if data in DATASETS:
         try:
-            ratings = load_movielens(data)
+            return load_movielens(data), data
         except DatasetNotFoundError as err:
             if not fallback or data not in FALLBACK_PRESET:
                 raise
-            ratings, data = _fallback(data, err, notify)
-    elif data and (data == "synthetic" or data.startswith("synthetic:")):
+            return _fallback(data, err, notify)
+    if data and (data == "synthetic" or data.startswith("synthetic:")):
         preset = data.partition(":")[2] or "ml100k"
         if preset not in PRESETS:
             raise ValueError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
-        ratings, _ = synthetic_preset(preset, seed=0)
-        data = f"synthetic:{preset}"
-    else:
-        raise ValueError(f"unknown dataset {data!r}; choose one of {sorted(DATASETS)} or synthetic[:preset]")
-    yield from _cv_folds(data, ratings, names, seed)
+        return synthetic_preset(preset, seed=0)[0], f"synthetic:{preset}"
+    raise ValueError(f"unknown dataset {data!r}; choose one of {sorted(DATASETS)} or synthetic[:preset]")
 
 
 def _fallback(name: str, err: Exception, notify) -> tuple[Ratings, str]:

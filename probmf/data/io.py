@@ -26,7 +26,7 @@ import pandas as pd
 
 from probmf.data.ratings import IdMap, Ratings
 
-__all__ = ["RatingsFileError", "read_ratings", "write_ratings"]
+__all__ = ["RatingsFileError", "read_new_user", "read_pairs", "read_ratings", "write_ratings"]
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _WHITESPACE = r"\s+"
@@ -707,3 +707,57 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# ---- small files for the command line -----------------------------------------------------
+
+
+def read_pairs(path) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) raw ids from a CSV with a header naming the user and item columns
+    (``userId,movieId[,...]``; other columns are ignored)."""
+    df = _read_small_csv(path, ("user", "item"))
+    return df["user"].to_numpy(), df["item"].to_numpy()
+
+
+def read_new_user(path) -> tuple[np.ndarray, np.ndarray]:
+    """(items, ratings) of one new user from a CSV with header ``movieId,rating``."""
+    df = _read_small_csv(path, ("item", "rating"))
+    ratings = pd.to_numeric(df["rating"], errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(ratings)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise RatingsFileError(
+            f"{path}, line {k + 2}: rating {df['rating'].iloc[k]!r} is not a finite number",
+            path=path,
+            line=k + 2,
+            value=df["rating"].iloc[k],
+        )
+    return df["item"].to_numpy(), ratings
+
+
+def _read_small_csv(path, roles: tuple[str, ...]) -> pd.DataFrame:
+    """A small headed CSV with the columns of ``roles``, renamed to the role names; ids are
+    parsed as integers when every value is one."""
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        df = pd.read_csv(path, sep=None, engine="python", dtype=str, encoding="utf-8-sig", skip_blank_lines=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise RatingsFileError(f"{path}: cannot be read as CSV ({err})", path=path) from None
+    found = {_role_of(c): c for c in df.columns}
+    missing = [r for r in roles if r not in found]
+    if missing:
+        raise RatingsFileError(
+            f"{path}, line 1: header {list(df.columns)} has no {' or '.join(missing)} column "
+            f"(e.g. userId, movieId, rating)",
+            path=path,
+            line=1,
+        )
+    if df.empty:
+        raise RatingsFileError(f"{path}: no rows", path=path)
+    out = df[[found[r] for r in roles]].set_axis(list(roles), axis=1)
+    for role in ("user", "item"):
+        if role in out and out[role].str.fullmatch(r"\s*\d+\s*").all():
+            out[role] = out[role].astype(np.int64)
+    return out
