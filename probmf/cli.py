@@ -2,6 +2,11 @@
 
 probmf evaluate --data ml-100k --split all --model als --rank 10 --json
 probmf evaluate --train train.csv --test test.csv --model svd
+probmf fit --data ml-100k --model gibbs --out models/gibbs
+probmf predict --model models/gibbs --pairs pairs.csv
+probmf recommend --model models/gibbs --user 196 -n 10 --strategy ucb
+probmf recommend --model models/gibbs --ratings my_ratings.csv
+probmf info --model models/gibbs
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ import argparse
 import json
 import sys
 
-from probmf.evaluate import evaluate_fold, folds, mean_row
+import jax
+
+from probmf.data.io import read_new_user, read_pairs, read_ratings
+from probmf.evaluate import evaluate_fold, fit_model, folds, load_ratings, mean_row
 from probmf.fitters import FITTERS
+from probmf.persistence import FittedModel, load_model, save_model
+from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user
 
 # CLI flag -> fitter keyword
 _OPTION_FLAGS = {
@@ -32,12 +42,14 @@ _OPTION_FLAGS = {
 }
 
 
-def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="fit on training ratings, report accuracy on held-out ratings")
-    p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]")
-    p.add_argument("--split", default="u1", help="u1..u5, ua, ub, all (u1..u5 and their mean), holdout")
-    p.add_argument("--train", help="training ratings file (CSV userId,movieId,rating[,timestamp] or tab)")
-    p.add_argument("--test", help="held-out ratings file, same formats")
+def _hidden(text: str) -> int | tuple[int, ...]:
+    """ "500" -> 500 (one layer); "64,32" -> (64, 32)."""
+    widths = tuple(int(w) for w in text.split(","))
+    return widths[0] if len(widths) == 1 else widths
+
+
+def _add_model_options(p) -> None:
+    """--model and every fitter option (each applies to the fitters that take it)."""
     p.add_argument("--model", default="als", choices=sorted(FITTERS))
     p.add_argument("--rank", type=int, help="number of latent factors k")
     p.add_argument("--lambda", dest="lam", type=float, help="factor ridge strength (prior precision)")
@@ -45,7 +57,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--sweeps", dest="num_sweeps", type=int, help="ALS sweeps")
     p.add_argument("--weight-exponent", dest="weight_exponent", type=float, help="ALS ridge lam * n_i^alpha")
     p.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="ALS row solver")
-    p.add_argument("--hidden", type=int, help="AutoRec hidden units")
+    p.add_argument("--hidden", type=_hidden, help="AutoRec hidden units; mlp, residual: layer widths, e.g. 64,32")
     p.add_argument("--epochs", type=int, help="optax, AutoRec: (most) training epochs")
     p.add_argument("--learning-rate", dest="learning_rate", type=float, help="Adam step size")
     p.add_argument("--dropout", type=float, help="AutoRec input-dropout rate in [0, 1)")
@@ -53,6 +65,15 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step")
     p.add_argument("--samples", dest="num_samples", type=int, help="gibbs: posterior draws kept")
     p.add_argument("--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="fit on training ratings, report accuracy on held-out ratings")
+    p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]")
+    p.add_argument("--split", default="u1", help="u1..u5, ua, ub, all (u1..u5 and their mean), holdout")
+    p.add_argument("--train", help="training ratings file (CSV userId,movieId,rating[,timestamp] or tab)")
+    p.add_argument("--test", help="held-out ratings file, same formats")
+    _add_model_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and random splits")
     p.add_argument("--no-clip", action="store_true", help="do not clip predictions to the rating range")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using synthetic data")
@@ -72,7 +93,7 @@ def _print_row(row: dict, as_json: bool) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    given = {k: getattr(args, flag) for flag, k in _OPTION_FLAGS.items() if getattr(args, flag) is not None}
+    given = _given_options(args)
     rows = []
     for dataset, split, train, test in folds(
         args.data,
@@ -91,13 +112,135 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _given_options(args) -> dict:
+    return {k: getattr(args, flag) for flag, k in _OPTION_FLAGS.items() if getattr(args, flag) is not None}
+
+
+def _fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="fit a model on all given ratings and save it")
+    p.add_argument("--data", default="ml-100k", help="ml-100k, ..., synthetic[:preset] (all ratings are used)")
+    p.add_argument("--train", help="ratings file to fit instead of --data")
+    _add_model_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder to save the model in (replaced only on success)")
+    p.add_argument("--no-fallback", action="store_true", help="fail instead of using synthetic data")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_fit(args) -> int:
+    if args.train:
+        train, dataset = read_ratings(args.train), str(args.train)
+    else:
+        train, dataset = load_ratings(args.data, fallback=not args.no_fallback)
+    fitted, options, seconds = fit_model(args.model, train, options=_given_options(args), seed=args.seed)
+    path = save_model(args.out, FittedModel.from_training(args.model, options, fitted, train))
+    info = {"saved": str(path), "model": args.model, "dataset": dataset, "rank": int(fitted.rank),
+            "n_train": len(train), "fit_seconds": round(seconds, 3)}  # fmt: skip
+    text = f"saved {args.model} (rank {info['rank']}) fitted on {len(train):,} ratings of {dataset} to {path}"
+    print(json.dumps(info) if args.json else f"{text} in {seconds:.1f} s")
+    return 0
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict ratings for (user, item) pairs with a saved model")
+    p.add_argument("--model", required=True, help="a folder written by probmf fit")
+    p.add_argument("--pairs", required=True, help="CSV with header userId,movieId[,...] (or tab format)")
+    p.add_argument("--no-clip", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per pair")
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args.model)
+    users, items = read_pairs(args.pairs)
+    p = predict_pairs(model, users, items, clip=not args.no_clip)
+    if not args.json:
+        print("userId,movieId,prediction" + (",sd" if p.sd is not None else "") + ",known")
+    for k in range(len(users)):
+        row = {"userId": _py(users[k]), "movieId": _py(items[k]), "prediction": round(float(p.mean[k]), 4)}
+        if p.sd is not None:
+            row["sd"] = round(float(p.sd[k]), 4)
+        row["known"] = bool(p.known[k])
+        print(json.dumps(row) if args.json else ",".join(str(v) for v in row.values()))
+    return 0
+
+
+def _recommend_parser(sub) -> None:
+    p = sub.add_parser("recommend", help="top-N items for a user of a saved model, or for a new user")
+    p.add_argument("--model", required=True, help="a folder written by probmf fit")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id the model was trained on")
+    who.add_argument("--ratings", help="a new user's ratings (CSV movieId,rating), folded in without retraining")
+    p.add_argument("-n", type=int, default=10, help="how many items")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="mean",
+                   help="rank by predicted mean, upper 90%% bound (ucb) or one posterior draw (thompson)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="for thompson and the fold-in of Bayesian models")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_recommend(args) -> int:
+    model = load_model(args.model)
+    key = jax.random.PRNGKey(args.seed)
+    if args.ratings:
+        new = read_new_user(args.ratings)
+        scores, rated = fold_in(model, new[0], new[1], rng_key=key)
+    else:
+        user = model.user_ids.index([args.user if model.user_ids.raw.dtype.kind in "US" else _as_int(args.user)])[0]
+        if user < 0:
+            raise ValueError(f"user {args.user!r} is not known to the model; pass --ratings FILE to fold in a new user")
+        scores, rated = score_user(model, int(user), rng_key=key), model.rated(int(user))
+    rec = recommend(model, scores, n=args.n, exclude=rated, strategy=args.strategy)
+    for k in range(len(rec.items)):
+        row = {"rank": k + 1, "movieId": _py(rec.items[k]), "score": round(float(rec.score[k]), 4),
+               "mean": round(float(rec.mean[k]), 4)}  # fmt: skip
+        if rec.sd is not None:
+            row["sd"] = round(float(rec.sd[k]), 4)
+        print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="describe a saved model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_info(args) -> int:
+    model = load_model(args.model)
+    info = {
+        "model": model.model,
+        "rank": int(model.fitted.rank),
+        "num_users": len(model.user_ids),
+        "num_items": len(model.item_ids),
+        "rating_range": list(model.rating_range),
+        "options": model.options,
+    }
+    if hasattr(model.fitted, "posterior"):
+        info["num_samples"] = int(model.fitted.posterior.num_samples)
+    print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
+def _py(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def _as_int(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"user id {text!r} is not an integer, and the model's user ids are") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="probmf", description="Probabilistic matrix factorization in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _evaluate_parser(sub)
+    for add in (_evaluate_parser, _fit_parser, _predict_parser, _recommend_parser, _info_parser):
+        add(sub)
     args = parser.parse_args(argv)
     try:
-        return {"evaluate": cmd_evaluate}[args.command](args)
+        commands = {"evaluate": cmd_evaluate, "fit": cmd_fit, "predict": cmd_predict, "recommend": cmd_recommend,
+                    "info": cmd_info}  # fmt: skip
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"probmf: error: {err}", file=sys.stderr)
         return 2
