@@ -58,6 +58,16 @@ GRIDS = {
     ]
     + [{"lam": lam, "lam_bias": 3.0, "validation_fraction": 0.1} for lam in (8, 10, 12)]
     + [{"weight_exponent": 0.5, "lam": 1.5, "lam_bias": 3.0, "validation_fraction": 0.1}],
+    # The network on out-of-fold ALS residuals (its own early stopping on a tenth of the data).
+    "residual": [
+        {"embedding_dim": d, "hidden": h, "learning_rate": lr, "num_epochs": 80}
+        for d, h, lr in ((0, (32,), 1e-3), (0, (32,), 3e-3), (0, (64, 32), 1e-3), (4, (32,), 1e-3), (8, (32,), 1e-3))
+    ],
+    # --rank sets the embedding dim (32 is the default).
+    "mlp": [
+        {"hidden": h, "dropout": p, "lam": lam}
+        for h, p, lam in (((64, 32), 0.1, 0.05), ((32,), 0.1, 0.05), ((64, 32), 0.3, 0.1))
+    ],
 }
 
 

@@ -22,6 +22,7 @@ from probmf.data.movielens import DATASETS, DatasetNotFoundError, load_movielens
 from probmf.data.ratings import Ratings
 from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
+from probmf.diagnostics import prediction_diagnostics
 from probmf.fitters import FITTERS
 from probmf.metrics import accuracy, interval_scores, predict_ratings, rmse
 
@@ -98,12 +99,28 @@ def _uncertainty(fitted, train: Ratings, test: Ratings) -> dict:
     residual (a point estimate seen as a posterior with one draw)."""
     if hasattr(fitted, "predictive"):
         mean, sd = fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items))
-        extra = {"num_samples": int(fitted.posterior.num_samples)}
+        extra = {"num_samples": int(fitted.posterior.num_samples), **_convergence(fitted, test)}
     else:
         mean = predict_ratings(fitted, test)
         sd = np.full(len(test), rmse(predict_ratings(fitted, train), train.values))
         extra = {"num_samples": 1}
     return {**interval_scores(mean, sd, test.values), **extra}
+
+
+def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
+    """Split R-hat (max) and ESS (min) of the predictions at up to ``num_pairs`` test pairs
+    spread over the test set (chains as the sampler ran them; one chain is split in two)."""
+    info = getattr(fitted, "info", None)
+    chains = len(info.step_size) if hasattr(info, "step_size") else 1
+    if fitted.posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
+        return {"r_hat_max": None, "ess_min": None}
+    pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))
+    r_hat, ess = prediction_diagnostics(fitted.posterior, test.users[pick], test.items[pick], num_chains=chains)
+    # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat.
+    finite = np.isfinite(r_hat)
+    if not finite.any():
+        return {"r_hat_max": None, "ess_min": None}
+    return {"r_hat_max": float(np.max(r_hat[finite])), "ess_min": float(np.min(ess[finite]))}
 
 
 def mean_row(rows: list[dict]) -> dict:

@@ -38,6 +38,8 @@ from probmf.fitters.als import ALSResult
 from probmf.fitters.autorec import AutoRecParams, AutoRecResult, RowsCSR
 from probmf.fitters.gibbs import GibbsInfo, GibbsResult
 from probmf.fitters.minibatch import MinibatchTrace
+from probmf.fitters.mlp import Dense, JointParams, MLPParams, MLPResult, NetParams, ResidualResult
+from probmf.fitters.numpyro_mf import NUTSInfo, NUTSResult, SVIResult
 from probmf.fitters.optax_mf import OptaxResult
 from probmf.fitters.svd import SVDResult
 from probmf.model import MFParams
@@ -61,6 +63,15 @@ TYPES = {
         AutoRecResult,
         AutoRecParams,
         RowsCSR,
+        Dense,
+        MLPParams,
+        MLPResult,
+        NetParams,
+        JointParams,
+        ResidualResult,
+        NUTSInfo,
+        NUTSResult,
+        SVIResult,
     )
 }
 
@@ -217,6 +228,8 @@ def _encode(obj, arrays: dict, key: str):
         return {"value": obj}
     if isinstance(obj, list | tuple):
         return {"list": [_encode(v, arrays, f"{key}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        return {"dict": {k: _encode(v, arrays, f"{key}.{k}") for k, v in obj.items()}}
     raise TypeError(f"cannot save {key}: unsupported type {type(obj).__name__}")
 
 
@@ -228,6 +241,8 @@ def _decode(node, arrays: dict):
         return arrays[node["array"]]
     if "list" in node:
         return tuple(_decode(v, arrays) for v in node["list"])
+    if "dict" in node:
+        return {k: _decode(v, arrays) for k, v in node["dict"].items()}
     return node["value"]
 
 

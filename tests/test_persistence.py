@@ -19,6 +19,9 @@ QUICK = {
     "optax": {"rank": 2, "num_epochs": 2},
     "gibbs": {"rank": 2, "num_warmup": 2, "num_samples": 3},
     "autorec-i": {"hidden": 4, "num_epochs": 2},
+    "mlp": {"rank": 2, "hidden": (4,), "num_epochs": 2},
+    "residual": {"hidden": (4,), "num_epochs": 2, "num_folds": 2},
+    "svi": {"rank": 2, "num_epochs": 2, "num_samples": 5},
 }
 
 

@@ -7,6 +7,8 @@ from probmf.fitters.als import ALSResult, als_run, als_sweep, fit_als
 from probmf.fitters.autorec import AutoRecResult, fit_autorec, fit_autorec_i, fit_autorec_u
 from probmf.fitters.baseline import fit_baseline
 from probmf.fitters.gibbs import GibbsResult, fit_gibbs
+from probmf.fitters.mlp import MLPResult, ResidualResult, fit_mlp, fit_residual
+from probmf.fitters.numpyro_mf import NUTSResult, SVIResult, fit_nuts, fit_svi, mf_model
 from probmf.fitters.optax_mf import OptaxResult, fit_optax
 from probmf.fitters.svd import SVDResult, fit_svd, truncated_svd
 
@@ -18,6 +20,10 @@ FITTERS = {
     "autorec-u": fit_autorec_u,
     "optax": fit_optax,
     "gibbs": fit_gibbs,
+    "mlp": fit_mlp,
+    "residual": fit_residual,
+    "nuts": fit_nuts,
+    "svi": fit_svi,
 }
 
 __all__ = [
@@ -25,7 +31,11 @@ __all__ = [
     "ALSResult",
     "AutoRecResult",
     "GibbsResult",
+    "MLPResult",
+    "NUTSResult",
     "OptaxResult",
+    "ResidualResult",
+    "SVIResult",
     "SVDResult",
     "als_run",
     "als_sweep",
@@ -35,7 +45,12 @@ __all__ = [
     "fit_autorec_u",
     "fit_baseline",
     "fit_gibbs",
+    "fit_mlp",
+    "fit_nuts",
     "fit_optax",
+    "fit_residual",
     "fit_svd",
+    "fit_svi",
+    "mf_model",
     "truncated_svd",
 ]
