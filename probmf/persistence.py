@@ -21,7 +21,6 @@ into place; an existing model at the target is replaced only once the new one is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import jax
 import numpy as np
 
 import probmf
+from probmf.data.movielens import sha256_file
 from probmf.data.ratings import IdMap
 from probmf.fitters.als import ALSResult
 from probmf.fitters.autorec import AutoRecParams, AutoRecResult, RowsCSR
@@ -151,7 +151,7 @@ def save_model(path, model: FittedModel) -> Path:
             "rating_range": list(model.rating_range),
             "structure": structure,
             "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
-            "sha256": _sha256(work / "arrays.npz"),
+            "sha256": sha256_file(work / "arrays.npz"),
         }
         (work / "model.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
         _replace_dir(work, path)
@@ -177,7 +177,7 @@ def load_model(path) -> FittedModel:
             f"{meta_file}: format version {meta.get('format_version')!r}; this probmf "
             f"({probmf.__version__}) reads version {FORMAT_VERSION}"
         )
-    if _sha256(array_file) != meta.get("sha256"):
+    if sha256_file(array_file) != meta.get("sha256"):
         raise ModelFileError(f"{array_file}: checksum mismatch, the file is corrupt or was changed")
     try:
         with np.load(array_file, allow_pickle=False) as npz:
@@ -252,14 +252,6 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray | jax.Array):
         return np.asarray(obj).tolist()
     raise TypeError(f"option of type {type(obj).__name__} is not JSON serialisable")
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -284,7 +284,8 @@ def _fetch(url: str, dest: Path) -> None:
         shutil.copyfileobj(response, out, 1 << 20)
 
 
-def _sha256(file: Path) -> str:
+def sha256_file(file: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -300,7 +301,7 @@ def _download(name: str, spec: _Spec, cache: Path) -> Path:
         raise _DownloadFailed(f"no known SHA-256 for {url}, so it is not downloaded automatically")
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / f"{name}.zip"
-    if archive.is_file() and _sha256(archive) != expected:
+    if archive.is_file() and sha256_file(archive) != expected:
         archive.unlink()  # a corrupt or truncated earlier download is never trusted
     if not archive.is_file():
         part = cache / f".{name}.zip.{secrets.token_hex(6)}.part"
@@ -309,7 +310,7 @@ def _download(name: str, spec: _Spec, cache: Path) -> Path:
                 _fetch(url, part)
             except Exception as err:  # URLError, timeouts, HTTP errors: all mean "not downloaded"
                 raise _DownloadFailed(f"{url}: {err}") from err
-            got = _sha256(part)
+            got = sha256_file(part)
             if got != expected:
                 raise _DownloadFailed(f"{url} has SHA-256 {got}, expected {expected}; the file was discarded")
             os.replace(part, archive)
