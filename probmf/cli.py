@@ -77,6 +77,14 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and random splits")
     p.add_argument("--no-clip", action="store_true", help="do not clip predictions to the rating range")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using synthetic data")
+    p.add_argument(
+        "--ranking",
+        nargs="?",
+        type=int,
+        const=10,
+        metavar="K",
+        help="also report precision@K, recall@K and NDCG@K (default K = 10) on held-out ratings >= 4",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per fold")
 
 
@@ -104,7 +112,11 @@ def cmd_evaluate(args) -> int:
         fallback=not args.no_fallback,
     ):
         row = {"dataset": dataset, "split": split}
-        row.update(evaluate_fold(args.model, train, test, options=given, seed=args.seed, clip=not args.no_clip))
+        row.update(
+            evaluate_fold(
+                args.model, train, test, options=given, seed=args.seed, clip=not args.no_clip, ranking_k=args.ranking
+            )
+        )
         rows.append(row)
         _print_row(row, args.json)
     if len(rows) > 1:

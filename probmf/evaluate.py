@@ -24,7 +24,7 @@ from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
 from probmf.fitters import FITTERS
-from probmf.metrics import accuracy, interval_scores, predict_ratings, rmse
+from probmf.metrics import accuracy, interval_scores, predict_ratings, ranking, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
@@ -59,12 +59,13 @@ def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0):
     return fitted, options, time.perf_counter() - t0
 
 
-def score(fitted, train: Ratings, test: Ratings, *, clip=True) -> dict:
+def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | None = None) -> dict:
     """Accuracy and calibration of a fitted model on ``test`` (ids in train's id space).
 
     ``clip``: True bounds predictions to the training rating range, False leaves them, or a
     (low, high) pair. Cold pairs (a user or item with no training rating) are predicted
-    from biases and mu, and counted in ``n_cold``.
+    from biases and mu, and counted in ``n_cold``. ``ranking_k`` adds top-k metrics
+    (`probmf.metrics.ranking`).
     """
     if clip is True:
         clip = (float(train.values.min()), float(train.values.max()))
@@ -77,15 +78,18 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True) -> dict:
         **_uncertainty(fitted, train, test),
         "n_train": len(train),
         "predict_seconds": round(predict_seconds, 4),
+        **(ranking(fitted, train, test, k=ranking_k) if ranking_k else {}),
     }
 
 
-def evaluate_fold(model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True) -> dict:
+def evaluate_fold(
+    model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True, ranking_k=None
+) -> dict:
     """Fit ``model`` on ``train`` and score it on ``test``: one row of `probmf evaluate`."""
     fitted, options, seconds = fit_model(model, train, options=options, seed=seed)
     return {
         "model": model,
-        **score(fitted, train, test, clip=clip),
+        **score(fitted, train, test, clip=clip, ranking_k=ranking_k),
         "fit_seconds": round(seconds, 4),
         "probmf_version": probmf.__version__,
         "seed": seed,
@@ -127,9 +131,11 @@ def mean_row(rows: list[dict]) -> dict:
     """The mean of the numeric fields of per-fold rows, as a row with split "mean"."""
     out = dict(rows[0])
     out["split"] = "mean"
-    for key in ("rmse", "mae", "coverage_50", "coverage_90", "nll", "n_train", "n_test", "n_cold", "fit_seconds",
-                "predict_seconds"):  # fmt: skip
-        out[key] = float(np.mean([r[key] for r in rows]))
+    numeric = ("rmse", "mae", "coverage_50", "coverage_90", "nll", "n_train", "n_test", "n_cold", "fit_seconds",
+               "predict_seconds", "n_ranked_users")  # fmt: skip
+    for key in out:
+        if key in numeric or key.startswith(("precision_at_", "recall_at_", "ndcg_at_")):
+            out[key] = float(np.mean([r[key] for r in rows]))
     out["folds"] = [r["split"] for r in rows]
     return out
 

@@ -69,3 +69,59 @@ def accuracy(pred, test: Ratings, *, train: Ratings | None = None) -> dict:
         "n_test": len(test),
         "n_cold": int(np.sum(cold_mask(test, train))),
     }
+
+
+def ranking(model, train: Ratings, test: Ratings, *, k: int = 10, threshold: float = 4.0, chunk: int = 256) -> dict:
+    """Top-k quality on held-out ratings: precision@k, recall@k and NDCG@k (binary relevance).
+
+    For every test user with at least one held-out rating >= ``threshold`` (the relevant
+    items), all items are scored by the model's predicted mean, the items the user rated in
+    ``train`` are left out, and the k best are compared with the relevant ones:
+
+        precision = hits / k,   recall = hits / |relevant|,
+        NDCG = sum_{hits at position p} 1 / log2(p + 1)  /  sum_{p <= min(k, |relevant|)} 1 / log2(p + 1),
+
+    each averaged over those users. ``model`` as in `predict_ratings`; users are scored
+    ``chunk`` at a time, so memory is chunk x num_items predictions.
+    """
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    known = test.known
+    relevant = known & (test.values >= threshold)
+    users = np.unique(test.users[relevant])
+    m = train.num_items
+    rated = _csr_sets(train.users, train.items, train.num_users, m)
+    rel = _csr_sets(test.users[relevant], test.items[relevant], train.num_users, m)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    precision, recall, ndcg = [], [], []
+    for start in range(0, users.size, chunk):
+        block = users[start : start + chunk]
+        u = jnp.asarray(np.repeat(block, m))
+        i = jnp.asarray(np.tile(np.arange(m, dtype=np.int32), block.size))
+        pred = model.predict(u, i) if hasattr(model, "predict") else predict_with_fallback(model, u, i)
+        scores = np.array(pred, np.float64).reshape(block.size, m)
+        for row, user in enumerate(block):
+            scores[row, rated[user]] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        for row, user in enumerate(block):
+            hits = np.isin(top[row], rel[user])
+            n_rel = rel[user].size
+            precision.append(hits.sum() / k)
+            recall.append(hits.sum() / n_rel)
+            ndcg.append(float(discounts[hits].sum() / discounts[: min(k, n_rel)].sum()))
+    if not users.size:
+        raise ValueError(f"no test user has a held-out rating >= {threshold}")
+    return {
+        f"precision_at_{k}": float(np.mean(precision)),
+        f"recall_at_{k}": float(np.mean(recall)),
+        f"ndcg_at_{k}": float(np.mean(ndcg)),
+        "n_ranked_users": int(users.size),
+    }
+
+
+def _csr_sets(rows, cols, num_rows: int, num_cols: int) -> list[np.ndarray]:
+    """For each row, the sorted column indices it has (as a list of arrays)."""
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    bounds = np.searchsorted(rows, np.arange(num_rows + 1))
+    return [cols[bounds[r] : bounds[r + 1]] for r in range(num_rows)]
