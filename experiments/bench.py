@@ -33,7 +33,6 @@ from probmf.fitters.gibbs import Hyperpriors, gibbs_sweep, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.model import init_params
-from probmf.objectives import Priors
 
 
 def _peak_rss_mb() -> float:
@@ -72,10 +71,9 @@ def setup_optax(rng_key, train, args):
     key_init, key_shuffle = jax.random.split(rng_key)
     n = len(train)
     params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    n_u = np.bincount(train.users, minlength=train.num_users).astype(np.float32)
-    n_i = np.bincount(train.items, minlength=train.num_items).astype(np.float32)
-    alpha, lam_bias = defaults["weight_exponent"], defaults["lam_bias"]
-    priors = Priors(jnp.asarray(lam * n_u**alpha), jnp.asarray(lam * n_i**alpha), lam_bias, lam_bias)
+    n_u = jnp.asarray(np.bincount(train.users, minlength=train.num_users), jnp.float32)
+    n_i = jnp.asarray(np.bincount(train.items, minlength=train.num_items), jnp.float32)
+    priors = make_priors(n_u, n_i, lam=lam, lam_bias=defaults["lam_bias"], weight_exponent=defaults["weight_exponent"])
     num_batches, weights = padded_index(n, batch_size)
     optimizer = make_optimizer(
         defaults["optimizer"],

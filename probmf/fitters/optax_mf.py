@@ -31,6 +31,7 @@ import optax
 
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
+from probmf.fitters.als import make_priors
 from probmf.fitters.minibatch import MinibatchTrace, train_minibatch
 from probmf.model import MFParams, init_params, predict
 from probmf.objectives import Priors, penalty
@@ -149,14 +150,9 @@ def fit_optax(
     mu = float(np.mean(fit.values, dtype=np.float64))
     params = init_params(key_init, train.num_users, train.num_items, rank, scale=init_scale, mu=mu)
     if objective == "map":
-        n_u = np.bincount(fit.users, minlength=train.num_users).astype(np.float32)
-        n_i = np.bincount(fit.items, minlength=train.num_items).astype(np.float32)
-        priors = Priors(
-            jnp.asarray(lam * n_u**weight_exponent),
-            jnp.asarray(lam * n_i**weight_exponent),
-            jnp.float32(lam_bias),
-            jnp.float32(lam_bias),
-        )
+        n_u = jnp.asarray(np.bincount(fit.users, minlength=train.num_users), jnp.float32)
+        n_i = jnp.asarray(np.bincount(fit.items, minlength=train.num_items), jnp.float32)
+        priors = make_priors(n_u, n_i, lam=lam, lam_bias=lam_bias, weight_exponent=weight_exponent)
     else:
         priors = Priors(*(jnp.float32(0.0),) * 4)
 
