@@ -70,12 +70,18 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
     if clip is True:
         clip = (float(train.values.min()), float(train.values.max()))
     t0 = time.perf_counter()
-    pred = predict_ratings(fitted, test, clip=clip or None)
+    # One pass over the test pairs (and, for a posterior, over its draws) serves both the
+    # accuracy of the clipped means and the calibration of the unclipped predictive.
+    if hasattr(fitted, "predictive"):
+        mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items)))
+    else:
+        mean, sd = predict_ratings(fitted, test), None
     predict_seconds = time.perf_counter() - t0
+    pred = np.clip(mean, *clip) if clip else mean
     return {
         "rank": int(fitted.rank),
         **accuracy(pred, test, train=train),
-        **_uncertainty(fitted, train, test),
+        **_uncertainty(fitted, train, test, mean, sd),
         "n_train": len(train),
         "predict_seconds": round(predict_seconds, 4),
         **(ranking(fitted, train, test, k=ranking_k) if ranking_k else {}),
@@ -97,15 +103,13 @@ def evaluate_fold(
     }
 
 
-def _uncertainty(fitted, train: Ratings, test: Ratings) -> dict:
-    """Interval coverage and NLL on the test ratings: from the posterior predictive when the
-    model has one, else from the plug-in Gaussian N(r_hat, s^2) with s the RMS training
-    residual (a point estimate seen as a posterior with one draw)."""
-    if hasattr(fitted, "predictive"):
-        mean, sd = fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items))
+def _uncertainty(fitted, train: Ratings, test: Ratings, mean, sd) -> dict:
+    """Interval coverage and NLL on the test ratings of N(mean, sd^2): the posterior
+    predictive when the model has one (``sd`` given), else the plug-in Gaussian with sd the
+    RMS training residual (a point estimate seen as a posterior with one draw)."""
+    if sd is not None:
         extra = {"num_samples": int(fitted.posterior.num_samples), **_convergence(fitted, test)}
     else:
-        mean = predict_ratings(fitted, test)
         sd = np.full(len(test), rmse(predict_ratings(fitted, train), train.values))
         extra = {"num_samples": 1}
     return {**interval_scores(mean, sd, test.values), **extra}
