@@ -39,12 +39,15 @@ def prediction_diagnostics(posterior: Posterior, users, items, *, num_chains: in
     """Split R-hat and ESS (each float64 (P,)) of the predicted means at P pairs.
 
     The draws are read as ``num_chains`` chains, chain-major; each chain is split in halves
-    for R-hat, so one chain gives a (split) R-hat too. Needs >= 4 draws per chain.
+    for R-hat, so one chain gives a (split) R-hat too. Needs >= 4 draws per chain. ESS is
+    inf (or negative) where the draws' autocorrelations sum to 1/2 (or less): anti-correlated
+    draws, such as a variational posterior's antithetic pairs.
     """
     x = prediction_draws(posterior, users, items, num_chains=num_chains)
     if x.shape[1] < 4:
         raise ValueError(f"need >= 4 draws per chain for split R-hat, got {x.shape[1]}")
-    return np.asarray(split_gelman_rubin(x)), np.asarray(effective_sample_size(x))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(split_gelman_rubin(x)), np.asarray(effective_sample_size(x))
 
 
 def to_inference_data(posterior: Posterior, *, num_chains: int = 1, users=None, items=None, observed=None):

@@ -16,6 +16,10 @@ zero row to the other side's factor table there, so padding adds nothing to a Gr
 Fixed-length tiles compile once and are indifferent to the heavy skew of row lengths
 (a few items hold ~1M ratings at ML-20M scale); blocks bound the memory of the row Grams
 to block_rows x (k+1)^2 floats whatever the number of rows.
+
+Across D devices (``mesh``, `probmf.sharding`) the rows are cut into D contiguous ranges of
+ceil(num_rows / D) rows, each range is tiled as above, padded to common shapes and placed on
+its device: rows, cols, vals and starts gain a leading (D,) axis.
 """
 
 from __future__ import annotations
@@ -28,20 +32,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from jax.sharding import Mesh
 
 from probmf.data.ratings import Ratings
+from probmf.sharding import split_along
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["rows", "cols", "vals", "starts", "counts"],
-    meta_fields=["block_rows"],
+    data_fields=["rows", "cols", "vals", "starts", "counts", "slots"],
+    meta_fields=["block_rows", "mesh"],
 )
 @dataclasses.dataclass(frozen=True)
 class RowTiles:
     """One side's ratings in fixed-length tiles (see the module docstring for shapes).
 
-    ``counts`` is float32 (num_rows,): ratings per row; ``block_rows`` is static.
+    ``counts`` is float32 (num_rows,): ratings per row; ``slots`` int32 (n,): where the k-th
+    input triple sits in ``vals.ravel()`` (None when split across devices), so a sampler can
+    write new values for the same ratings; ``block_rows`` is static. With a ``mesh``,
+    rows/cols/vals/starts have a leading device axis and blocks are per device.
     """
 
     rows: jax.Array
@@ -50,6 +59,8 @@ class RowTiles:
     starts: jax.Array
     counts: jax.Array
     block_rows: int
+    mesh: Mesh | None = None
+    slots: jax.Array | None = None
 
     @property
     def num_rows(self) -> int:
@@ -57,7 +68,7 @@ class RowTiles:
 
     @property
     def num_blocks(self) -> int:
-        return self.starts.shape[0] - 1
+        return self.starts.shape[-1] - 1
 
 
 class Encoded(NamedTuple):
@@ -92,8 +103,13 @@ def row_tiles(
     num_rows: int,
     num_cols: int,
     layout: Layout | None = None,
+    *,
+    chunk: int | None = None,
 ) -> RowTiles:
-    """Tile the triples (rows[k], cols[k], vals[k]) by row; see the module docstring."""
+    """Tile the triples (rows[k], cols[k], vals[k]) by row; see the module docstring.
+
+    ``chunk`` forces the tiles per chunk (default: ``chunk_entries / tile_len``, at most the
+    largest block's tiles)."""
     if num_rows < 1:
         raise ValueError("need at least one row")
     layout = layout or Layout()
@@ -116,7 +132,8 @@ def row_tiles(
     block = np.arange(num_rows) // block_rows
     block_first = tiles_before[::block_rows]
     tiles_per_block = np.add.reduceat(tiles_per_row, np.arange(0, num_rows, block_rows))
-    chunk = int(np.clip(layout.chunk_entries // tile_len, 1, max(1, tiles_per_block.max())))
+    if chunk is None:
+        chunk = int(np.clip(layout.chunk_entries // tile_len, 1, max(1, tiles_per_block.max())))
     starts = np.concatenate([[0], np.cumsum(-(-tiles_per_block // chunk))])
     # Row r's first tile: its block's first chunk + the tiles of earlier rows in the block.
     shift = starts[:-1][block] * chunk - block_first[block]  # global tile number -> slot
@@ -129,6 +146,8 @@ def row_tiles(
     tile_vals = np.zeros(total * tile_len, np.float32)
     tile_cols[flat] = cols
     tile_vals[flat] = vals
+    slots = np.empty(rows.size, np.int32)
+    slots[order] = flat
     tile_rows = np.zeros(total, np.int32)  # padding tiles: row 0 of the block, all entries padded
     tile_rows[np.arange(tiles_before[-1] + tiles_per_row[-1]) + np.repeat(shift, tiles_per_row)] = np.repeat(
         np.arange(num_rows, dtype=np.int32) % block_rows, tiles_per_row
@@ -141,7 +160,42 @@ def row_tiles(
         starts=jnp.asarray(starts.astype(np.int32)),
         counts=jnp.asarray(counts.astype(np.float32)),
         block_rows=block_rows,
+        slots=jnp.asarray(slots),
     )
+
+
+def sharded_row_tiles(rows, cols, vals, num_rows: int, num_cols: int, layout: Layout | None, mesh: Mesh) -> RowTiles:
+    """`row_tiles` of D = mesh.size contiguous row ranges, padded to common shapes and stacked
+    along a leading device axis that is split across ``mesh`` (see the module docstring)."""
+    rows, cols, vals = np.asarray(rows, np.int32), np.asarray(cols, np.int32), np.asarray(vals, np.float32)
+    d = mesh.size
+    n_local = -(-num_rows // d)
+    shard = rows // n_local
+    parts = [(rows[shard == s] - s * n_local, cols[shard == s], vals[shard == s]) for s in range(d)]
+    tiles = [row_tiles(*p, n_local, num_cols, layout) for p in parts]
+    chunk = max(t.rows.shape[1] for t in tiles)
+    tiles = [t if t.rows.shape[1] == chunk else row_tiles(*p, n_local, num_cols, layout, chunk=chunk)
+             for t, p in zip(tiles, parts, strict=True)]  # fmt: skip
+    num_chunks = max(t.rows.shape[0] for t in tiles)
+
+    def stack(field, fill):  # pad each device's chunks to num_chunks (never visited), then stack
+        arrays = [np.asarray(getattr(t, field)) for t in tiles]
+        pad = [np.pad(a, [(0, num_chunks - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+               for a in arrays]  # fmt: skip
+        return np.stack(pad)
+
+    sharded = split_along(
+        mesh,
+        {
+            "rows": stack("rows", 0),
+            "cols": stack("cols", num_cols),
+            "vals": stack("vals", 0),
+            "starts": np.stack([np.asarray(t.starts) for t in tiles]),
+        },
+        axis=0,
+    )
+    counts = jnp.asarray(np.bincount(rows, minlength=num_rows).astype(np.float32))
+    return RowTiles(**sharded, counts=counts, block_rows=tiles[0].block_rows, mesh=mesh)
 
 
 def _stable_order(rows: np.ndarray, num_rows: int) -> np.ndarray:
@@ -152,14 +206,16 @@ def _stable_order(rows: np.ndarray, num_rows: int) -> np.ndarray:
     return coo.tocsr().indices
 
 
-def encode(ratings: Ratings, layout: Layout | None = None) -> Encoded:
-    """Both row layouts of a training set. Every id must be known (no -1)."""
+def encode(ratings: Ratings, layout: Layout | None = None, mesh: Mesh | None = None) -> Encoded:
+    """Both row layouts of a training set, split across ``mesh``'s devices if given. Every id
+    must be known (no -1)."""
     if not np.all(ratings.known):
         raise ValueError(f"{ratings.source or 'training ratings'}: unknown (-1) ids cannot be trained on")
     if not np.all(np.isfinite(ratings.values)):
         raise ValueError(f"{ratings.source or 'training ratings'}: ratings must be finite")
     n, m = ratings.num_users, ratings.num_items
+    tile = row_tiles if mesh is None else functools.partial(sharded_row_tiles, mesh=mesh)
     return Encoded(
-        by_user=row_tiles(ratings.users, ratings.items, ratings.values, n, m, layout),
-        by_item=row_tiles(ratings.items, ratings.users, ratings.values, m, n, layout),
+        by_user=tile(ratings.users, ratings.items, ratings.values, n, m, layout),
+        by_item=tile(ratings.items, ratings.users, ratings.values, m, n, layout),
     )

@@ -91,8 +91,14 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
 def evaluate_fold(
     model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True, ranking_k=None
 ) -> dict:
-    """Fit ``model`` on ``train`` and score it on ``test``: one row of `probmf evaluate`."""
+    """Fit ``model`` on ``train`` and score it on ``test``: one row of `probmf evaluate`.
+
+    With ``keep_draws=False`` (Gibbs) the sampler is given the test pairs and keeps only the
+    running moments of their predictive, never a draw (ML-20M-size posteriors)."""
+    if options.get("keep_draws") is False:
+        options = {**options, "predict_pairs": (test.users, test.items)}
     fitted, options, seconds = fit_model(model, train, options=options, seed=seed)
+    options.pop("predict_pairs", None)
     return {
         "model": model,
         **score(fitted, train, test, clip=clip, ranking_k=ranking_k),
@@ -107,7 +113,9 @@ def _uncertainty(fitted, train: Ratings, test: Ratings, mean, sd) -> dict:
     """Interval coverage and NLL on the test ratings of N(mean, sd^2): the posterior
     predictive when the model has one (``sd`` given), else the plug-in Gaussian with sd the
     RMS training residual (a point estimate seen as a posterior with one draw)."""
-    if sd is not None:
+    if sd is not None and getattr(fitted, "posterior", None) is None:  # running moments only
+        extra = {"num_samples": fitted.summary.num_samples, "r_hat_max": None, "ess_min": None}
+    elif sd is not None:
         extra = {"num_samples": int(fitted.posterior.num_samples), **_convergence(fitted, test)}
     else:
         sd = np.full(len(test), rmse(predict_ratings(fitted, train), train.values))
@@ -124,11 +132,11 @@ def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
         return {"r_hat_max": None, "ess_min": None}
     pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))
     r_hat, ess = prediction_diagnostics(fitted.posterior, test.users[pick], test.items[pick], num_chains=chains)
-    # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat.
-    finite = np.isfinite(r_hat)
-    if not finite.any():
-        return {"r_hat_max": None, "ess_min": None}
-    return {"r_hat_max": float(np.max(r_hat[finite])), "ess_min": float(np.min(ess[finite]))}
+    # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat, and
+    # anti-correlated draws no finite ESS (`prediction_diagnostics`): both are left out.
+    finite, ess_ok = np.isfinite(r_hat), np.isfinite(ess) & (ess > 0)
+    r_hat_max = float(np.max(r_hat[finite])) if finite.any() else None
+    return {"r_hat_max": r_hat_max, "ess_min": float(np.min(ess[ess_ok])) if ess_ok.any() else None}
 
 
 def mean_row(rows: list[dict]) -> dict:

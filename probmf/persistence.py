@@ -3,8 +3,8 @@
 The format (version 1), documented for anyone reading a saved model by hand:
 
     model.json   {"format": "probmf-model", "format_version": 1, "probmf_version", "model",
-                  "options", "rating_range", "structure", "arrays": {key: [dtype, shape]},
-                  "sha256": hex digest of arrays.npz}
+                  "options", "rating_range", "dataset" (the data it was fitted on, or null),
+                  "structure", "arrays": {key: [dtype, shape]}, "sha256": hex digest of arrays.npz}
     arrays.npz   every array of the fitted model, plus "user_ids" and "item_ids" (raw ids) and
                  "rated_indptr", "rated_items" (CSR of the training items of each user)
 
@@ -44,7 +44,7 @@ from probmf.fitters.optax_mf import OptaxResult
 from probmf.fitters.svd import SVDResult
 from probmf.model import MFParams
 from probmf.objectives import Priors
-from probmf.posterior import Posterior
+from probmf.posterior import Posterior, PredictiveSummary
 
 FORMAT = "probmf-model"
 FORMAT_VERSION = 1
@@ -54,6 +54,7 @@ TYPES = {
         MFParams,
         Priors,
         Posterior,
+        PredictiveSummary,
         ALSResult,
         SVDResult,
         OptaxResult,
@@ -92,6 +93,7 @@ class FittedModel:
       rated_indptr, rated_items: CSR of the items each user rated in training (dense
         indices; user i's are ``rated_items[rated_indptr[i]:rated_indptr[i+1]]``), so
         recommendations can leave them out; None when not kept.
+      dataset: what it was fitted on ("ml-100k", a file name, ...), None when unknown.
     """
 
     model: str
@@ -102,6 +104,7 @@ class FittedModel:
     rating_range: tuple[float, float]
     rated_indptr: np.ndarray | None = None
     rated_items: np.ndarray | None = None
+    dataset: str | None = None
 
     def rated(self, user: int) -> np.ndarray:
         """Dense indices of the items dense user ``user`` rated in training."""
@@ -110,7 +113,7 @@ class FittedModel:
         return self.rated_items[self.rated_indptr[user] : self.rated_indptr[user + 1]]
 
     @classmethod
-    def from_training(cls, model: str, options: dict, fitted, train) -> FittedModel:
+    def from_training(cls, model: str, options: dict, fitted, train, dataset: str | None = None) -> FittedModel:
         """Wrap a fit on the `Ratings` ``train``, keeping its id maps, rating range and rated items."""
         csr = train.to_coo().tocsr()
         return cls(
@@ -122,6 +125,7 @@ class FittedModel:
             (float(train.values.min()), float(train.values.max())),
             csr.indptr.astype(np.int64),
             csr.indices.astype(np.int32),
+            dataset,
         )
 
 
@@ -149,6 +153,7 @@ def save_model(path, model: FittedModel) -> Path:
             "model": model.model,
             "options": model.options,
             "rating_range": list(model.rating_range),
+            "dataset": model.dataset,
             "structure": structure,
             "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
             "sha256": sha256_file(work / "arrays.npz"),
@@ -207,6 +212,7 @@ def load_model(path) -> FittedModel:
         (low, high),
         arrays.get("rated_indptr"),
         arrays.get("rated_items"),
+        meta.get("dataset"),
     )
 
 

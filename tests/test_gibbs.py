@@ -18,7 +18,8 @@ def small():
     return ratings
 
 
-def test_row_draws_have_the_conjugate_mean_and_covariance(small):
+@pytest.mark.parametrize("impl", ["lapack", "jax"])
+def test_row_draws_have_the_conjugate_mean_and_covariance(small, impl):
     """With the items fixed, user row x_i = [w_i; b_i] ~ N(A^-1 r, A^-1), A = tau G + P, r = tau h + P m."""
     ratings = small
     enc = encode(ratings)
@@ -29,7 +30,7 @@ def test_row_draws_have_the_conjugate_mean_and_covariance(small):
     prior_prec, prior_mean = _block_prior(lam_w, jnp.array([0.2, -0.1]), 4.0)
 
     def draw(key):
-        W, b, _ = _sample_rows(key, p.W, p.b, p.U, p.c, p.mu, enc.by_user, tau, prior_prec, prior_mean)
+        W, b, _ = _sample_rows(key, p.W, p.b, p.U, p.c, p.mu, enc.by_user, tau, prior_prec, prior_mean, impl)
         return jnp.concatenate([W, b[:, None]], axis=1)
 
     num = 20_000
@@ -48,7 +49,8 @@ def test_row_draws_have_the_conjugate_mean_and_covariance(small):
         np.testing.assert_allclose(np.cov(x[:, user].T), cov, atol=5 * np.sqrt(2.0 / num) * np.max(np.diag(cov)))
 
 
-def test_normal_wishart_draws_match_the_posterior_moments():
+@pytest.mark.parametrize("impl", ["lapack", "jax"])
+def test_normal_wishart_draws_match_the_posterior_moments(impl):
     """E[Lam] = nu* W* and E[mu] = mu* for the conjugate Normal-Wishart update."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 3)) @ np.diag([1.0, 0.5, 2.0]) + 0.4
@@ -57,7 +59,7 @@ def test_normal_wishart_draws_match_the_posterior_moments():
     xbar = X.mean(0)
     S = (X - xbar).T @ (X - xbar)
     w_star = np.linalg.inv(np.eye(k) + S + beta0 * n / (beta0 + n) * np.outer(xbar, xbar))
-    draws = jax.jit(jax.vmap(lambda key: sample_normal_wishart(key, jnp.asarray(X, jnp.float32), beta0, nu0)))(
+    draws = jax.jit(jax.vmap(lambda key: sample_normal_wishart(key, jnp.asarray(X, jnp.float32), beta0, nu0, impl)))(
         jax.random.split(jax.random.PRNGKey(0), 20_000)
     )
     mu, lam = (np.asarray(d, np.float64) for d in draws)
@@ -86,7 +88,88 @@ def test_deterministic_for_a_fixed_key(small):
     assert a.posterior.num_samples == 4 and a.posterior.draws.W.shape == (4, 30, 2)
 
 
-@pytest.mark.parametrize("kwargs", [dict(rank=0), dict(num_samples=0), dict(thin=0), dict(num_warmup=-1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(rank=0), dict(num_samples=0), dict(thin=0), dict(num_warmup=-1), dict(linalg="magma"), dict(devices=0),
+     dict(keep_draws=False), dict(checkpoint_every=0)],
+)  # fmt: skip
 def test_bad_options_fail_before_sampling(small, kwargs):
     with pytest.raises(ValueError):
         fit_gibbs(jax.random.PRNGKey(0), small, **kwargs)
+
+
+def test_thinning_keeps_every_thin_th_sweep(small):
+    """Draw d is the state after sweep num_warmup + (d + 1) thin - 1: tau matches the trace."""
+    res = fit_gibbs(jax.random.PRNGKey(2), small, rank=2, num_warmup=3, num_samples=4, thin=3)
+    kept = 3 + 3 * np.arange(1, 5) - 1
+    np.testing.assert_array_equal(np.asarray(res.posterior.tau), res.trace.tau[kept])
+
+
+def test_running_summary_equals_the_predictive_of_the_draws(small):
+    """keep_draws=False with predict_pairs gives the same predictive as the stored draws."""
+    pairs = (small.users[:50], small.items[:50])
+    both = fit_gibbs(jax.random.PRNGKey(5), small, rank=2, num_warmup=3, num_samples=6, thin=2, predict_pairs=pairs)
+    lean = fit_gibbs(jax.random.PRNGKey(5), small, rank=2, num_warmup=3, num_samples=6, thin=2, predict_pairs=pairs,
+                     keep_draws=False)  # fmt: skip
+    assert lean.posterior is None and lean.summary.num_samples == 6
+    ref = both.posterior.predictive(*pairs)
+    for got in (both.summary.predictive(*pairs), lean.predictive(*pairs)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fit-time pairs"):
+        lean.predictive(small.users[:3], small.items[:3])
+
+
+def test_jax_linear_algebra_gives_the_same_chain(small):
+    """linalg="jax" (no LAPACK) samples the same chain as LAPACK up to rounding."""
+    a = fit_gibbs(jax.random.PRNGKey(6), small, rank=2, num_warmup=2, num_samples=3)
+    b = fit_gibbs(jax.random.PRNGKey(6), small, rank=2, num_warmup=2, num_samples=3, linalg="jax")
+    np.testing.assert_allclose(np.asarray(a.posterior.draws.W), np.asarray(b.posterior.draws.W), atol=2e-3)
+
+
+@pytest.mark.parametrize("lower, upper", [(-0.5, 1.5), (3.0, np.inf), (-np.inf, -6.0), (9.0, 9.5)])
+def test_truncated_normal_draws_have_the_truncated_moments(lower, upper):
+    """Including intervals far in a tail, where naive inverse-CDF sampling breaks down."""
+    from scipy.stats import truncnorm
+
+    from probmf.fitters.gibbs import truncated_standard_normal
+
+    lo, hi = jnp.full(100_000, lower, jnp.float32), jnp.full(100_000, upper, jnp.float32)
+    z = np.asarray(truncated_standard_normal(jax.random.PRNGKey(0), lo, hi), np.float64)
+    ref = truncnorm(lower, upper)
+    assert np.all((z >= lower) & (z <= upper))
+    np.testing.assert_allclose(z.mean(), ref.mean(), atol=5 * ref.std() / np.sqrt(z.size) + 1e-4)
+    np.testing.assert_allclose(z.std(), ref.std(), rtol=0.02)
+
+
+def test_truncated_draws_stay_finite_at_the_ends_of_the_uniform():
+    """u = 0 on a half-line to -inf, and u just below 1 on a half-line to +inf straddling
+    zero (where Phi(a) + u (1 - Phi(a)) rounds to 1 in float32), both gave +-inf draws."""
+    from probmf.fitters.gibbs import truncated_from_uniform
+
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+    u = jnp.asarray([0.0, below_one, 0.0, below_one, 0.0, below_one], jnp.float32)
+    lower = jnp.asarray([-np.inf, -np.inf, -0.5, -0.5, 2.0, 2.0], jnp.float32)
+    upper = jnp.asarray([0.5, 0.5, np.inf, np.inf, np.inf, np.inf], jnp.float32)
+    z = np.asarray(truncated_from_uniform(u, lower, upper))
+    assert np.all(np.isfinite(z)) and np.all((z >= np.asarray(lower)) & (z <= np.asarray(upper))), z
+    assert z[0] < -4 and z[3] > 4  # the ends of the uniform are the ends of the distribution
+
+
+def test_rounded_likelihood_predicts_within_the_levels_and_recovers_the_noise():
+    """Ratings drawn as rounded latent Gaussians: the rounded likelihood recovers the latent
+    noise sd (the Gaussian one sees the rounding error as extra noise) and its predictive
+    means stay inside the rating levels."""
+    import dataclasses
+
+    from probmf.fitters.gibbs import rounding_intervals
+
+    ratings, _ = synthetic_ratings(num_users=150, num_items=100, num_ratings=8_000, rank=2, noise=0.6, seed=3)
+    latent = ratings.values
+    ratings = dataclasses.replace(ratings, values=np.clip(np.round(latent), 1, 5).astype(np.float32))
+    levels, lower, upper = rounding_intervals(ratings.values)
+    np.testing.assert_array_equal(levels, np.unique(ratings.values))
+    assert np.all((lower < ratings.values) & (ratings.values < upper)) and np.isinf(lower).any()
+    res = fit_gibbs(jax.random.PRNGKey(0), ratings, rank=2, num_warmup=30, num_samples=40, likelihood="rounded")
+    mean, sd = res.predictive(jnp.asarray(ratings.users), jnp.asarray(ratings.items))
+    assert float(mean.min()) >= 1.0 and float(mean.max()) <= 5.0 and bool(jnp.all(sd > 0))
+    assert abs(1.0 / np.sqrt(np.mean(res.trace.tau[-40:])) - 0.6) < 0.1

@@ -107,3 +107,16 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_model(tmp_path, data):
 def test_missing_files_give_a_clear_error(tmp_path):
     with pytest.raises(ModelFileError, match="not a saved probmf model"):
         load_model(tmp_path)
+
+
+def test_summary_only_posterior_and_dataset_round_trip(tmp_path, data):
+    """A Gibbs fit that kept only predictive moments saves and loads like any other."""
+    from probmf.fitters.gibbs import fit_gibbs
+
+    pairs = (data.users[:20], data.items[:20])
+    res = fit_gibbs(jax.random.PRNGKey(0), data, rank=2, num_warmup=2, num_samples=3, keep_draws=False,
+                    predict_pairs=pairs)  # fmt: skip
+    save_model(tmp_path / "m", FittedModel.from_training("gibbs", {}, res, data, dataset="ml-100k"))
+    back = load_model(tmp_path / "m")
+    assert back.dataset == "ml-100k" and back.fitted.posterior is None
+    np.testing.assert_array_equal(np.asarray(back.fitted.predictive(*pairs)), np.asarray(res.predictive(*pairs)))

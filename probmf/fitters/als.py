@@ -23,11 +23,15 @@ with no ratings gets x_i = 0 (its rating falls back to the other side's bias and
 
 The factor ridge may scale with each row's count, lam_i = lam n_i^alpha; alpha = 1 is ALS-WR
 (Zhou et al. 2008).
+
+A sweep whose result is not finite (an overflow on absurd inputs) is not taken: the run keeps
+the last finite parameters, records NaN objectives from then on, and `fit_als` warns.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -35,11 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from probmf.checkpoint import fit_checkpoint, run_steps
 from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, RowTiles, encode, layout_for_rank
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.model import MFParams, init_params
 from probmf.objectives import Priors, penalty
+from probmf.sharding import check_devices, device_mesh
 
 _JITTER_REL = 1e-5
 _JITTER_ABS = 1e-9
@@ -142,10 +148,17 @@ def als_sweep(
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps", "solver", "cg_iters"))
 def als_run(params, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10):
-    """``num_sweeps`` ALS sweeps in one `lax.scan`; returns (params, ALSInfo with a leading sweep axis)."""
+    """``num_sweeps`` ALS sweeps in one `lax.scan`; returns (params, ALSInfo with a leading sweep axis).
+
+    A sweep with a non-finite result is discarded (params unchanged, objective NaN)."""
 
     def step(p, _):
-        return als_sweep(p, data, priors, solver=solver, cg_iters=cg_iters)
+        new, info = als_sweep(p, data, priors, solver=solver, cg_iters=cg_iters)
+        finite = jnp.isfinite(info.objective)
+        for leaf in jax.tree.leaves(new):
+            finite &= jnp.all(jnp.isfinite(leaf))
+        keep = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, p)
+        return keep, ALSInfo(jnp.where(finite, info.objective, jnp.nan))
 
     return lax.scan(step, params, None, length=num_sweeps)
 
@@ -169,6 +182,9 @@ def fit_als(
     solver: str = "auto",
     cg_iters: int = 10,
     init_scale: float = 0.1,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 5,
 ) -> ALSResult:
     """Fit the biased MF model by ALS (MAP; lam = lam_bias = 0 gives the MLE).
 
@@ -186,8 +202,12 @@ def fit_als(
       solver: "cholesky" (exact), "cg" (batched CG, ``cg_iters`` iterations, no LAPACK) or
         "auto" (cholesky up to rank 32, CG above, where LAPACK's per-matrix calls dominate).
       init_scale: sd of the initial factors.
+      devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
+      checkpoint: folder to save the parameters in every ``checkpoint_every`` sweeps and
+        resume from (`probmf.checkpoint`); None: no checkpoints.
     Returns:
-      `ALSResult(params, trace, priors)`; ``trace[s]`` is the objective after sweep s.
+      `ALSResult(params, trace, priors)`; ``trace[s]`` is the objective after sweep s (NaN
+      from a sweep that could not be taken on; a warning says so).
 
     Example:
       >>> from probmf.data.synthetic import synthetic_preset
@@ -196,19 +216,39 @@ def fit_als(
       >>> result.params.W.shape, result.trace.shape
       ((60, 3), (5,))
     """
+    options = {"rank": rank, "lam": lam, "lam_bias": lam_bias, "weight_exponent": weight_exponent,
+               "num_sweeps": num_sweeps, "solver": solver, "cg_iters": cg_iters, "init_scale": init_scale,
+               "devices": devices}  # fmt: skip
     check_als_options(rank=rank, lam=lam, lam_bias=lam_bias, num_sweeps=num_sweeps, solver=solver, cg_iters=cg_iters)
+    mesh = device_mesh(check_devices(devices))
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    ckpt = fit_checkpoint(checkpoint, checkpoint_every, "als", rng_key, train, options)
     if solver == "auto":
         solver = "cholesky" if rank <= 32 else "cg"
-    data = encode(train, layout_for_rank(rank))
+    data = encode(train, layout_for_rank(rank), mesh=mesh)
     mu = float(np.mean(train.values, dtype=np.float64))
     params = init_params(rng_key, train.num_users, train.num_items, rank, scale=init_scale, mu=mu)
     priors = make_priors(
         data.by_user.counts, data.by_item.counts, lam=lam, lam_bias=lam_bias, weight_exponent=weight_exponent
     )
-    params, info = als_run(params, data, priors, num_sweeps=num_sweeps, solver=solver, cg_iters=cg_iters)
-    return ALSResult(params, np.asarray(info.objective), priors)
+
+    def run_chunk(state, first, num):
+        params, info = als_run(state[0], data, priors, num_sweeps=num, solver=solver, cg_iters=cg_iters)
+        trace = np.array(state[1])
+        trace[first : first + num] = np.asarray(info.objective)
+        return params, trace
+
+    params, trace = run_steps(run_chunk, (params, np.full(num_sweeps, np.nan, np.float32)), num_sweeps, ckpt)
+    stuck = np.flatnonzero(np.isnan(trace))
+    if stuck.size:
+        warnings.warn(
+            f"ALS sweep {stuck[0] + 1} of {num_sweeps} gave non-finite values (overflow?); returning the parameters "
+            "of the last finite sweep. Rescale the ratings or raise lambda.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return ALSResult(params, trace, priors)
 
 
 def check_als_options(*, rank, lam, lam_bias, num_sweeps, solver, cg_iters) -> None:

@@ -10,17 +10,25 @@ and, for any new row x_i, sum_j (y_ij - a_j.x_i)^2 = s_i - 2 x_i.h_i + x_i^T G_i
 `update_rows` loops over blocks of rows (`probmf.encoding`): each block accumulates its
 (G, h, s) from fixed-length tiles of ratings and hands them to a block solver, so memory is
 block_rows x (k+1)^2 floats whatever the number of rows.
+
+With tiles split across devices (`probmf.encoding.sharded_row_tiles`), each device runs the
+same loop over its own range of rows against the other side's full (replicated) table, in
+one `shard_map`; the new rows come back split across devices and JAX all-gathers them where
+the next half-sweep needs the whole table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from probmf.encoding import RowTiles
+from probmf.sharding import AXIS
 
 
 def _gram(x: jax.Array) -> jax.Array:
@@ -55,9 +63,13 @@ def normal_equations(a: jax.Array, offset: jax.Array, tiles: RowTiles, block: ja
 
 
 def residual_sum_of_squares(x, G, h, s) -> jax.Array:
-    """sum_i sum_j (y_ij - a_j.x_i)^2 = sum_i s_i - 2 x_i.h_i + x_i^T G_i x_i."""
+    """sum_i sum_j (y_ij - a_j.x_i)^2 = sum_i max(s_i - 2 x_i.h_i + x_i^T G_i x_i, 0).
+
+    The expansion cancels when a row is fitted almost exactly (float32 rounding can then make
+    it negative, which would give a Gibbs noise precision a negative rate): each row's term is
+    clamped at its true lower bound, 0."""
     quad = jnp.einsum("nk,nkl,nl->n", x, G, x, precision=lax.Precision.HIGHEST)
-    return jnp.sum(s - 2.0 * jnp.sum(x * h, -1) + quad)
+    return jnp.sum(jnp.maximum(s - 2.0 * jnp.sum(x * h, -1) + quad, 0.0))
 
 
 BlockSolver = Callable[..., tuple[jax.Array, jax.Array]]
@@ -78,6 +90,8 @@ def update_rows(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSo
     Returns:
       (X_new (N, k), xb_new (N,), sum of the blocks' values).
     """
+    if tiles.mesh is not None:
+        return _update_sharded(X, xb, Y, yb, mu, tiles, per_row, solve_block)
     n, m = X.shape[0], Y.shape[0]
     blocks, r = tiles.num_blocks, tiles.block_rows
     # Row m is the padding column: zero in both tables, so padded entries add nothing.
@@ -99,3 +113,35 @@ def update_rows(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSo
     total, x = lax.scan(body, jnp.float32(0), (jnp.arange(blocks), x0, jax.tree.map(per_block, per_row)))
     x = x.reshape(blocks * r, -1)[:n]
     return x[:, :-1], x[:, -1], total
+
+
+def _update_sharded(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSolver):
+    """`update_rows` with device d solving rows [d n_local, (d + 1) n_local), n_local = ceil(N / D)."""
+    mesh, n = tiles.mesh, X.shape[0]
+    d = mesh.size
+    n_local = -(-n // d)
+
+    def by_device(v):  # (n, ...) -> (D, n_local, ...), padding rows zero
+        v = jnp.pad(v, [(0, d * n_local - n)] + [(0, 0)] * (v.ndim - 1))
+        return v.reshape((d, n_local) + v.shape[1:])
+
+    def local(X, xb, per_row, rows, cols, vals, starts, Y, yb, mu):
+        squeeze = lambda v: v[0]  # noqa: E731 - this device's slice of the leading axis
+        X, xb, per_row, rows, cols, vals, starts = jax.tree.map(squeeze, (X, xb, per_row, rows, cols, vals, starts))
+        counts = jnp.zeros((n_local,), jnp.float32)  # unused by the solve
+        tiles_local = dataclasses.replace(
+            tiles, rows=rows, cols=cols, vals=vals, starts=starts, counts=counts, mesh=None, slots=None
+        )
+        X, xb, total = update_rows(X, xb, Y, yb, mu, tiles_local, per_row, solve_block)
+        return X[None], xb[None], lax.psum(total, AXIS)
+
+    sharded = P(AXIS)
+    X, xb, total = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(sharded,) * 7 + (P(),) * 3,
+        out_specs=(sharded, sharded, P()),
+        check_vma=False,  # the engine's loops start from replicated zeros; every output is explicit above
+    )(by_device(X), by_device(xb), jax.tree.map(by_device, per_row), tiles.rows, tiles.cols, tiles.vals,
+      tiles.starts, Y, yb, mu)  # fmt: skip
+    return X.reshape(d * n_local, -1)[:n], xb.reshape(-1)[:n], total

@@ -1,0 +1,147 @@
+"""Checkpoints of long runs: save the state every few steps, resume after an interruption.
+
+A long run (ALS or Gibbs sweeps, optax or SVI epochs) is a loop of steps over a state pytree.
+Given a checkpoint, `run_steps` cuts the loop into chunks of ``every`` steps and after each
+chunk writes
+
+    FOLDER/<name>-<fingerprint>.npz   "step" and the state's leaves "leaf_0", "leaf_1", ...
+
+atomically (a temporary file in the same folder, then `os.replace`): a kill at any moment
+leaves the previous checkpoint or the new one, never part of one. The fingerprint is a
+SHA-256 of everything that determines the run (fitter, options, seed, training data), so a
+run never resumes from another run's file and the folds of one evaluation can share a folder.
+Resuming checks the leaves' count, shapes and dtypes against the fresh state and raises
+`CheckpointError` naming the file on any mismatch; files are read with
+``allow_pickle=False``, so loading one runs no code from it.
+
+A run resumed from step s equals the uninterrupted run with the same ``every`` bit for bit
+when each chunk depends only on (state, first step, length): per-step PRNG keys come from
+``fold_in(key, step)``, never from a sequence of splits, and a host shuffle generator's
+state is part of the saved state. The finished run's checkpoint is
+kept: running the same command again returns the result without refitting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be resumed from: corrupt, or of a differently shaped state."""
+
+
+class Checkpoint(NamedTuple):
+    """Where a run saves its state (``path``) and how often (every ``every`` steps)."""
+
+    path: Path
+    every: int
+
+
+def fingerprint(*parts) -> str:
+    """SHA-256 (hex, 16 characters) of JSON-able parts and numpy arrays, in order."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (np.ndarray, jax.Array)):
+            a = np.ascontiguousarray(part)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=repr).encode())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_for(folder, name: str, every: int, *parts) -> Checkpoint | None:
+    """The checkpoint of the run described by ``parts`` in ``folder`` (None: no checkpoints).
+
+    ``every`` >= 1 steps between saves.
+    """
+    if folder is None:
+        return None
+    if int(every) != every or every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Checkpoint(folder / f"{name}-{fingerprint(name, *parts)}.npz", int(every))
+
+
+def fit_checkpoint(folder, every: int, name: str, rng_key, train, options: dict, *extra) -> Checkpoint | None:
+    """`checkpoint_for` a fit of fitter ``name`` with ``options`` (everything but the
+    checkpoint options), key ``rng_key`` and training `Ratings` ``train``; ``extra``: any
+    further inputs (arrays or JSON-able)."""
+    parts = (options, np.asarray(jax.random.key_data(rng_key)), train.num_users, train.num_items)
+    return checkpoint_for(folder, name, every, *parts, train.users, train.items, train.values, *extra)
+
+
+def save(checkpoint: Checkpoint, step: int, state) -> None:
+    """Write ``state`` (a pytree of arrays) reached after ``step`` steps, atomically."""
+    leaves = jax.tree.leaves(state)
+    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays["step"] = np.int64(step)
+    folder = checkpoint.path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{checkpoint.path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, checkpoint.path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def restore(checkpoint: Checkpoint, state) -> tuple[int, Any]:
+    """(step, state) from the checkpoint file, or (0, ``state``) when there is none.
+
+    ``state`` is the fresh state: it gives the tree structure, shapes and dtypes to expect.
+    """
+    if not checkpoint.path.exists():
+        return 0, state
+    leaves, treedef = jax.tree.flatten(state)
+    try:
+        with open(checkpoint.path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            files = dict(f)
+        step = int(files.pop("step"))
+    except Exception as err:  # zip, header or key errors: all mean a damaged file
+        raise CheckpointError(f"{checkpoint.path}: unreadable checkpoint ({err}); delete it to start over") from err
+    if len(files) != len(leaves):
+        raise CheckpointError(f"{checkpoint.path}: {len(files)} arrays, expected {len(leaves)}")
+    restored = []
+    for i, leaf in enumerate(leaves):
+        a, want = files.get(f"leaf_{i}"), np.asarray(leaf)
+        if a is None or a.shape != want.shape or a.dtype != want.dtype:
+            got = "missing" if a is None else f"{a.dtype}{a.shape}"
+            raise CheckpointError(f"{checkpoint.path}: leaf_{i} is {got}, expected {want.dtype}{want.shape}")
+        restored.append(a)
+    return step, jax.tree.unflatten(treedef, restored)
+
+
+def run_steps(
+    run_chunk: Callable, state, num_steps: int, checkpoint: Checkpoint | None, *, finished: Callable | None = None
+):
+    """``state <- run_chunk(state, first_step, num)`` over chunks until ``num_steps`` steps ran.
+
+    Without a checkpoint: one chunk of all the steps. With one: resume from its file, then
+    chunks of ``checkpoint.every`` steps, saving after each. ``finished(state)`` True ends the
+    run early (e.g. early stopping); it is then saved as complete.
+    """
+    if checkpoint is None:
+        return run_chunk(state, 0, num_steps)
+    step, state = restore(checkpoint, state)
+    if step > num_steps:
+        raise CheckpointError(f"{checkpoint.path}: at step {step}, past the run's {num_steps} steps")
+    while step < num_steps:
+        num = min(checkpoint.every, num_steps - step)
+        state = run_chunk(state, step, num)
+        step = num_steps if finished is not None and finished(state) else step + num
+        save(checkpoint, step, state)
+    return state

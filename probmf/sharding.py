@@ -1,0 +1,61 @@
+"""Several devices through JAX's own sharding: a 1-D mesh over the first N devices.
+
+Fitters take ``devices: int = 1``. With N > 1 they build `device_mesh(N)` and split their
+work along its one axis, ``AXIS``:
+- row solvers (ALS, Gibbs) give each device a contiguous range of user (then item) rows;
+  each device solves its rows against the other side's full factor table, and the new
+  rows are all-gathered between half-sweeps (`probmf.fitters.rows`);
+- minibatch trainers (optax, SVI, AutoRec, MLP) split every batch across devices (data
+  parallel); the gradient's sum over the batch becomes an all-reduce.
+The same code runs on CPU, GPU and TPU. On a CPU-only machine, N host devices come from
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before Python starts; on several
+hosts, call ``jax.distributed.initialize()`` first and N counts the devices of all hosts.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "data"
+
+
+def check_devices(devices) -> int:
+    """Validate the ``devices`` option (a positive integer) without touching any device."""
+    if isinstance(devices, bool) or int(devices) != devices or devices < 1:
+        raise ValueError(f"devices must be a positive integer, got {devices!r}")
+    return int(devices)
+
+
+def device_mesh(devices: int) -> Mesh | None:
+    """A 1-D `Mesh` over the first ``devices`` devices, or None for one device (no sharding)."""
+    devices = check_devices(devices)
+    if devices == 1:
+        return None
+    available = jax.devices()
+    if len(available) < devices:
+        hint = (
+            f"; on CPU start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}"
+            if available[0].platform == "cpu"
+            else ""
+        )
+        raise ValueError(f"devices={devices} but JAX sees {len(available)} {available[0].platform} device(s){hint}")
+    return Mesh(np.asarray(available[:devices]), (AXIS,))
+
+
+def replicated(mesh: Mesh | None, tree):
+    """Place every leaf of ``tree`` on all devices of ``mesh`` (unchanged without a mesh)."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def split_along(mesh: Mesh | None, tree, axis: int):
+    """Split every leaf of ``tree`` along ``axis`` across the devices of ``mesh``; that axis's
+    length must divide by the number of devices."""
+    if mesh is None:
+        return tree
+    spec = P(*([None] * axis), AXIS)
+    return jax.device_put(tree, NamedSharding(mesh, spec))
