@@ -31,10 +31,13 @@ import numpy as np
 import optax
 from jax import lax
 
+from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.minibatch import LoopState, check_loop_options, run_epochs
 from probmf.model import MFParams, predict_with_fallback
+from probmf.sharding import device_mesh, replicated, split_along
 
 
 class AutoRecParams(NamedTuple):
@@ -162,9 +165,10 @@ def densify(csr: RowsCSR, rows: jax.Array, width: int, max_len: int) -> tuple[ja
     pos = jnp.where(ok, start[:, None] + slot, 0)
     # Slots past a row's end go to an extra column that is cut off: no reliance on clamping.
     cols = jnp.where(ok, csr.indices[pos], width)
-    b = jnp.arange(rows.shape[0])[:, None]
-    x = jnp.zeros((rows.shape[0], width + 1), jnp.float32).at[b, cols].set(jnp.where(ok, csr.values[pos], 0.0))
-    mask = jnp.zeros((rows.shape[0], width + 1), bool).at[b, cols].set(ok)
+    # One scatter per row (vmapped): its batch axis stays a batch axis, so a batch split across
+    # devices is densified where it lies.
+    x = jax.vmap(lambda c, v: jnp.zeros(width + 1, jnp.float32).at[c].set(v))(cols, jnp.where(ok, csr.values[pos], 0.0))
+    mask = jax.vmap(lambda c, v: jnp.zeros(width + 1, bool).at[c].set(v))(cols, ok)
     return x[:, :width], mask[:, :width]
 
 
@@ -263,6 +267,9 @@ def fit_autorec(
     val_fraction: float = 0.1,
     refit: bool = True,
     lam_bias: float = 3.0,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> AutoRecResult:
     """Fit AutoRec by minibatch Adam with early stopping; see the module docstring.
 
@@ -285,6 +292,11 @@ def fit_autorec(
       refit: after early stopping, retrain on all training ratings for the chosen number of
         epochs (False: keep the best epoch's weights, fitted without the validation part).
       lam_bias: ridge of the fallback baseline's biases.
+      devices: D devices, data parallel: each batch of rows is split across them
+        (`probmf.fitters.minibatch`); ``batch_size`` must divide by D.
+      checkpoint: folder to save the epochs in and resume from (None: no checkpoints); the
+        result is the same with or without.
+      checkpoint_every: epochs between saves.
     Returns:
       `AutoRecResult`.
 
@@ -304,9 +316,23 @@ def fit_autorec(
         num_epochs=num_epochs,
         patience=patience,
         val_fraction=val_fraction,
+        devices=devices,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    mesh = device_mesh(devices)
+    options = dict(
+        item_based=item_based, hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, refit=refit,
+        lam_bias=lam_bias, devices=devices, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    name = "autorec-i" if item_based else "autorec-u"
+    ckpt, refit_ckpt = (
+        fit_checkpoint(checkpoint, checkpoint_every, stage, rng_key, train, options)
+        for stage in (name, f"{name}-refit")
+    )
     key_init, key_split, key_shuffle, key_drop = jax.random.split(rng_key, 4)
     baseline = fit_baseline(key_init, train, lam_bias=lam_bias).params
     inputs, width, max_len = rows_csr(train, item_based=item_based)
@@ -327,9 +353,10 @@ def fit_autorec(
         hidden=hidden,
         hyper=(learning_rate, lam, dropout),
         batch_size=batch_size,
+        mesh=mesh,
     )
     if val is None:
-        *_, params = epochs(csr, fit_part, fit_max_len, num_epochs)
+        params = epochs(csr, fit_part, fit_max_len, num_epochs, checkpoint=ckpt).params
         return _result(params, train, inputs, max_len, baseline, item_based, np.zeros(0), num_epochs - 1)
 
     v_rows, v_cols = (val.items, val.users) if item_based else (val.users, val.items)
@@ -341,41 +368,48 @@ def fit_autorec(
     v_truth, v_idx = jnp.asarray(val.values[v_warm]), jnp.asarray(np.flatnonzero(v_warm))
     lo, hi = float(train.values.min()), float(train.values.max())
 
-    trace, best, best_epoch = [], (np.inf, None), 0
-    for epoch, params in enumerate(epochs(csr, fit_part, fit_max_len, num_epochs)):
+    def score(params) -> float:
         pred = _reconstruct_planned(params, csr, *plan, width=width, max_len=fit_max_len)[v_idx]
-        score = float(jnp.sqrt(jnp.mean((jnp.clip(pred, lo, hi) - v_truth) ** 2)))
-        trace.append(score)
-        if score < best[0]:
-            best, best_epoch = (score, params), epoch
-        elif epoch - best_epoch >= patience:
-            break
-    params = best[1]
+        return float(jnp.sqrt(jnp.mean((jnp.clip(pred, lo, hi) - v_truth) ** 2)))
+
+    loop = epochs(csr, fit_part, fit_max_len, num_epochs, score_fn=score, patience=patience, checkpoint=ckpt)
+    params, best_epoch = loop.best_params, int(loop.best_epoch)
+    trace = loop.val_rmse[: int(loop.epochs_run)]
     if refit:
         # The validation ratings were only for choosing the epoch count: refit on all of them.
-        *_, params = epochs(inputs, train, max_len, best_epoch + 1)
-    return _result(params, train, inputs, max_len, baseline, item_based, np.asarray(trace), best_epoch)
+        params = epochs(inputs, train, max_len, best_epoch + 1, checkpoint=refit_ckpt).params
+    return _result(params, train, inputs, max_len, baseline, item_based, trace, best_epoch)
 
 
 def _epochs(
-    key_init, key_shuffle, key_drop, csr, part, max_len, num_epochs, *, width, num_rows, hidden, hyper, batch_size
-):
-    """Yield the params after each of ``num_epochs`` epochs of training on ``part`` (its CSR)."""
+    key_init, key_shuffle, key_drop, csr, part, max_len, num_epochs, *, width, num_rows, hidden, hyper, batch_size,
+    mesh=None, score_fn=None, patience=None, checkpoint=None,
+) -> LoopState:  # fmt: skip
+    """Up to ``num_epochs`` epochs of training on ``part`` (its CSR), scored by ``score_fn``,
+    stopped after ``patience`` epochs without a better score (`run_epochs`)."""
     learning_rate, lam, dropout = hyper
     params = init(key_init, width, hidden, mu=float(np.mean(part.values, dtype=np.float64)))
     opt_state = optax.adam(learning_rate).init(params)
     nnz = len(part)
     hyper = tuple(jnp.float32(v) for v in (learning_rate, lam, dropout, num_rows / nnz, 1.0 / nnz))
+    csr, hyper = replicated(mesh, (csr, hyper))
     # Rows are shuffled on the host: one permutation per epoch, padded with -1 to full batches.
     rng = np.random.default_rng(int(jax.random.randint(key_shuffle, (), 0, 2**31 - 1)))
     num_batches = -(-num_rows // batch_size)
-    for epoch in range(num_epochs):
+
+    def epoch_step(params, opt_state, epoch, rng):
         perm = np.full(num_batches * batch_size, -1, np.int32)
         perm[:num_rows] = rng.permutation(num_rows)
-        batches = jnp.asarray(perm.reshape(num_batches, batch_size))
-        key = jax.random.fold_in(key_drop, epoch)
+        batches = split_along(mesh, jnp.asarray(perm.reshape(num_batches, batch_size)), 1)
+        key = replicated(mesh, jax.random.fold_in(key_drop, epoch))
         params, opt_state, _ = run_epoch(params, opt_state, csr, batches, key, hyper, width=width, max_len=max_len)
-        yield params
+        return params, opt_state, None
+
+    place = None if mesh is None else functools.partial(replicated, mesh)
+    return run_epochs(
+        epoch_step, params, opt_state, num_epochs, rng, score_fn=score_fn, patience=patience, checkpoint=checkpoint,
+        place=place,
+    )  # fmt: skip
 
 
 def _result(params, train, inputs, max_len, baseline, item_based, trace, best_epoch) -> AutoRecResult:
@@ -401,8 +435,12 @@ def fit_autorec_i(
     val_fraction: float = 0.1,
     refit: bool = True,
     lam_bias: float = 3.0,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> AutoRecResult:
-    """Item-based AutoRec (I-AutoRec); see `fit_autorec`."""
+    """Item-based AutoRec (I-AutoRec); see `fit_autorec` (``devices``, ``checkpoint``,
+    ``checkpoint_every`` as there)."""
     return fit_autorec(
         rng_key,
         train,
@@ -417,6 +455,9 @@ def fit_autorec_i(
         val_fraction=val_fraction,
         refit=refit,
         lam_bias=lam_bias,
+        devices=devices,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
 
 
@@ -434,8 +475,12 @@ def fit_autorec_u(
     val_fraction: float = 0.1,
     refit: bool = True,
     lam_bias: float = 3.0,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> AutoRecResult:
-    """User-based AutoRec (U-AutoRec); see `fit_autorec` (defaults not tuned separately)."""
+    """User-based AutoRec (U-AutoRec); see `fit_autorec` (defaults not tuned separately;
+    ``devices``, ``checkpoint``, ``checkpoint_every`` as there)."""
     return fit_autorec(
         rng_key,
         train,
@@ -450,12 +495,16 @@ def fit_autorec_u(
         val_fraction=val_fraction,
         refit=refit,
         lam_bias=lam_bias,
+        devices=devices,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
 
 
 def check_autorec_options(
-    *, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, val_fraction
-) -> None:
+    *, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, val_fraction, devices=1,
+    checkpoint=None, checkpoint_every=1,
+) -> None:  # fmt: skip
     """Reject out-of-range options before anything is compiled."""
     for name, value in (("hidden", hidden), ("batch_size", batch_size), ("num_epochs", num_epochs)):
         if int(value) != value or value < 1:
@@ -470,3 +519,4 @@ def check_autorec_options(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if not (np.isfinite(val_fraction) and 0 <= val_fraction < 1):
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    check_loop_options(batch_size=batch_size, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

@@ -24,10 +24,25 @@ at fixed parameters is exactly F / n.
 Early stopping: given validation arrays ``(inputs..., targets)`` and ``predict_fn``, the
 validation RMSE is computed after every epoch; training stops after ``patience`` epochs
 without improvement and the parameters of the best epoch are returned.
+
+Several devices (``devices`` = D > 1, `probmf.sharding`): data parallel. Each epoch's
+(num_batches, B) index and weights are split along the batch axis (B must divide by D), the
+parameters, optimiser state and training arrays are replicated, and the same jitted epoch runs
+under GSPMD: each device computes its share of a batch and the gradient's sum over the batch
+becomes an all-reduce. Results equal the single-device run up to float summation order.
+
+Checkpoints (`probmf.checkpoint`): `run_epochs` keeps everything the loop needs in one
+pytree, `LoopState` (parameters, optimiser state, the per-epoch traces, the early-stopping
+record, and the host shuffle generator's state), saved every ``checkpoint.every`` epochs. Since
+the generator's state travels with the rest, a resumed run continues the very same shuffle
+stream: it equals the uninterrupted run, and a run with checkpoints equals one without, bit
+for bit. A run that stops early is saved as finished.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,6 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+
+from probmf import checkpoint as ckpt
+from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 
 class MinibatchState(NamedTuple):
@@ -112,6 +130,152 @@ def padded_index(num_rows: int, batch_size: int) -> tuple[int, np.ndarray]:
     return num_batches, weights.reshape(num_batches, batch_size)
 
 
+class LoopState(NamedTuple):
+    """Everything an epoch loop needs to go on (the checkpointed pytree); E = num_epochs.
+
+    Attributes:
+      params, opt_state: the model parameters and optimiser state after ``epochs_run`` epochs.
+      train_loss, val_rmse: float64 (E,) per-epoch traces, NaN past ``epochs_run`` (and
+        everywhere for a loss or score not computed).
+      best_score: float64 () lowest validation RMSE (inf before any); best_epoch: int64 ().
+      best_params: the parameters of ``best_epoch`` (None without validation).
+      epochs_run: int64 () epochs run; stopped: bool () early stopping has triggered.
+      shuffle: uint64 (6,) state of the host shuffle generator (PCG64).
+    """
+
+    params: object
+    opt_state: object
+    train_loss: np.ndarray
+    val_rmse: np.ndarray
+    best_score: np.ndarray
+    best_epoch: np.ndarray
+    best_params: object
+    epochs_run: np.ndarray
+    stopped: np.ndarray
+    shuffle: np.ndarray
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _generator_state(rng: np.random.Generator) -> np.ndarray:
+    """The PCG64 state of ``rng`` as uint64 (6,): state and increment (high, low words), and
+    the buffered 32-bit draw."""
+    s = rng.bit_generator.state
+    if s["bit_generator"] != "PCG64":
+        raise ValueError(f"the shuffle generator must be PCG64, got {s['bit_generator']}")
+    st, inc = s["state"]["state"], s["state"]["inc"]
+    words = (st >> 64, st & _MASK64, inc >> 64, inc & _MASK64, s["has_uint32"], s["uinteger"])
+    return np.array(words, np.uint64)
+
+
+def _generator(words: np.ndarray) -> np.random.Generator:
+    """The generator whose state `_generator_state` encoded."""
+    a = [int(w) for w in np.asarray(words)]
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (a[0] << 64) | a[1], "inc": (a[2] << 64) | a[3]},
+        "has_uint32": a[4],
+        "uinteger": a[5],
+    }
+    return rng
+
+
+def _to_device(tree):
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def run_epochs(
+    epoch_step: Callable,
+    params,
+    opt_state,
+    num_epochs: int,
+    rng: np.random.Generator,
+    *,
+    score_fn: Callable | None = None,
+    patience: int | None = None,
+    checkpoint: ckpt.Checkpoint | None = None,
+    place: Callable | None = None,
+) -> LoopState:
+    """Up to ``num_epochs`` epochs of ``epoch_step``, early stopping, and checkpoints.
+
+    Args:
+      epoch_step: ``(params, opt_state, epoch, rng) -> (params, opt_state, loss)``: one epoch,
+        shuffling with the numpy generator ``rng``; ``loss`` () may be None (not traced).
+      params, opt_state: the initial parameters and optimiser state (pytrees).
+      num_epochs: most epochs.
+      rng: the host shuffle generator (PCG64, e.g. ``np.random.default_rng(seed)``).
+      score_fn: ``params -> float`` validation RMSE after each epoch (None: no validation).
+      patience: stop after this many epochs without a lower score (None: never stop).
+      checkpoint: from `probmf.checkpoint.checkpoint_for` (None: no checkpoints).
+      place: puts a pytree of arrays where the epoch runs (default: `jnp.asarray` each leaf).
+    Returns:
+      The final `LoopState`; its arrays are placed by ``place``.
+    """
+    place = place or _to_device
+    state = LoopState(
+        params=params,
+        opt_state=opt_state,
+        train_loss=np.full(num_epochs, np.nan),
+        val_rmse=np.full(num_epochs, np.nan),
+        best_score=np.array(np.inf),
+        best_epoch=np.array(0, np.int64),
+        best_params=params if score_fn is not None else None,
+        epochs_run=np.array(0, np.int64),
+        stopped=np.array(False),
+        shuffle=_generator_state(rng),
+    )
+
+    def run_chunk(state: LoopState, first: int, num: int) -> LoopState:
+        if bool(state.stopped):
+            return state
+        rng = _generator(state.shuffle)
+        params, opt_state = place((state.params, state.opt_state))
+        losses, scores = state.train_loss.copy(), state.val_rmse.copy()
+        best_score, best_epoch, best_params = float(state.best_score), int(state.best_epoch), state.best_params
+        stopped, done = False, first
+        for e in range(first, first + num):
+            params, opt_state, loss = epoch_step(params, opt_state, e, rng)
+            losses[e] = np.nan if loss is None else float(loss)
+            done = e + 1
+            if score_fn is None:
+                continue
+            score = float(score_fn(params))
+            scores[e] = score
+            if score < best_score:
+                best_score, best_epoch, best_params = score, e, params
+            elif patience is not None and e - best_epoch >= patience:
+                stopped = True
+                break
+        new = LoopState(
+            params, opt_state, losses, scores, np.array(best_score), np.array(best_epoch, np.int64), best_params,
+            np.array(done, np.int64), np.array(stopped), _generator_state(rng),
+        )  # fmt: skip
+        return new
+
+    state = ckpt.run_steps(run_chunk, state, int(num_epochs), checkpoint, finished=lambda s: bool(s.stopped))
+    best = None if state.best_params is None else place(state.best_params)
+    return state._replace(params=place(state.params), opt_state=place(state.opt_state), best_params=best)
+
+
+def check_loop_options(*, batch_size, devices, checkpoint, checkpoint_every) -> None:
+    """Validate ``devices`` (B = ``batch_size`` must divide by it) and the checkpoint options
+    without touching any device."""
+    devices = check_devices(devices)
+    if int(batch_size) == batch_size and batch_size >= 1 and batch_size % devices:
+        below = batch_size // devices * devices
+        fits = f"{below} or {below + devices}" if below else f"{devices}"
+        raise ValueError(
+            f"batch_size={batch_size} does not divide by devices={devices} (each device takes an equal share of "
+            f"a batch); use a multiple of {devices}, e.g. {fits}"
+        )
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a folder (str or path) or None, got {checkpoint!r}")
+    if isinstance(checkpoint_every, bool) or int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+
+
 def train_minibatch(
     rng_key,
     loss_fn: Callable,
@@ -125,6 +289,8 @@ def train_minibatch(
     predict_fn: Callable | None = None,
     patience: int | None = None,
     epoch_fn: Callable | None = None,
+    devices: int = 1,
+    checkpoint: ckpt.Checkpoint | None = None,
 ) -> MinibatchResult:
     """Minimise ``loss_fn`` over ``train_arrays`` by minibatch steps of ``optimizer``.
 
@@ -141,6 +307,10 @@ def train_minibatch(
       patience: stop after this many epochs without a better validation RMSE (None: run
         every epoch). With validation the best epoch's parameters are returned.
       epoch_fn: a prebuilt `make_epoch(loss_fn, optimizer)`, to share its compilation.
+      devices: D >= 1 devices, data parallel (module docstring); the batch size used,
+        min(B, n rounded up to a multiple of D), must divide by D.
+      checkpoint: save and resume the epochs there (`probmf.checkpoint.checkpoint_for`; None: no
+        checkpoints); the result is the same either way.
     Returns:
       `MinibatchResult(params, state, trace, best_epoch)`.
     """
@@ -155,33 +325,41 @@ def train_minibatch(
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
     if val_arrays is not None and predict_fn is None:
         raise ValueError("val_arrays needs predict_fn")
-    batch_size = min(int(batch_size), n)  # a batch larger than the data would be all padding
+    devices = check_devices(devices)
+    # A batch larger than the data would be all padding; with D devices, round n up to D's multiple.
+    batch_size = min(int(batch_size), -(-n // devices) * devices)
+    check_loop_options(batch_size=batch_size, devices=devices, checkpoint=None, checkpoint_every=1)
+    mesh = device_mesh(devices)
     epoch = epoch_fn or make_epoch(loss_fn, optimizer)
     val_rmse = _rmse_fn(predict_fn) if val_arrays is not None else None
 
     num_batches, weights = padded_index(n, batch_size)
-    weights = jnp.asarray(weights)
-    data = tuple(jnp.asarray(a) for a in train_arrays)
+    weights = split_along(mesh, jnp.asarray(weights), 1)
+    data = replicated(mesh, tuple(jnp.asarray(a) for a in train_arrays))
+    if val_arrays is not None:
+        val_arrays = replicated(mesh, tuple(val_arrays))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng_key)).ravel())
     index = np.zeros(num_batches * batch_size, np.int32)  # the tail stays 0: padding rows
 
-    state = MinibatchState(params, optimizer.init(params))
-    best = (np.inf, params, 0)
-    losses, scores = [], []
-    for e in range(int(num_epochs)):
+    def epoch_step(params, opt_state, e, rng):
         index[:n] = rng.permutation(n)
-        state, loss = epoch(state, data, jnp.asarray(index.reshape(num_batches, batch_size)), weights)
-        losses.append(float(loss))
-        if val_rmse is None:
-            scores.append(np.nan)
-            continue
-        score = float(val_rmse(state.params, val_arrays))
-        scores.append(score)
-        if score < best[0]:
-            best = (score, state.params, e)
-        elif patience is not None and e - best[2] >= patience:
-            break
-    trace = MinibatchTrace(np.asarray(losses), np.asarray(scores))
+        batches = split_along(mesh, jnp.asarray(index.reshape(num_batches, batch_size)), 1)
+        state, loss = epoch(MinibatchState(params, opt_state), data, batches, weights)
+        return state.params, state.opt_state, loss
+
+    loop = run_epochs(
+        epoch_step,
+        params,
+        optimizer.init(params),
+        int(num_epochs),
+        rng,
+        score_fn=None if val_rmse is None else lambda p: val_rmse(p, val_arrays),
+        patience=patience,
+        checkpoint=checkpoint,
+        place=None if mesh is None else functools.partial(replicated, mesh),
+    )
+    state, done = MinibatchState(loop.params, loop.opt_state), int(loop.epochs_run)
+    trace = MinibatchTrace(loop.train_loss[:done].copy(), loop.val_rmse[:done].copy())
     if val_rmse is None:
-        return MinibatchResult(state.params, state, trace, len(losses) - 1)
-    return MinibatchResult(best[1], state, trace, best[2])
+        return MinibatchResult(state.params, state, trace, done - 1)
+    return MinibatchResult(loop.best_params, state, trace, int(loop.best_epoch))

@@ -50,12 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.als import fit_als
-from probmf.fitters.minibatch import make_epoch, train_minibatch
+from probmf.fitters.minibatch import check_loop_options, make_epoch, train_minibatch
 from probmf.fitters.optax_mf import fit_optax
 from probmf.model import MFParams, predict, predict_with_fallback
+from probmf.sharding import device_mesh
 
 BASES = ("als", "optax")
 _NUM_FEATURES = 8  # see mf_features
@@ -393,6 +395,9 @@ def fit_mlp(
     validation_fraction: float = 0.1,
     refit: bool = True,
     init_scale: float = 0.1,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> MLPResult:
     """Fit the embedding MLP (module docstring) by minibatch Adam with early stopping.
 
@@ -409,6 +414,10 @@ def fit_mlp(
       validation_fraction: share of ``train`` held out for early stopping (0: none).
       refit: retrain on all of ``train`` for the chosen number of epochs.
       init_scale: sd of the initial embeddings.
+      devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
+        divide by D.
+      checkpoint: folder to save the epochs in and resume from (None: no checkpoints).
+      checkpoint_every: epochs between saves.
     Returns:
       `MLPResult`; ``predict(users, items)`` and ``rank``.
 
@@ -434,13 +443,23 @@ def fit_mlp(
         patience=patience,
         validation_fraction=validation_fraction,
         init_scale=init_scale,
+        devices=devices,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    device_mesh(devices)  # enough devices?
+    options = dict(
+        rank=rank, hidden=hidden, dropout=dropout, lam=lam, lam_bias=lam_bias, lam_net=lam_net,
+        weight_exponent=weight_exponent, learning_rate=learning_rate, batch_size=batch_size, num_epochs=num_epochs,
+        patience=patience, validation_fraction=validation_fraction, refit=refit, init_scale=init_scale,
+        devices=devices, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
     key_init, key_split, key_shuffle, key_drop = jax.random.split(rng_key, 4)
     fit, val = _split(key_split, train, validation_fraction)
 
-    def run(part: Ratings, epochs: int, val_arrays):
+    def run(part: Ratings, epochs: int, val_arrays, stage: str):
         a_u, a_i, *_ = _ridge_weights(part, train.num_users, train.num_items, weight_exponent)
         mu = float(np.mean(part.values, dtype=np.float64))
         params = init(key_init, train.num_users, train.num_items, rank=rank, hidden=hidden, mu=mu, scale=init_scale)
@@ -459,13 +478,15 @@ def fit_mlp(
             predict_fn=apply if val_arrays is not None else None,
             patience=patience if val_arrays is not None else None,
             epoch_fn=epoch,
+            devices=devices,
+            checkpoint=fit_checkpoint(checkpoint, checkpoint_every, stage, rng_key, train, options),
         )
 
     val_arrays = None if val is None else (jnp.asarray(val.users), jnp.asarray(val.items), jnp.asarray(val.values))
-    result = run(fit, num_epochs, val_arrays)
+    result = run(fit, num_epochs, val_arrays, "mlp")
     trace, best_epoch, final = result.trace, result.best_epoch, fit
     if val is not None and refit:
-        result, final = run(train, best_epoch + 1, None), train
+        result, final = run(train, best_epoch + 1, None, "mlp-refit"), train
     return MLPResult(
         result.params,
         np.bincount(final.users, minlength=train.num_users) > 0,
@@ -499,6 +520,9 @@ def fit_residual(
     patience: int = 5,
     validation_fraction: float = 0.1,
     refit: bool = True,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> ResidualResult:
     """Fit r_hat = MF + ANN (module docstring): MF first, then the network on its residuals
     (or both jointly), early-stopped on held-out training ratings, never kept if it does not
@@ -524,13 +548,18 @@ def fit_residual(
         whether to keep it, in (0, 1).
       refit: refit the MF on all of ``train`` and retrain the network on it for the chosen
         number of epochs (False: keep the fits made without the validation ratings).
+      devices: D devices for the network's training, data parallel
+        (`probmf.fitters.minibatch`); ``batch_size`` must divide by D. The MF fits use one.
+      checkpoint: folder to save the network's epochs in and resume from (None: no
+        checkpoints); the MF fits are redone on resuming.
+      checkpoint_every: epochs between saves.
     Returns:
       `ResidualResult`; ``use_network`` says whether the network was kept.
 
     Example:
       >>> from probmf.data.synthetic import synthetic_preset
       >>> train, _ = synthetic_preset("tiny")
-      >>> res = fit_residual(jax.random.PRNGKey(0), train, hidden=8, num_epochs=2)
+      >>> res = fit_residual(jax.random.PRNGKey(0), train, hidden=8, num_epochs=2, num_folds=2)
       >>> res.predict(jnp.array([0, -1]), jnp.array([1, 2])).shape
       (2,)
     """
@@ -550,9 +579,19 @@ def fit_residual(
         num_epochs=num_epochs,
         patience=patience,
         validation_fraction=validation_fraction,
+        devices=devices,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
     if len(train) < 10:
         raise ValueError(f"{train.source or 'training ratings'}: too few ratings to hold out a validation split")
+    device_mesh(devices)  # enough devices?
+    options = dict(
+        base=base, joint=joint, embedding_dim=embedding_dim, num_folds=num_folds, hidden=hidden, dropout=dropout,
+        lam=lam, lam_net=lam_net, lam_bias=lam_bias, weight_exponent=weight_exponent, learning_rate=learning_rate,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, validation_fraction=validation_fraction,
+        refit=refit, devices=devices, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
     key_init, key_split, key_shuffle, key_drop = jax.random.split(jax.random.fold_in(rng_key, 1), 4)
     lo, hi = float(train.values.min()), float(train.values.max())
     fit, val = _split(key_split, train, validation_fraction)
@@ -593,7 +632,7 @@ def fit_residual(
             feats[fold_out] = np.asarray(x)
         return (part.users, part.items, resid, a_u, a_i, salt, feats)
 
-    def run(part: Ratings, mf: MFParams, epochs: int, val_ratings: Ratings | None):
+    def run(part: Ratings, mf: MFParams, epochs: int, val_ratings: Ratings | None, stage: str):
         hyper = Hyper(float(lam), float(lam_bias), float(lam_net), float(dropout), len(part))
         loss_fn, optimizer, epoch = _epoch_fn("joint" if joint else "residual", hyper, float(learning_rate), _MF_LAM)
         log_counts = tuple(jnp.asarray(c) for c in log_counts_of(part))
@@ -617,11 +656,13 @@ def fit_residual(
             predict_fn=predict_fn,
             patience=patience if val_arrays is not None else None,
             epoch_fn=epoch,
+            devices=devices,
+            checkpoint=fit_checkpoint(checkpoint, checkpoint_every, stage, rng_key, train, options),
         )
         return (result.params if joint else JointParams(mf, result.params)), log_counts, result
 
     mf_fit = _fit_base(rng_key, fit, base)
-    fitted, log_counts, result = run(fit, mf_fit, num_epochs, val)
+    fitted, log_counts, result = run(fit, mf_fit, num_epochs, val, "residual")
     vu, vi = jnp.asarray(val.users), jnp.asarray(val.items)
     val_mf = _clipped_rmse(predict(mf_fit, vu, vi), val.values, lo, hi)
     val_hybrid = _clipped_rmse(residual_apply(fitted.mf, fitted.net, vu, vi, log_counts)[0], val.values, lo, hi)
@@ -632,7 +673,7 @@ def fit_residual(
         final = train
         mf_all = _fit_base(rng_key, train, base)
         if use_network:
-            fitted, log_counts, _ = run(train, mf_all, result.best_epoch + 1, None)
+            fitted, log_counts, _ = run(train, mf_all, result.best_epoch + 1, None, "residual-refit")
         else:
             fitted, log_counts = JointParams(mf_all, fitted.net), tuple(jnp.asarray(c) for c in log_counts_of(train))
     elif not use_network:
@@ -675,7 +716,8 @@ def _as_hidden(hidden) -> tuple[int, ...]:
 
 
 def _check_common(*, hidden, dropout, lam, lam_net, lam_bias, weight_exponent, learning_rate, batch_size,
-                  num_epochs, patience, validation_fraction) -> None:  # fmt: skip
+                  num_epochs, patience, validation_fraction, devices=1, checkpoint=None,
+                  checkpoint_every=1) -> None:  # fmt: skip
     if not _as_hidden(hidden):
         raise ValueError(f"hidden needs at least one layer, got {hidden!r}")
     if not (np.isfinite(dropout) and 0 <= dropout < 1):
@@ -692,6 +734,7 @@ def _check_common(*, hidden, dropout, lam, lam_net, lam_bias, weight_exponent, l
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (np.isfinite(validation_fraction) and 0 <= validation_fraction < 1):
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
+    check_loop_options(batch_size=batch_size, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
 
 def check_mlp_options(*, rank, init_scale, **common) -> None:

@@ -29,12 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.als import make_priors
-from probmf.fitters.minibatch import MinibatchTrace, train_minibatch
+from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, train_minibatch
 from probmf.model import MFParams, init_params, predict
 from probmf.objectives import Priors, penalty
+from probmf.sharding import device_mesh
 
 OBJECTIVES = ("map", "mle")
 OPTIMIZERS = ("adam", "sgd", "adagrad")
@@ -90,6 +92,9 @@ def fit_optax(
     validation_fraction: float = 0.0,
     patience: int = 5,
     init_scale: float = 0.1,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> OptaxResult:
     """Fit the biased MF model by minibatch gradient descent on the MLE or MAP objective.
 
@@ -109,6 +114,11 @@ def fit_optax(
         epochs and return the last).
       patience: epochs without a better validation RMSE before stopping.
       init_scale: sd of the initial factors.
+      devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
+        divide by D. The result equals the 1-device fit up to float rounding.
+      checkpoint: folder to save the epochs in and resume from (None: no checkpoints); the
+        result is the same with or without.
+      checkpoint_every: epochs between saves.
     Returns:
       `OptaxResult(params, trace, best_epoch, priors)`.
 
@@ -119,7 +129,7 @@ def fit_optax(
       >>> res.params.W.shape, res.trace.train_loss.shape
       ((60, 2), (3,))
     """
-    check_optax_options(
+    options = dict(
         rank=rank,
         objective=objective,
         lam=lam,
@@ -133,9 +143,14 @@ def fit_optax(
         validation_fraction=validation_fraction,
         patience=patience,
         init_scale=init_scale,
+        devices=devices,
+        checkpoint_every=checkpoint_every,
     )
+    check_optax_options(**options, checkpoint=checkpoint)
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    device_mesh(devices)  # enough devices?
+    ckpt = fit_checkpoint(checkpoint, checkpoint_every, "optax", rng_key, train, options)
     key_init, key_split, key_shuffle = jax.random.split(rng_key, 3)
     val = None
     fit = train
@@ -171,6 +186,8 @@ def fit_optax(
         val_arrays=val,
         predict_fn=predict,
         patience=patience if val is not None else None,
+        devices=devices,
+        checkpoint=ckpt,
     )
     return OptaxResult(result.params, result.trace, result.best_epoch, priors)
 
@@ -190,6 +207,9 @@ def check_optax_options(
     validation_fraction,
     patience,
     init_scale,
+    devices=1,
+    checkpoint=None,
+    checkpoint_every=1,
 ) -> None:
     """Reject out-of-range options before anything is compiled."""
     if int(rank) != rank or rank < 0:
@@ -218,3 +238,4 @@ def check_optax_options(
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
     if not (np.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
+    check_loop_options(batch_size=batch_size, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
