@@ -41,8 +41,12 @@ _ROLE_NAMES = {
     "rating": ("rating", "ratings", "score", "stars", "value"),
     "timestamp": ("timestamp", "time", "ts", "unixtime", "unix_time", "unixreviewtime"),
 }
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_ID = 2**62  # ids stay exact in float64 parsing and in int64 arithmetic
+_TOO_LARGE = "{name} {{value}} is too large (ids are integers in [0, 2**62])"
+# Largest |rating|: squares summed over a billion ratings stay far below float32's maximum
+# (3.4e38), so no fitter's sums of squares or Gram matrices can overflow.
+_MAX_RATING = 1e9
+_HUGE_RATING = "rating {value} is too large in magnitude (|rating| <= 1e9; rescale the ratings)"
 
 
 class RatingsFileError(ValueError):
@@ -108,8 +112,9 @@ def read_ratings(
 
     Raises:
       RatingsFileError: a malformed line, missing field, non-numeric / NaN / inf rating, a
-        rating outside ``rating_scale``, a negative or non-integer numeric id, a duplicate pair,
-        or no ratings at all.
+        rating above 1e9 in magnitude or outside ``rating_scale``, a negative, non-integer or
+        too large (> 2**62) numeric id, a duplicate pair, a line of numbers read as the header
+        (``header=True``), or no ratings at all.
     """
     path = Path(os.fspath(path))
     if id_type not in ("auto", "int", "str"):
@@ -257,6 +262,15 @@ def _read_text(path: Path, *, sep, header, columns, encoding, id_type) -> _Sourc
     if header == "infer":
         looks_like_data = rating_pos < ncol and _is_number(fields[rating_pos].strip())
         header = by_name or (not looks_like_data and any(_role_of(f) for f in fields))
+    elif header is True and not by_name and all(_is_number(f.strip().strip("\"'")) for f in fields):
+        # Skipping it would silently drop a rating.
+        raise RatingsFileError(
+            f"{path}, line {first_no}: header=True, but this line holds only numbers, so it is a rating rather "
+            f"than column names: {first_line!r}; pass header=False or 'infer'",
+            path=path,
+            line=first_no,
+            value=first_line,
+        )
     header = bool(header)
 
     names = [f.strip().strip("\"'") for f in fields] if header else None
@@ -395,6 +409,8 @@ def _parse(
         with warnings.catch_warnings():
             # Mixed types across the parser's chunks are resolved by the checks below.
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            # A quoted field that runs over a line end merges lines and drops fields: refuse it.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
             if multi:
                 with _open_binary(path) as raw:
                     stream = io.BufferedReader(
@@ -405,7 +421,7 @@ def _parse(
             return pd.read_csv(path, sep=fmt.sep, compression="infer", **kwargs)
     except pd.errors.EmptyDataError:
         return pd.DataFrame({label: pd.Series([], dtype="float64") for label in labels})
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError) as err:
         raise _locate_bad_line(path, fmt, first_line, err) from err
 
 
@@ -532,9 +548,15 @@ def _check_ids(src: _Source, role: str, problems: _Problems, id_type: str) -> np
     if pd.api.types.is_bool_dtype(col.dtype):
         problems.add(np.ones(len(col), bool), _about(col, f"{name} {{value}} is not an integer"))
         return np.zeros(len(col), np.int64)
+    if pd.api.types.is_unsigned_integer_dtype(col.dtype):
+        # pandas reads a column with a value >= 2**63 as uint64: never an id to keep.
+        big = col.to_numpy(np.uint64) > _MAX_ID
+        problems.add(big, _about(col, _TOO_LARGE.format(name=name)))
+        return np.where(big, 0, col.to_numpy(np.uint64)).astype(np.int64)
     if pd.api.types.is_integer_dtype(col.dtype):
         ids = col.to_numpy(np.int64)
         problems.add(ids < 0, _about(col, f"{name} {{value}} is negative"))
+        problems.add(ids > _MAX_ID, _about(col, _TOO_LARGE.format(name=name)))
         return ids
     if pd.api.types.is_float_dtype(col.dtype):
         return _numeric_ids(col.to_numpy(np.float64), col, missing, name, problems)
@@ -552,18 +574,24 @@ def _check_ids(src: _Source, role: str, problems: _Problems, id_type: str) -> np
 def _numeric_ids(num: np.ndarray, col: pd.Series, skip: np.ndarray, name: str, problems: _Problems):
     ok = ~skip
     with np.errstate(invalid="ignore"):
-        nonint = ok & ((num != np.floor(num)) | ~np.isfinite(num) | (np.abs(num) > _MAX_ID))
+        nonint = ok & ((num != np.floor(num)) | ~np.isfinite(num))
         negative = ok & ~nonint & (num < 0)
+        too_large = ok & ~nonint & (num > _MAX_ID)
     problems.add(nonint, _about(col, f"{name} {{value}} is not an integer"))
     problems.add(negative, _about(col, f"{name} {{value}} is negative"))
-    return np.where(ok & ~nonint, num, 0).astype(np.int64)
+    problems.add(too_large, _about(col, _TOO_LARGE.format(name=name)))
+    return np.where(ok & ~nonint & ~negative & ~too_large, num, 0).astype(np.int64)
 
 
 def _check_ratings(src: _Source, scale, problems: _Problems) -> np.ndarray:
     col = src.df[src.roles["rating"]]
     missing = col.isna().to_numpy()
     problems.add(missing, lambda p: _missing(src, "rating", p))
-    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+    if pd.api.types.is_bool_dtype(col.dtype):
+        # The C parser turns a column of True/False into booleans; they are not ratings.
+        problems.add(~missing, _about(col, "rating {value} is not a number"))
+        return np.zeros(len(col), np.float64)
+    if pd.api.types.is_numeric_dtype(col.dtype):
         values = col.to_numpy(np.float64)
     else:
         values = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
@@ -575,9 +603,11 @@ def _check_ratings(src: _Source, scale, problems: _Problems) -> np.ndarray:
             literal[idx] = [_is_number(str(v).strip()) for v in col.iloc[idx]]
         problems.add(nonnum & ~literal, _about(col, "rating {value} is not a number"))
         missing = missing | (nonnum & ~literal)
-    with np.errstate(invalid="ignore"):
-        nonfinite = ~missing & ~(np.abs(values) <= _FLOAT32_MAX)
+    nonfinite = ~missing & ~np.isfinite(values)
     problems.add(nonfinite, _about(col, "rating {value} is not finite"))
+    with np.errstate(invalid="ignore"):
+        huge = ~missing & ~nonfinite & (np.abs(values) > _MAX_RATING)
+    problems.add(huge, _about(col, _HUGE_RATING))
     if scale is not None:
         low, high = scale
         with np.errstate(invalid="ignore"):
@@ -592,7 +622,10 @@ def _check_timestamps(src: _Source, problems: _Problems) -> np.ndarray | None:
     col = src.df[src.roles["timestamp"]]
     missing = col.isna().to_numpy()
     problems.add(missing, lambda p: _missing(src, "timestamp", p))
-    if pd.api.types.is_integer_dtype(col.dtype):
+    if pd.api.types.is_bool_dtype(col.dtype):
+        problems.add(~missing, _about(col, "timestamp {value} is not an integer"))
+        return np.zeros(len(col), np.int64)
+    if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_unsigned_integer_dtype(col.dtype):
         return col.to_numpy(np.int64)
     num = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
     with np.errstate(invalid="ignore"):
@@ -714,50 +747,101 @@ def _atomic_write(path: Path, write) -> None:
 
 def read_pairs(path) -> tuple[np.ndarray, np.ndarray]:
     """(users, items) raw ids from a CSV with a header naming the user and item columns
-    (``userId,movieId[,...]``; other columns are ignored)."""
+    (``userId,movieId[,...]``; other columns are ignored). Every pair is kept, repeats too;
+    an empty id is a `RatingsFileError` naming the line."""
     df = _read_small_csv(path, ("user", "item"))
     return df["user"].to_numpy(), df["item"].to_numpy()
 
 
 def read_new_user(path) -> tuple[np.ndarray, np.ndarray]:
-    """(items, ratings) of one new user from a CSV with header ``movieId,rating``."""
+    """(items, ratings) of one new user from a CSV with header ``movieId,rating``.
+
+    Each item may appear once, and each rating must be a finite number of magnitude at most
+    1e9; otherwise a `RatingsFileError` names the line and the value."""
+    path = Path(os.fspath(path))
     df = _read_small_csv(path, ("item", "rating"))
-    ratings = pd.to_numeric(df["rating"], errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(ratings)
+    ratings = pd.to_numeric(df["rating"].str.strip(), errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(ratings) <= _MAX_RATING)
     if bad.any():
         k = int(np.argmax(bad))
+        value, line = df["rating"].iloc[k], int(df.index[k])
+        what = "is too large in magnitude (|rating| <= 1e9)" if np.isfinite(ratings[k]) else "is not a finite number"
+        raise RatingsFileError(f"{path}, line {line}: rating {value!r} {what}", path=path, line=line, value=value)
+    items = df["item"].to_numpy()
+    repeat = pd.Series(items).duplicated().to_numpy()
+    if repeat.any():
+        k = int(np.argmax(repeat))
+        item = _py(items[k])
+        first = int(df.index[int(np.argmax(items == items[k]))])
+        line = int(df.index[k])
         raise RatingsFileError(
-            f"{path}, line {k + 2}: rating {df['rating'].iloc[k]!r} is not a finite number",
+            f"{path}, line {line}: item {item!r} is rated twice (also on line {first}); a user rates an item once",
             path=path,
-            line=k + 2,
-            value=df["rating"].iloc[k],
+            line=line,
+            value=item,
         )
-    return df["item"].to_numpy(), ratings
+    return items, ratings
 
 
 def _read_small_csv(path, roles: tuple[str, ...]) -> pd.DataFrame:
-    """A small headed CSV with the columns of ``roles``, renamed to the role names; ids are
-    parsed as integers when every value is one."""
+    """A small headed CSV (comma, tab, semicolon or ``|``) with the columns of ``roles``,
+    renamed to the role names and indexed by file line number; ids are parsed as integers
+    when every value is one."""
     path = Path(os.fspath(path))
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     try:
-        df = pd.read_csv(path, sep=None, engine="python", dtype=str, encoding="utf-8-sig", skip_blank_lines=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise RatingsFileError(f"{path}: cannot be read as CSV ({err})", path=path) from None
-    found = {_role_of(c): c for c in df.columns}
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _locate_bad_line(path, _TextFormat(",", "utf-8", 0), 1, err) from None
+    lines = text.splitlines()
+    first = next((k for k, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise RatingsFileError(f"{path}: no rows (the file is empty)", path=path)
+    head = lines[first]
+    sep = next((c for c in (",", "\t", ";", "|") if c in head), ",")
+    fmt = _TextFormat(sep, "utf-8", 0)
+    names = [name.strip() for name in fmt.split(head)]
+    found = {}
+    for k, name in enumerate(names):
+        found.setdefault(_role_of(name), k)
     missing = [r for r in roles if r not in found]
     if missing:
         raise RatingsFileError(
-            f"{path}, line 1: header {list(df.columns)} has no {' or '.join(missing)} column "
+            f"{path}, line {first + 1}: header {names} has no {' or '.join(missing)} column "
             f"(e.g. userId, movieId, rating)",
             path=path,
-            line=1,
+            line=first + 1,
+            value=head,
         )
-    if df.empty:
+    rows, numbers = [], []
+    for number, line in enumerate(lines[first + 1 :], start=first + 2):
+        if not line.strip():
+            continue
+        fields = fmt.split(line)
+        if len(fields) != len(names):
+            raise RatingsFileError(
+                f"{path}, line {number}: expected {len(names)} fields separated by {_sep_name(sep)}, "
+                f"found {len(fields)}: {line!r}",
+                path=path,
+                line=number,
+                value=line,
+            )
+        for role in roles:
+            if not fields[found[role]].strip():
+                raise RatingsFileError(
+                    f"{path}, line {number}: no {names[found[role]]} value: {line!r}", path=path, line=number, value=""
+                )
+        rows.append([fields[found[role]].strip() for role in roles])
+        numbers.append(number)
+    if not rows:
         raise RatingsFileError(f"{path}: no rows", path=path)
-    out = df[[found[r] for r in roles]].set_axis(list(roles), axis=1)
+    out = pd.DataFrame(rows, columns=list(roles), index=numbers, dtype=object)
     for role in ("user", "item"):
-        if role in out and out[role].str.fullmatch(r"\s*\d+\s*").all():
+        # Up to 18 digits: always within int64.
+        if role in out and out[role].str.fullmatch(r"\d{1,18}").all():
             out[role] = out[role].astype(np.int64)
+        elif role in out:
+            out[role] = out[role].to_numpy(dtype=str)
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import os
 import secrets
 import shutil
@@ -26,7 +27,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from probmf.data.io import read_ratings
+from probmf.data.io import RatingsFileError, _text_encoding, read_ratings
 from probmf.data.ratings import Ratings
 
 __all__ = [
@@ -164,26 +165,61 @@ def load_split(name: str, split: str, *, path=None, download: bool = True) -> tu
     return train, test.reindex(train.user_ids, train.item_ids)
 
 
-def load_titles(name: str, *, path=None, download: bool = True) -> dict:
-    """Movie titles by raw item id (int), from ``u.item``, ``movies.dat`` or ``movies.csv``."""
+def load_titles(name: str, *, path=None, download: bool = True, encoding: str | None = None) -> dict:
+    """Movie titles by raw item id (int), from ``u.item``, ``movies.dat`` or ``movies.csv``.
+
+    Args:
+      encoding: the titles file's text encoding; None uses the dataset's own (latin-1 for
+        ml-100k and ml-1m, UTF-8 for the others; a UTF-8 byte-order mark is skipped).
+
+    Raises:
+      RatingsFileError: a line that is not valid text in that encoding, or whose movie id is
+        not an integer (naming the file, the line and the value), or a ``movies.csv`` header
+        without ``movieId`` and ``title``.
+    """
     spec = _spec(name)
     file = _locate(name, path, download) / spec.titles
+    encoding = encoding or spec.titles_encoding
+    raw = file.read_bytes()
+    try:
+        text = raw.decode(_text_encoding(encoding))
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        value = raw.splitlines()[line - 1]
+        raise RatingsFileError(
+            f"{file}, line {line}: not valid {encoding} text: {value!r}; pass encoding= the file's encoding "
+            f"(e.g. 'latin-1')",
+            path=file,
+            line=line,
+            value=value,
+        ) from None
+
+    def movie_id(value: str, line: int) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise RatingsFileError(
+                f"{file}, line {line}: movie id {value!r} is not an integer", path=file, line=line, value=value
+            ) from None
+
     titles: dict = {}
     if spec.titles.endswith(".csv"):
-        with open(file, encoding=spec.titles_encoding, newline="") as f:
-            reader = csv.reader(f)
-            head = next(reader)
-            item_col, title_col = head.index("movieId"), head.index("title")
-            for row in reader:
-                if row:
-                    titles[int(row[item_col])] = row[title_col]
+        reader = csv.reader(io.StringIO(text, newline=""))
+        head = next(reader, [])
+        if "movieId" not in head or "title" not in head:
+            raise RatingsFileError(
+                f"{file}, line 1: header {head} has no movieId or title column", path=file, line=1, value=head
+            )
+        item_col, title_col = head.index("movieId"), head.index("title")
+        for row in reader:
+            if row:
+                titles[movie_id(row[item_col], reader.line_num)] = row[title_col]
         return titles
     sep = "|" if spec.titles == "u.item" else "::"
-    with open(file, encoding=spec.titles_encoding) as f:
-        for line in f:
-            fields = line.rstrip("\r\n").split(sep)
-            if len(fields) >= 2 and fields[0].strip():
-                titles[int(fields[0])] = fields[1]
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split(sep)
+        if len(fields) >= 2 and fields[0].strip():
+            titles[movie_id(fields[0], number)] = fields[1]
     return titles
 
 

@@ -53,22 +53,42 @@ class IdMap:
         raw_ids = _as_id_array(raw_ids)
         if self.raw.size == 0:
             return np.full(raw_ids.shape, UNKNOWN, np.int32)
+        valid = np.ones(raw_ids.shape, bool)
         if self.raw.dtype.kind in "iu" and raw_ids.dtype.kind not in "iu":
-            try:
-                raw_ids = raw_ids.astype(self.raw.dtype)
-            except ValueError:
-                return np.full(raw_ids.shape, UNKNOWN, np.int32)
+            # Each query on its own: "12" or 12.0 is id 12; "x", 2.5, NaN match nothing.
+            raw_ids, valid = _integer_ids(raw_ids)
         elif self.raw.dtype.kind in "US" and raw_ids.dtype.kind not in "US":
             raw_ids = raw_ids.astype(str)
         pos = np.searchsorted(self.raw, raw_ids)
         pos_c = np.minimum(pos, self.raw.size - 1)
-        found = self.raw[pos_c] == raw_ids
+        found = valid & (self.raw[pos_c] == raw_ids)
         return np.where(found, pos_c, UNKNOWN).astype(np.int32)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, IdMap) and self.raw.shape == other.raw.shape and bool(np.all(self.raw == other.raw))
 
     __hash__ = None
+
+
+def _integer_ids(raw_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ids, valid) for queries that are not integers: floats equal to an integer,
+    or strings holding one, are valid; anything else gets 0 and valid False."""
+    if raw_ids.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            valid = np.isfinite(raw_ids) & (raw_ids == np.floor(raw_ids)) & (np.abs(raw_ids) < 2.0**63)
+        return np.where(valid, raw_ids, 0).astype(np.int64), valid
+    if raw_ids.dtype.kind == "b":
+        return np.zeros(raw_ids.shape, np.int64), np.zeros(raw_ids.shape, bool)
+    out = np.zeros(raw_ids.shape, np.int64)
+    valid = np.zeros(raw_ids.shape, bool)
+    for k, text in enumerate(raw_ids.astype(str).tolist()):
+        try:
+            value = int(text)
+        except ValueError:
+            continue
+        if -(2**63) <= value < 2**63:
+            out[k], valid[k] = value, True
+    return out, valid
 
 
 def _as_id_array(raw_ids) -> np.ndarray:

@@ -59,6 +59,8 @@ def fit_svd(
     """Fit biases, then the rank-k truncated SVD of the residual matrix (missing = 0)."""
     if int(rank) != rank or rank < 0:
         raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
+    if not (np.isfinite(lam_bias) and lam_bias >= 0):  # checked here too: before any JAX call
+        raise ValueError(f"lambda_bias must be >= 0, got {lam_bias!r}")
     key_base, key_svd = jax.random.split(rng_key)
     base = fit_baseline(key_base, train, lam_bias=lam_bias).params
     resid = train.values - np.asarray(base.mu + base.b[train.users] + base.c[train.items])
