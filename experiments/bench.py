@@ -2,18 +2,24 @@
 
     python experiments/bench.py --preset ml20m --model als --rank 10 --iters 5 --json
 
-One iteration is one ALS or Gibbs sweep (users then items) or one optax epoch. Prints one
-JSON line (``--json``) or a short table row per run and appends the JSON to ``--out``.
+One iteration is one ALS or Gibbs sweep (users then items), or one optax, SVI or AutoRec
+epoch (for ``autorec-i``, ``--rank`` is the number of hidden units). Prints one JSON line
+(``--json``) or a short table row per run and appends the JSON to ``--out``.
 Fields: model, rank, preset, n_ratings, num_users, num_items, setup_seconds (encoding),
 compile_seconds, seconds_per_iter (median of the timed iterations after compile),
-seconds_per_iter_all, ratings_per_second, peak_rss_mb, devices, backend, probmf_version.
+seconds_per_iter_all, ratings_per_second, peak_rss_mb, devices (``--devices``: rows or
+batches split across that many devices, as the fitters do), device_count, state_devices (the
+devices the final state lies on), backend, device_kind, probmf_version, batch_size (minibatch
+fitters), solver (als), linalg (gibbs). ``--smoke``: tiny data, for tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
+import os
 import resource
 import statistics
 import sys
@@ -23,16 +29,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import probmf
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.encoding import encode, layout_for_rank
 from probmf.evaluate import fitter_options
+from probmf.fitters import autorec
 from probmf.fitters.als import als_run, check_als_options, make_priors
 from probmf.fitters.gibbs import Hyperpriors, gibbs_sweep, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
+from probmf.fitters.numpyro_mf import svi_trainer
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.model import init_params
+from probmf.sharding import device_mesh, replicated, split_along
 
 
 def _peak_rss_mb() -> float:
@@ -45,7 +55,8 @@ def setup_als(rng_key, train, args):
     lam = defaults["lam"] if args.lam is None else args.lam
     check_als_options(rank=args.rank, lam=lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10)
     solver = args.solver if args.solver != "auto" else ("cholesky" if args.rank <= 32 else "cg")
-    data = encode(train, layout_for_rank(args.rank))
+    args.solver_used = solver
+    data = encode(train, layout_for_rank(args.rank), mesh=device_mesh(args.devices))
     params = init_params(rng_key, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
     priors = make_priors(
         data.by_user.counts,
@@ -67,7 +78,10 @@ def setup_optax(rng_key, train, args):
     defaults = fitter_options("optax")
     lam = defaults["lam"] if args.lam is None else args.lam
     batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
-    check_optax_options(**{**defaults, "rank": args.rank, "lam": lam, "batch_size": batch_size})
+    options = {**defaults, "rank": args.rank, "lam": lam, "batch_size": batch_size, "devices": args.devices}
+    check_optax_options(**options)
+    args.batch_used = batch_size
+    mesh = device_mesh(args.devices)
     key_init, key_shuffle = jax.random.split(rng_key)
     n = len(train)
     params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
@@ -82,24 +96,25 @@ def setup_optax(rng_key, train, args):
         total_steps=num_batches * defaults["num_epochs"],
     )
     epoch = make_epoch(functools.partial(mf_objective, priors=priors, num_ratings=n), optimizer)
-    data = tuple(jnp.asarray(a) for a in (train.users, train.items, train.values))
-    weights = jnp.asarray(weights)
+    data = replicated(mesh, tuple(jnp.asarray(a) for a in (train.users, train.items, train.values)))
+    weights = split_along(mesh, jnp.asarray(weights), 1)
     rng = np.random.default_rng(args.seed)
     index = np.zeros(num_batches * batch_size, np.int32)
 
     def step(state):
         index[:n] = rng.permutation(n)
-        return epoch(state, data, jnp.asarray(index.reshape(num_batches, batch_size)), weights)[0]
+        batches = split_along(mesh, jnp.asarray(index.reshape(num_batches, batch_size)), 1)
+        return epoch(state, data, batches, weights)[0]
 
-    return MinibatchState(params, optimizer.init(params)), step
+    return replicated(mesh, MinibatchState(params, optimizer.init(params))), step
 
 
 def setup_gibbs(rng_key, train, args):
     """Returns (state, step) where step(state) -> state runs one jitted Gibbs sweep."""
-    data = encode(train, layout_for_rank(args.rank))
+    data = encode(train, layout_for_rank(args.rank), mesh=device_mesh(args.devices))
     key_init, key_run = jax.random.split(rng_key)
     params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    sweep = jax.jit(lambda key, s: gibbs_sweep(key, s, data, Hyperpriors())[0])
+    sweep = jax.jit(lambda key, s: gibbs_sweep(key, s, data, Hyperpriors(), impl=args.linalg)[0])
 
     def step(state):
         key, s = state
@@ -109,7 +124,84 @@ def setup_gibbs(rng_key, train, args):
     return (key_run, init_state(params, 1.0)), step
 
 
-SETUPS = {"als": setup_als, "optax": setup_optax, "gibbs": setup_gibbs}
+def setup_svi(rng_key, train, args):
+    """Returns (state, step) where step(state) -> state runs one epoch of `fit_svi` at its
+    default options (host shuffle + one jitted scan over the batches), on ``--devices``."""
+    options = {"rank": args.rank, "devices": args.devices}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    trainer = svi_trainer(rng_key, train, **options)
+    args.batch_used = trainer.batch
+    epochs = itertools.count()
+
+    def step(state):
+        return trainer.run_epochs(state, next(epochs) % trainer.num_epochs, 1)
+
+    return trainer.state, step
+
+
+def _available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def autorec_memory_bytes(width: int, hidden: int, batch: int, max_len: int) -> int:
+    """Rough peak bytes of an AutoRec epoch: weights, gradients and Adam's two moments
+    (4 x 2 width x hidden floats), plus the dense (batch, width) input, mask, dropout and
+    reconstruction of a step and its gathered CSR slots."""
+    return 4 * (4 * 2 * width * hidden + 8 * batch * width + 4 * batch * max_len)
+
+
+def setup_autorec_i(rng_key, train, args):
+    """Returns (state, step) where step(state) -> state runs one epoch of item-based AutoRec
+    (`fit_autorec_i`'s defaults, ``--rank`` hidden units) on all the training ratings: the
+    inputs are the items' columns (num_users wide), densified one batch of items at a time."""
+    defaults = fitter_options("autorec-i")
+    hidden = args.rank
+    batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
+    autorec.check_autorec_options(**{k: defaults[k] for k in (
+        "lam", "dropout", "learning_rate", "num_epochs", "patience", "val_fraction")},
+        hidden=hidden, batch_size=batch_size, devices=args.devices)  # fmt: skip
+    mesh = device_mesh(args.devices)
+    csr, width, max_len = autorec.rows_csr(train, item_based=True)
+    need, have = autorec_memory_bytes(width, hidden, batch_size, max_len), _available_memory_bytes()
+    if need > 0.8 * have:
+        raise SystemExit(
+            f"autorec-i with {hidden} hidden units needs about {need / 2**30:.1f} GiB for {width:,} users x "
+            f"{train.num_items:,} items, but {have / 2**30:.1f} GiB is available: use a smaller --preset or --rank"
+        )
+    args.batch_used = batch_size
+    key_init, key_shuffle, key_drop = jax.random.split(rng_key, 3)
+    params = autorec.init(key_init, width, hidden, mu=float(np.mean(train.values, dtype=np.float64)))
+    lr, lam, dropout = defaults["learning_rate"], defaults["lam"], defaults["dropout"]
+    num_rows, nnz = train.num_items, len(train)
+    hyper = replicated(mesh, tuple(jnp.float32(v) for v in (lr, lam, dropout, num_rows / nnz, 1.0 / nnz)))
+    csr = replicated(mesh, csr)
+    rng = np.random.default_rng(args.seed)
+    num_batches = -(-num_rows // batch_size)
+    epochs = itertools.count()
+
+    def step(state):
+        params, opt_state = state
+        perm = np.full(num_batches * batch_size, -1, np.int32)
+        perm[:num_rows] = rng.permutation(num_rows)
+        key = replicated(mesh, jax.random.fold_in(key_drop, next(epochs)))
+        batches = split_along(mesh, jnp.asarray(perm.reshape(num_batches, batch_size)), 1)
+        params, opt_state, _ = autorec.run_epoch(
+            params, opt_state, csr, batches, key, hyper, width=width, max_len=max_len
+        )
+        return params, opt_state
+
+    return replicated(mesh, (params, optax.adam(lr).init(params))), step
+
+
+SETUPS = {"als": setup_als, "optax": setup_optax, "gibbs": setup_gibbs, "svi": setup_svi, "autorec-i": setup_autorec_i}
 
 
 def run(args) -> dict:
@@ -118,6 +210,7 @@ def run(args) -> dict:
     else:
         train, _ = synthetic_preset(args.preset, seed=args.seed)
     key = jax.random.PRNGKey(args.seed)
+    args.batch_used = getattr(args, "batch_used", None)
     t0 = time.perf_counter()
     state, step = SETUPS[args.model](key, train, args)
     jax.block_until_ready(state)
@@ -145,7 +238,12 @@ def run(args) -> dict:
         "seconds_per_iter_all": [round(t, 4) for t in times],
         "ratings_per_second": round(len(train) / per_iter),
         "peak_rss_mb": round(_peak_rss_mb()),
-        "devices": jax.device_count(),
+        "devices": args.devices,
+        "device_count": jax.device_count(),
+        "state_devices": max(len(a.sharding.device_set) for a in jax.tree.leaves(state) if isinstance(a, jax.Array)),
+        "batch_size": args.batch_used,
+        "solver": getattr(args, "solver_used", None),
+        "linalg": args.linalg if args.model == "gibbs" else None,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "probmf_version": probmf.__version__,
@@ -159,8 +257,15 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
     p.add_argument("--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")
-    p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step (default: the fitter's)")
+    p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"], help="als")
+    p.add_argument("--linalg", default="lapack", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or not")
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help="optax, svi: ratings per step; autorec-i: items per step (default: the fitter's)",
+    )
+    p.add_argument("--devices", type=int, default=1, help="split the work across this many devices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny data, for tests")
     p.add_argument("--json", action="store_true", help="print JSON lines")
@@ -168,6 +273,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.iters < 1:
         p.error("--iters must be >= 1")
+    try:
+        device_mesh(args.devices)  # a clear error before any data is made
+    except ValueError as err:
+        p.error(str(err))
     row = run(args)
     line = json.dumps(row)
     if args.out:

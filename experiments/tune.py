@@ -1,12 +1,17 @@
 """Choose a fitter's default hyper-parameters by cross-validation on TRAINING data only.
 
     python experiments/tune.py --model als --rank 10
+    python experiments/tune.py --model als --smoke     # tiny synthetic data (seconds; for tests)
 
 For each official ML-100K fold u1..u5, the training file uX.base is split 80/20 at random
 (seed X); every configuration of the grid is fitted on the 80% and scored (RMSE, clipped
 to the rating range) on the 20%. The test files uX.test are never read. The
-configuration with the lowest mean validation RMSE is printed last; all rows are saved
-as JSON lines to ``--out``.
+configuration with the lowest mean validation RMSE is printed last; all rows are appended
+as JSON lines to ``--out`` (default results/tune.jsonl).
+
+``--smoke`` runs the same loop on the training parts of two folds of the tiny synthetic
+preset, with the first two configurations of the grid cut to a few sweeps or epochs and
+rank 2, and writes to a new temporary folder unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +28,7 @@ import numpy as np
 
 from probmf.data.movielens import load_split
 from probmf.data.splits import random_split
-from probmf.evaluate import FOLDS, evaluate_fold, fitter_options
+from probmf.evaluate import FOLDS, evaluate_fold, fitter_options, folds
 
 GRIDS = {
     "als": [
@@ -63,6 +69,15 @@ GRIDS = {
         {"embedding_dim": d, "hidden": h, "learning_rate": lr, "num_epochs": 80}
         for d, h, lr in ((0, (32,), 1e-3), (0, (32,), 3e-3), (0, (64, 32), 1e-3), (4, (32,), 1e-3), (8, (32,), 1e-3))
     ],
+    # The likelihood of the ratings (Gaussian, or rounded latent Gaussian: ordinal probit) and
+    # the number of draws kept.
+    "gibbs": [
+        {"likelihood": "gaussian", "num_samples": 200},
+        {"likelihood": "rounded", "num_samples": 200},
+        {"likelihood": "gaussian", "num_samples": 500},
+    ],
+    # Mean-field SVI: the length of the run and the draws kept from the fitted guide.
+    "svi": [{"num_epochs": e, "num_samples": s} for e in (60, 120) for s in (100, 400)],
     # --rank sets the embedding dim (32 is the default).
     "mlp": [
         {"hidden": h, "dropout": p, "lam": lam}
@@ -71,22 +86,49 @@ GRIDS = {
 }
 
 
+# --smoke: options that bound a fit's work, where the fitter takes them
+SMOKE_OPTIONS = {"num_sweeps": 3, "num_epochs": 2, "patience": 1, "num_warmup": 5, "num_samples": 10}
+
+
+def training_folds(smoke: bool):
+    """(name, training ratings) of the folds whose training parts are split for validation."""
+    if smoke:
+        return [(split, train) for _, split, train, _ in folds("synthetic:tiny", "all")][:2]
+    return [(fold, load_split("ml-100k", fold)[0]) for fold in FOLDS]  # the test files are not used
+
+
+def grid(model: str, smoke: bool) -> list[dict]:
+    if not smoke:
+        return GRIDS[model]
+    takes = fitter_options(model)
+    return [{**config, **{k: v for k, v in SMOKE_OPTIONS.items() if k in takes}} for config in GRIDS[model][:2]]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="als", choices=sorted(GRIDS))
-    p.add_argument("--rank", type=int, default=10)
-    p.add_argument("--out", default="results/tune.jsonl")
+    p.add_argument("--rank", type=int, help="rank where the model takes one (default 10; 2 with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="tiny synthetic data and a cut grid, for tests")
+    p.add_argument(
+        "--out", help="JSON lines file to append to (default results/tune.jsonl; a temporary one with --smoke)"
+    )
     args = p.parse_args(argv)
+    rank = args.rank if args.rank is not None else (2 if args.smoke else 10)
+    if args.out is None:
+        tmp = Path(tempfile.mkdtemp(prefix="probmf-tune-")) if args.smoke else None
+        args.out = str(tmp / "tune.jsonl") if tmp else "results/tune.jsonl"
 
-    inner = []
-    for k, fold in enumerate(FOLDS, start=1):
-        base, _ = load_split("ml-100k", fold)  # the test file is not used
-        inner.append(random_split(base, 0.2, seed=k))
+    bases = training_folds(args.smoke)
+    data = "synthetic:tiny" if args.smoke else "ml-100k"
+    print(
+        f"data: {data}, training parts of folds {', '.join(name for name, _ in bases)}, 80/20 inner splits", flush=True
+    )
+    inner = [random_split(base, 0.2, seed=k) for k, (_, base) in enumerate(bases, start=1)]
     rows = []
-    for config in GRIDS[args.model]:
+    for config in grid(args.model, args.smoke):
         options = dict(config)
         if "rank" in fitter_options(args.model):
-            options["rank"] = args.rank
+            options["rank"] = rank
         t0 = time.perf_counter()
         scores = [evaluate_fold(args.model, tr, va, options=options)["rmse"] for tr, va in inner]
         row = {
@@ -107,6 +149,7 @@ def main(argv=None) -> int:
         with out.open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
+        print(f"appended {len(rows)} rows to {out}", flush=True)
     return 0
 
 

@@ -18,10 +18,11 @@ import sys
 import jax
 
 from probmf.data.io import read_new_user, read_pairs, read_ratings
+from probmf.data.movielens import DATASETS, load_titles
 from probmf.evaluate import evaluate_fold, fit_model, folds, load_ratings, mean_row
 from probmf.fitters import FITTERS
 from probmf.persistence import FittedModel, load_model, save_model
-from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user
+from probmf.recommend import STRATEGIES, fold_in, predict_pairs, read_titles, recommend, score_user, title_of
 
 # CLI flag -> fitter keyword
 _OPTION_FLAGS = {
@@ -39,6 +40,12 @@ _OPTION_FLAGS = {
     "batch_size": "batch_size",
     "num_samples": "num_samples",
     "num_warmup": "num_warmup",
+    "linalg": "linalg",
+    "devices": "devices",
+    "checkpoint": "checkpoint",
+    "checkpoint_every": "checkpoint_every",
+    "keep_draws": "keep_draws",
+    "likelihood": "likelihood",
 }
 
 
@@ -65,6 +72,18 @@ def _add_model_options(p) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step")
     p.add_argument("--samples", dest="num_samples", type=int, help="gibbs: posterior draws kept")
     p.add_argument("--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
+    p.add_argument("--likelihood", choices=["gaussian", "rounded"], help="gibbs: ratings as rounded latent Gaussians")
+    p.add_argument("--linalg", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or without it")
+    p.add_argument(
+        "--summary-only",
+        dest="keep_draws",
+        action="store_const",
+        const=False,
+        help="gibbs, evaluate: keep running predictive moments of the test pairs, not the draws",
+    )
+    p.add_argument("--devices", type=int, help="split the work across this many devices (JAX sharding)")
+    p.add_argument("--checkpoint", metavar="DIR", help="save the run's state in DIR and resume from it")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
 
 
 def _evaluate_parser(sub) -> None:
@@ -145,7 +164,7 @@ def cmd_fit(args) -> int:
     else:
         train, dataset = load_ratings(args.data, fallback=not args.no_fallback)
     fitted, options, seconds = fit_model(args.model, train, options=_given_options(args), seed=args.seed)
-    path = save_model(args.out, FittedModel.from_training(args.model, options, fitted, train))
+    path = save_model(args.out, FittedModel.from_training(args.model, options, fitted, train, dataset))
     info = {"saved": str(path), "model": args.model, "dataset": dataset, "rank": int(fitted.rank),
             "n_train": len(train), "fit_seconds": round(seconds, 3)}  # fmt: skip
     text = f"saved {args.model} (rank {info['rank']}) fitted on {len(train):,} ratings of {dataset} to {path}"
@@ -186,11 +205,31 @@ def _recommend_parser(sub) -> None:
     p.add_argument("--strategy", choices=list(STRATEGIES), default="mean",
                    help="rank by predicted mean, upper 90%% bound (ucb) or one posterior draw (thompson)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="for thompson and the fold-in of Bayesian models")
+    p.add_argument(
+        "--titles",
+        help="item titles: a u.item-style file (id|title|...), movies.dat (id::title::...) or a CSV "
+        "movieId,title[,genres]; by default the titles of the MovieLens dataset the model was fitted on, "
+        "when the saved model names it and the dataset is on disk",
+    )
     p.add_argument("--json", action="store_true")
+
+
+def _recommend_titles(titles_file, dataset: str | None) -> dict | None:
+    """Titles by raw item id from ``titles_file``, else from the MovieLens dataset the model
+    was fitted on (when it is on disk), else None."""
+    if titles_file:
+        return read_titles(titles_file)
+    if dataset not in DATASETS:
+        return None
+    try:
+        return load_titles(dataset, download=False)
+    except (OSError, ValueError):  # the dataset's titles file is missing or unreadable: no titles
+        return None
 
 
 def cmd_recommend(args) -> int:
     model = load_model(args.model)
+    titles = _recommend_titles(args.titles, model.dataset)  # before scoring: a bad titles file fails fast
     key = jax.random.PRNGKey(args.seed)
     if args.ratings:
         new = read_new_user(args.ratings)
@@ -206,7 +245,13 @@ def cmd_recommend(args) -> int:
                "mean": round(float(rec.mean[k]), 4)}  # fmt: skip
         if rec.sd is not None:
             row["sd"] = round(float(rec.sd[k]), 4)
-        print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
+        row["title"] = title_of(titles, rec.items[k])
+        if not args.json:  # text: a title column only when there are titles; "?" for an item without one
+            if titles is None:
+                del row["title"]
+            elif row["title"] is None:
+                row["title"] = "?"
+        print(json.dumps(row) if args.json else "  ".join(f"{name}={v}" for name, v in row.items()))
     return 0
 
 
@@ -245,10 +290,22 @@ def _as_int(text: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="probmf", description="Probabilistic matrix factorization in JAX.")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="several hosts: call jax.distributed.initialize() first (run the same command on every host)",
+    )
+    parser.add_argument("--coordinator", help="with --distributed outside a cluster manager: host:port of process 0")
+    parser.add_argument("--num-processes", dest="num_processes", type=int, help="with --coordinator: hosts in all")
+    parser.add_argument("--process-id", dest="process_id", type=int, help="with --coordinator: this host's index")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_evaluate_parser, _fit_parser, _predict_parser, _recommend_parser, _info_parser):
         add(sub)
     args = parser.parse_args(argv)
+    if args.distributed:
+        # Without --coordinator, JAX detects the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
+        # --devices then counts the devices of all hosts.
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         commands = {"evaluate": cmd_evaluate, "fit": cmd_fit, "predict": cmd_predict, "recommend": cmd_recommend,
                     "info": cmd_info}  # fmt: skip

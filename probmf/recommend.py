@@ -10,10 +10,20 @@ solved in every draw s with tau_s and a Gaussian prior whose mean and precision 
 empirical ones of that draw's user rows (BPMF's hyper-parameters are not kept), and a row is
 drawn from N(A_s^-1 r_s, A_s^-1) per draw, so the fold-in carries the posterior's
 uncertainty.
+
+Titles for the recommended items come from `read_titles`: a u.item-style file
+(``id|title|...``, ML-100K), a movies.dat-style file (``id::title::genres``, ML-1M and
+ML-10M) or a CSV ``movieId,title[,genres]`` (ML-20M's movies.csv); `title_of` looks one up
+and answers None for an item the file does not name.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import re
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -185,3 +195,117 @@ def _draw_index(rng_key, num: int) -> int:
     if rng_key is None:
         return 0
     return int(jax.random.randint(rng_key, (), 0, num))
+
+
+# ---- titles --------------------------------------------------------------------------------
+
+_ID_COLUMNS = ("movieid", "movie_id", "itemid", "item_id", "item", "id")
+_TITLE_COLUMNS = ("title", "name")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class TitlesFileError(ValueError):
+    """A titles file that cannot be read; the message names the file and, where it applies, the line."""
+
+
+def read_titles(path) -> dict:
+    """Titles by raw item id from a titles file; ids that look like integers become ints.
+
+    Formats, told apart by the first separator on the first line (``|``, ``::`` or ``,``):
+
+    * ``id|title|...`` (ML-100K's u.item), ``id::title::...`` (ML-1M's movies.dat);
+    * CSV ``movieId,title[,genres]`` (ML-20M's movies.csv), quoted fields allowed.
+
+    Any of them may start with a header line naming a ``title`` column (and the id column:
+    movieId, itemId, item or id; otherwise the first). Text is read as UTF-8, or as Latin-1
+    when it is not valid UTF-8 (ML-100K and ML-1M are Latin-1). Blank lines are skipped, and
+    an empty title is left out (the item then has no title).
+
+    Raises:
+      TitlesFileError: the file cannot be read, is empty or binary, or a line has no title
+        field, an empty id or an id seen before; the message names the file and line.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     f = Path(d) / "u.item"
+      ...     _ = f.write_bytes("1|Toy Story (1995)|01-Jan-1995\\n2|Cit\xe9 (1995)|\\n".encode("latin-1"))
+      ...     read_titles(f)
+      {1: 'Toy Story (1995)', 2: 'Cit\xe9 (1995)'}
+    """
+    path = Path(os.fspath(path))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise TitlesFileError(f"{path}: cannot read the titles file ({err.strerror or err})") from None
+    if b"\0" in data:
+        raise TitlesFileError(f"{path}: not a text file (it holds NUL bytes)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)]
+    lines = [(n, line) for n, line in lines if line.strip()]
+    if not lines:
+        raise TitlesFileError(f"{path}: no titles (the file is empty)")
+    first_line, first = lines[0]
+    found = {sep: first.find(sep) for sep in ("::", "|", ",") if sep in first}
+    if not found:
+        raise TitlesFileError(
+            f"{path}, line {first_line}: expected id and title separated by '|', '::' or ',', found {first[:80]!r}"
+        )
+    sep = min(found, key=lambda s: (found[s], -len(s)))
+    if sep == ",":
+        rows = []
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            for row in reader:
+                if any(f.strip() for f in row):
+                    rows.append((reader.line_num, [f.strip() for f in row]))
+        except csv.Error as err:
+            raise TitlesFileError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from None
+    else:
+        rows = [(n, [f.strip() for f in line.split(sep)]) for n, line in lines]
+    id_col, title_col = 0, 1
+    header = [f.lower() for f in rows[0][1]]
+    if any(f in _TITLE_COLUMNS for f in header) and not _INTEGER.fullmatch(header[0]):
+        title_col = next(k for k, f in enumerate(header) if f in _TITLE_COLUMNS)
+        id_col = next((k for k, f in enumerate(header) if f in _ID_COLUMNS and k != title_col), 0 if title_col else 1)
+        rows = rows[1:]
+    need = max(id_col, title_col) + 1
+    titles: dict = {}
+    where: dict = {}
+    for n, fields in rows:
+        if len(fields) < need:
+            raise TitlesFileError(
+                f"{path}, line {n}: expected at least {need} fields separated by {sep!r} (id and title), "
+                f"found {len(fields)}: {fields[0][:80]!r}"
+            )
+        raw, title = fields[id_col], fields[title_col]
+        if not raw:
+            raise TitlesFileError(f"{path}, line {n}: empty item id")
+        key = int(raw) if _INTEGER.fullmatch(raw) else raw
+        if key in where:
+            raise TitlesFileError(f"{path}, line {n}: item id {raw!r} appears twice (first on line {where[key]})")
+        where[key] = n
+        if title:
+            titles[key] = title
+    return titles
+
+
+def title_of(titles: dict | None, item) -> str | None:
+    """The title of raw item id ``item`` in ``titles`` (`read_titles`), or None when unknown.
+
+    Integer ids and their decimal strings match each other (``17`` and ``"17"``)."""
+    if not titles:
+        return None
+    item = item.item() if hasattr(item, "item") else item
+    if isinstance(item, bytes):
+        item = item.decode("utf-8", "replace")
+    if item in titles:
+        return titles[item]
+    if isinstance(item, str) and _INTEGER.fullmatch(item.strip()):
+        return titles.get(int(item.strip()))
+    if isinstance(item, int):
+        return titles.get(str(item))
+    return None

@@ -1,4 +1,6 @@
-"""Raw-id predictions, top-N recommendations and fold-in of new users."""
+"""Raw-id predictions, top-N recommendations, fold-in of new users and item titles."""
+
+import re
 
 import jax
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from probmf.data.synthetic import synthetic_preset
 from probmf.evaluate import fit_model
 from probmf.persistence import FittedModel
-from probmf.recommend import fold_in, predict_pairs, recommend, score_user
+from probmf.recommend import TitlesFileError, fold_in, predict_pairs, read_titles, recommend, score_user, title_of
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,50 @@ def test_fold_in_for_a_posterior_carries_uncertainty(data):
     assert np.all(sd > 0) and np.all(np.isfinite(mean))
     with pytest.raises(ValueError, match="not known"):
         fold_in(m, [123_456], [4.0])
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            b"1|Toy Story (1995)|01-Jan-1995||\r\n2|Cit\xe9 (1995)|||\r\n",
+            {1: "Toy Story (1995)", 2: "Cit\u00e9 (1995)"},
+        ),
+        (
+            b"1::Toy Story (1995)::Animation|Comedy\n\n2::GoldenEye (1995)::Action\n",
+            {1: "Toy Story (1995)", 2: "GoldenEye (1995)"},
+        ),
+        (b'movieId,title,genres\n1,"Toy Story, The (1995)",Animation|Comedy\n', {1: "Toy Story, The (1995)"}),
+        ("\ufeffitemId,name\n1,Caf\u00e9\n".encode(), {1: "Caf\u00e9"}),  # UTF-8 with a byte-order mark
+        (b"tt01|A title\ntt02||\n", {"tt01": "A title"}),  # string ids; an empty title is left out
+    ],
+)
+def test_read_titles_formats(tmp_path, content, expected):
+    path = tmp_path / "titles"
+    path.write_bytes(content)
+    assert read_titles(path) == expected
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "no titles"),
+        (b"\x00\x01\x02", "not a text file"),
+        (b"just some words\n", "line 1: expected id and title"),
+        (b"1|A\n2\n", "line 2: expected at least 2 fields"),
+        (b"1,A\n1,B\n", "line 2: item id '1' appears twice (first on line 1)"),
+    ],
+)
+def test_read_titles_errors_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "titles"
+    path.write_bytes(content)
+    with pytest.raises(TitlesFileError, match=re.escape(message)) as err:
+        read_titles(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_title_of_matches_ids_across_int_and_text():
+    titles = {17: "Seventeen", "x7": "Text id"}
+    assert title_of(titles, np.int64(17)) == title_of(titles, "17") == "Seventeen"
+    assert title_of(titles, np.str_("x7")) == "Text id"
+    assert title_of(titles, 18) is None and title_of(None, 17) is None and title_of({}, "17") is None
