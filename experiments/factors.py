@@ -41,11 +41,11 @@ import numpy as np
 
 from probmf.data import movielens
 from probmf.data.io import read_ratings
-from probmf.data.movielens import DATASETS, DatasetNotFoundError, load_titles
+from probmf.data.movielens import DATASETS, DatasetNotFoundError
 from probmf.data.synthetic import synthetic_preset
 from probmf.evaluate import fit_model, load_ratings
 from probmf.metrics import predict_ratings, rmse
-from probmf.recommend import read_titles, title_of
+from probmf.recommend import title_of, titles_for
 
 
 def principal_axes(W, U, *, sign_rows=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,15 +89,9 @@ def load_data(args):
     else:
         ratings, dataset = load_ratings(args.data, fallback=True)
         names = None if dataset.startswith("synthetic") else args.data
-    if args.titles:
-        titles = read_titles(args.titles)
-    elif names in DATASETS:
-        try:
-            titles = load_titles(names, download=False)
-        except (DatasetNotFoundError, OSError, ValueError):
-            titles = {}
-    else:
-        titles = _made_up_titles(ratings.item_ids)
+    titles = titles_for(args.titles, names)
+    if titles is None:
+        titles = {} if names in DATASETS else _made_up_titles(ratings.item_ids)
     return ratings, dataset, titles, _ml100k_genres() if names == "ml-100k" else None
 
 

@@ -59,6 +59,13 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+def check_every(every) -> int:
+    """Validate ``checkpoint_every`` (a positive integer: steps between saves)."""
+    if isinstance(every, bool) or int(every) != every or every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
+    return int(every)
+
+
 def checkpoint_for(folder, name: str, every: int, *parts) -> Checkpoint | None:
     """The checkpoint of the run described by ``parts`` in ``folder`` (None: no checkpoints).
 
@@ -66,8 +73,7 @@ def checkpoint_for(folder, name: str, every: int, *parts) -> Checkpoint | None:
     """
     if folder is None:
         return None
-    if int(every) != every or every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
+    check_every(every)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return Checkpoint(folder / f"{name}-{fingerprint(name, *parts)}.npz", int(every))

@@ -18,11 +18,10 @@ import sys
 import jax
 
 from probmf.data.io import read_new_user, read_pairs, read_ratings
-from probmf.data.movielens import DATASETS, load_titles
 from probmf.evaluate import evaluate_fold, fit_model, folds, load_ratings, mean_row
 from probmf.fitters import FITTERS
 from probmf.persistence import FittedModel, load_model, save_model
-from probmf.recommend import STRATEGIES, fold_in, predict_pairs, read_titles, recommend, score_user, title_of
+from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
 # CLI flag -> fitter keyword
 _OPTION_FLAGS = {
@@ -214,22 +213,9 @@ def _recommend_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _recommend_titles(titles_file, dataset: str | None) -> dict | None:
-    """Titles by raw item id from ``titles_file``, else from the MovieLens dataset the model
-    was fitted on (when it is on disk), else None."""
-    if titles_file:
-        return read_titles(titles_file)
-    if dataset not in DATASETS:
-        return None
-    try:
-        return load_titles(dataset, download=False)
-    except (OSError, ValueError):  # the dataset's titles file is missing or unreadable: no titles
-        return None
-
-
 def cmd_recommend(args) -> int:
     model = load_model(args.model)
-    titles = _recommend_titles(args.titles, model.dataset)  # before scoring: a bad titles file fails fast
+    titles = titles_for(args.titles, model.dataset)  # before scoring: a bad titles file fails fast
     key = jax.random.PRNGKey(args.seed)
     if args.ratings:
         new = read_new_user(args.ratings)

@@ -48,8 +48,8 @@ class RowTiles:
     """One side's ratings in fixed-length tiles (see the module docstring for shapes).
 
     ``counts`` is float32 (num_rows,): ratings per row; ``slots`` int32 (n,): where the k-th
-    input triple sits in ``vals.ravel()`` (None when split across devices), so a sampler can
-    write new values for the same ratings; ``block_rows`` is static. With a ``mesh``,
+    input triple sits in ``vals.ravel()``, so a sampler can write new values for the same
+    ratings (None unless asked for, and when split across devices); ``block_rows`` is static. With a ``mesh``,
     rows/cols/vals/starts have a leading device axis and blocks are per device.
     """
 
@@ -105,11 +105,12 @@ def row_tiles(
     layout: Layout | None = None,
     *,
     chunk: int | None = None,
+    with_slots: bool = False,
 ) -> RowTiles:
     """Tile the triples (rows[k], cols[k], vals[k]) by row; see the module docstring.
 
     ``chunk`` forces the tiles per chunk (default: ``chunk_entries / tile_len``, at most the
-    largest block's tiles)."""
+    largest block's tiles); ``with_slots`` keeps ``slots`` (4 bytes per rating)."""
     if num_rows < 1:
         raise ValueError("need at least one row")
     layout = layout or Layout()
@@ -146,8 +147,11 @@ def row_tiles(
     tile_vals = np.zeros(total * tile_len, np.float32)
     tile_cols[flat] = cols
     tile_vals[flat] = vals
-    slots = np.empty(rows.size, np.int32)
-    slots[order] = flat
+    slots = None
+    if with_slots:
+        slots = np.empty(rows.size, np.int32)
+        slots[order] = flat
+        slots = jnp.asarray(slots)
     tile_rows = np.zeros(total, np.int32)  # padding tiles: row 0 of the block, all entries padded
     tile_rows[np.arange(tiles_before[-1] + tiles_per_row[-1]) + np.repeat(shift, tiles_per_row)] = np.repeat(
         np.arange(num_rows, dtype=np.int32) % block_rows, tiles_per_row
@@ -160,7 +164,7 @@ def row_tiles(
         starts=jnp.asarray(starts.astype(np.int32)),
         counts=jnp.asarray(counts.astype(np.float32)),
         block_rows=block_rows,
-        slots=jnp.asarray(slots),
+        slots=slots,
     )
 
 
@@ -206,15 +210,22 @@ def _stable_order(rows: np.ndarray, num_rows: int) -> np.ndarray:
     return coo.tocsr().indices
 
 
-def encode(ratings: Ratings, layout: Layout | None = None, mesh: Mesh | None = None) -> Encoded:
-    """Both row layouts of a training set, split across ``mesh``'s devices if given. Every id
-    must be known (no -1)."""
+def encode(
+    ratings: Ratings, layout: Layout | None = None, mesh: Mesh | None = None, *, with_slots: bool = False
+) -> Encoded:
+    """Both row layouts of a training set, split across ``mesh``'s devices if given, with
+    ``slots`` if asked (one device only). Every id must be known (no -1)."""
     if not np.all(ratings.known):
         raise ValueError(f"{ratings.source or 'training ratings'}: unknown (-1) ids cannot be trained on")
     if not np.all(np.isfinite(ratings.values)):
         raise ValueError(f"{ratings.source or 'training ratings'}: ratings must be finite")
     n, m = ratings.num_users, ratings.num_items
-    tile = row_tiles if mesh is None else functools.partial(sharded_row_tiles, mesh=mesh)
+    if mesh is None:
+        tile = functools.partial(row_tiles, with_slots=with_slots)
+    elif with_slots:
+        raise ValueError("slots are kept on one device only (mesh=None)")
+    else:
+        tile = functools.partial(sharded_row_tiles, mesh=mesh)
     return Encoded(
         by_user=tile(ratings.users, ratings.items, ratings.values, n, m, layout),
         by_item=tile(ratings.items, ratings.users, ratings.values, m, n, layout),

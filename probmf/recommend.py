@@ -13,8 +13,9 @@ uncertainty.
 
 Titles for the recommended items come from `read_titles`: a u.item-style file
 (``id|title|...``, ML-100K), a movies.dat-style file (``id::title::genres``, ML-1M and
-ML-10M) or a CSV ``movieId,title[,genres]`` (ML-20M's movies.csv); `title_of` looks one up
-and answers None for an item the file does not name.
+ML-10M) or a CSV ``movieId,title[,genres]`` (ML-20M's movies.csv); `titles_for` falls back
+to a MovieLens dataset's own titles; `title_of` looks one up and answers None for an item
+the file does not name.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm
 
+from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
 from probmf.model import MFParams, predict_with_fallback
 from probmf.persistence import FittedModel
@@ -291,6 +293,19 @@ def read_titles(path) -> dict:
         if title:
             titles[key] = title
     return titles
+
+
+def titles_for(titles_file, dataset: str | None) -> dict | None:
+    """Titles by raw item id from ``titles_file`` (`read_titles`), else those of the MovieLens
+    dataset named ``dataset`` when it is on disk (never downloaded), else None."""
+    if titles_file:
+        return read_titles(titles_file)
+    if dataset not in DATASETS:
+        return None
+    try:
+        return load_titles(dataset, download=False)
+    except (OSError, ValueError):  # the dataset's titles file is missing or unreadable: no titles
+        return None
 
 
 def title_of(titles: dict | None, item) -> str | None:

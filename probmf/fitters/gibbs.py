@@ -362,7 +362,8 @@ def fit_gibbs(
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if linalg == "jax" else "auto"
     init = fit_als(key_init, train, rank=rank, num_sweeps=init_sweeps, solver=solver, devices=devices)
-    data = encode(train, layout_for_rank(rank), mesh=mesh)
+    # The rounded likelihood writes each sweep's latent ratings through the tiles' slots.
+    data = encode(train, layout_for_rank(rank), mesh=mesh, with_slots=likelihood == "rounded")
     latent = levels = None
     if likelihood == "rounded":
         levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))

@@ -272,8 +272,7 @@ def check_loop_options(*, batch_size, devices, checkpoint, checkpoint_every) -> 
         )
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise ValueError(f"checkpoint must be a folder (str or path) or None, got {checkpoint!r}")
-    if isinstance(checkpoint_every, bool) or int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    ckpt.check_every(checkpoint_every)
 
 
 def train_minibatch(

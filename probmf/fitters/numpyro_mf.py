@@ -40,7 +40,7 @@ from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_median
 
-from probmf.checkpoint import fit_checkpoint, run_steps
+from probmf.checkpoint import check_every, fit_checkpoint, run_steps
 from probmf.data.ratings import Ratings
 from probmf.diagnostics import prediction_diagnostics
 from probmf.model import MFParams
@@ -612,12 +612,11 @@ def fit_svi(
                    learning_rate=learning_rate, num_samples=num_samples, guide_rank=guide_rank,
                    init_scale=init_scale, devices=devices)  # fmt: skip
     _check_svi_options(**options)
+    check_every(checkpoint_every)
     ckpt = None
     if checkpoint is not None:
         _device_data(train)  # the data's own errors first
         ckpt = fit_checkpoint(checkpoint, checkpoint_every, "svi", rng_key, train, options)
-    elif int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
     trainer = svi_trainer(rng_key, train, **options)
     state = run_steps(trainer.run_epochs, trainer.state, trainer.num_epochs, ckpt)
     return trainer.finish(state)
