@@ -10,7 +10,7 @@ compile_seconds, seconds_per_iter (median of the timed iterations after compile)
 seconds_per_iter_all, ratings_per_second, peak_rss_mb, devices (``--devices``: rows or
 batches split across that many devices, as the fitters do), device_count, state_devices (the
 devices the final state lies on), backend, device_kind, probmf_version, batch_size (minibatch
-fitters), solver (als), linalg (gibbs). ``--smoke``: tiny data, for tests.
+fitters), solver (als), linalg and implicit (gibbs). ``--smoke``: tiny data, for tests.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from probmf.encoding import encode, layout_for_rank
 from probmf.evaluate import fitter_options
 from probmf.fitters import autorec
 from probmf.fitters.als import als_run, check_als_options, make_priors
-from probmf.fitters.gibbs import Hyperpriors, gibbs_sweep, init_state
+from probmf.fitters.gibbs import Hyperpriors, gibbs_sweep, implicit_operators, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
 from probmf.fitters.numpyro_mf import svi_trainer
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
@@ -110,18 +110,20 @@ def setup_optax(rng_key, train, args):
 
 
 def setup_gibbs(rng_key, train, args):
-    """Returns (state, step) where step(state) -> state runs one jitted Gibbs sweep."""
+    """Returns (state, step) where step(state) -> state runs one jitted Gibbs sweep (with
+    ``--implicit``, set-up includes the implicit-feedback eigendecompositions)."""
     data = encode(train, layout_for_rank(args.rank), mesh=device_mesh(args.devices))
     key_init, key_run = jax.random.split(rng_key)
     params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    sweep = jax.jit(lambda key, s: gibbs_sweep(key, s, data, Hyperpriors(), impl=args.linalg)[0])
+    ops = implicit_operators(train) if args.implicit else None
+    sweep = jax.jit(lambda key, s: gibbs_sweep(key, s, data, Hyperpriors(), impl=args.linalg, ops=ops)[0])
 
     def step(state):
         key, s = state
         key, key_sweep = jax.random.split(key)
         return key, sweep(key_sweep, s)
 
-    return (key_run, init_state(params, 1.0)), step
+    return (key_run, init_state(params, 1.0, args.implicit)), step
 
 
 def setup_svi(rng_key, train, args):
@@ -244,6 +246,7 @@ def run(args) -> dict:
         "batch_size": args.batch_used,
         "solver": getattr(args, "solver_used", None),
         "linalg": args.linalg if args.model == "gibbs" else None,
+        "implicit": args.implicit if args.model == "gibbs" else None,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "probmf_version": probmf.__version__,
@@ -265,6 +268,7 @@ def main(argv=None) -> int:
         type=int,
         help="optax, svi: ratings per step; autorec-i: items per step (default: the fitter's)",
     )
+    p.add_argument("--implicit", action="store_true", help="gibbs: with implicit feedback")
     p.add_argument("--devices", type=int, default=1, help="split the work across this many devices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny data, for tests")

@@ -69,12 +69,15 @@ GRIDS = {
         {"embedding_dim": d, "hidden": h, "learning_rate": lr, "num_epochs": 80}
         for d, h, lr in ((0, (32,), 1e-3), (0, (32,), 3e-3), (0, (64, 32), 1e-3), (4, (32,), 1e-3), (8, (32,), 1e-3))
     ],
-    # The likelihood of the ratings (Gaussian, or rounded latent Gaussian: ordinal probit) and
-    # the number of draws kept.
+    # The likelihood of the ratings (Gaussian, or rounded latent Gaussian: ordinal probit), the
+    # number of draws kept, and implicit feedback with the burn-in and draws it needs.
     "gibbs": [
         {"likelihood": "gaussian", "num_samples": 200},
         {"likelihood": "rounded", "num_samples": 200},
         {"likelihood": "gaussian", "num_samples": 500},
+        {"implicit": True, "num_warmup": 50, "num_samples": 200},
+        {"implicit": True, "num_warmup": 200, "num_samples": 800},
+        {"implicit": True, "num_warmup": 200, "num_samples": 800, "likelihood": "rounded"},
     ],
     # Mean-field SVI: the length of the run and the draws kept from the fitted guide.
     "svi": [{"num_epochs": e, "num_samples": s} for e in (60, 120) for s in (100, 400)],
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--out", help="JSON lines file to append to (default results/tune.jsonl; a temporary one with --smoke)"
     )
+    p.add_argument("--configs", help="comma-separated indices of the grid rows to run (default: all)")
     args = p.parse_args(argv)
     rank = args.rank if args.rank is not None else (2 if args.smoke else 10)
     if args.out is None:
@@ -125,7 +129,10 @@ def main(argv=None) -> int:
     )
     inner = [random_split(base, 0.2, seed=k) for k, (_, base) in enumerate(bases, start=1)]
     rows = []
-    for config in grid(args.model, args.smoke):
+    configs = grid(args.model, args.smoke)
+    if args.configs:
+        configs = [configs[int(i)] for i in args.configs.split(",")]
+    for config in configs:
         options = dict(config)
         if "rank" in fitter_options(args.model):
             options["rank"] = rank

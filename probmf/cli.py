@@ -45,6 +45,7 @@ _OPTION_FLAGS = {
     "checkpoint_every": "checkpoint_every",
     "keep_draws": "keep_draws",
     "likelihood": "likelihood",
+    "implicit": "implicit",
 }
 
 
@@ -73,6 +74,12 @@ def _add_model_options(p) -> None:
     p.add_argument("--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
     p.add_argument("--likelihood", choices=["gaussian", "rounded"], help="gibbs: ratings as rounded latent Gaussians")
     p.add_argument("--linalg", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or without it")
+    p.add_argument(
+        "--implicit",
+        action="store_const",
+        const=True,
+        help="gibbs: implicit feedback, which items each user rated and which users rated each item",
+    )
     p.add_argument(
         "--summary-only",
         dest="keep_draws",

@@ -19,6 +19,10 @@ from probmf.fitters.gibbs import fit_gibbs
 FITS = {
     "als": (fit_als, {"rank": 3, "num_sweeps": 9, "checkpoint_every": 2}),
     "gibbs": (fit_gibbs, {"rank": 3, "num_warmup": 4, "num_samples": 6, "thin": 2, "checkpoint_every": 3}),
+    "gibbs-implicit": (
+        fit_gibbs,
+        {"rank": 2, "num_warmup": 3, "num_samples": 4, "implicit": True, "checkpoint_every": 3},
+    ),
 }
 
 KILLED_RUN = r"""
@@ -38,7 +42,7 @@ def save_then_die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 ckpt.save = save_then_die
-fit, options = {"als": fit_als, "gibbs": fit_gibbs}[sys.argv[1]], eval(sys.argv[2])
+fit, options = {"als": fit_als, "gibbs": fit_gibbs}[sys.argv[1].split("-")[0]], eval(sys.argv[2])
 train, _ = synthetic_preset("tiny")
 fit(jax.random.PRNGKey(3), train, checkpoint=sys.argv[3], **options)
 print("finished without being killed")
@@ -65,7 +69,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(name, tmp_path):
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
-    (path,) = folder.glob(f"{name}-*.npz")
+    (path,) = folder.glob(f"{name.split('-')[0]}-*.npz")
     with np.load(path) as f:
         assert int(f["step"]) == 2 * options["checkpoint_every"]  # killed right after the second save
 

@@ -11,7 +11,11 @@ def _rows(capsys):
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("model, extra", [("als", ["--rank", "2"]), ("gibbs", ["--rank", "2", "--samples", "10"])])
+@pytest.mark.parametrize(
+    "model, extra",
+    [("als", ["--rank", "2"]), ("gibbs", ["--rank", "2", "--samples", "10"]),
+     ("gibbs", ["--rank", "2", "--warmup", "5", "--samples", "10", "--implicit"])],
+)  # fmt: skip
 def test_fit_predict_recommend_round_trip(tmp_path, capsys, model, extra):
     out = tmp_path / "model"
     assert main(["fit", "--data", "synthetic:tiny", "--model", model, *extra, "--out", str(out), "--json"]) == 0

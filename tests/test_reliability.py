@@ -338,6 +338,7 @@ _HYPER = [
     ("svi", {"batch_size": 0}, "batch_size"),
     ("als", {"num_sweeps": 0}, "num_sweeps"),
     ("gibbs", {"num_samples": 0}, "num_samples"),
+    ("gibbs", {"implicit": "yes"}, "implicit must be True or False"),
 ]
 
 

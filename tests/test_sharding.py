@@ -1,4 +1,4 @@
-"""Row-sharded ALS and Gibbs across 4 forced host devices equal their single-device runs.
+"""Row-sharded ALS and Gibbs (also with implicit feedback) across 4 forced host devices equal their single-device runs.
 
 JAX fixes its device count at start-up, so the comparison runs in a subprocess started
 with XLA_FLAGS=--xla_force_host_platform_device_count=4. It uses the no-LAPACK solvers
@@ -31,6 +31,8 @@ for name, fit in {
     "als": lambda d: fit_als(jax.random.PRNGKey(0), train, rank=3, num_sweeps=6, solver="cg", devices=d).params,
     "gibbs": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8, linalg="jax",
                                  devices=d).posterior,
+    "gibbs_implicit": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8,
+                                          linalg="jax", implicit=True, devices=d).posterior,
 }.items():
     one, four = fit(1), fit(4)
     out[name] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -50,6 +52,7 @@ def test_row_sharded_fits_equal_single_device_fits():
     assert out["als"] < 1e-4, out
     # A chain amplifies rounding differences sweep by sweep; 13 sweeps stay close.
     assert out["gibbs"] < 1e-3, out
+    assert out["gibbs_implicit"] < 1e-3, out
 
 
 def test_more_devices_than_jax_sees_is_a_clear_error():

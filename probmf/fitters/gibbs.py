@@ -21,6 +21,18 @@ blocks, the number of devices (rows split as in ALS) or the checkpoint chunks.
 Kept draws are stored in full (`Posterior`) and/or, for test pairs known at fit time, as
 running moments of the predictive (`PredictiveSummary`), which never stores a draw.
 
+Implicit feedback (``implicit=True``; SVD++ in both directions, Koren 2008, as in Rendle et
+al. 2019): which items a user rated, and which users rated an item, in the TRAINING data.
+User i's vector gains terms from the items N(i) it rated, w_i + |N(i)|^-1/2 sum_{j in N(i)} y_j,
+and item j's vector terms from its raters. In law this is a per-row prior mean,
+[w_i; b_i] ~ N(m + F_i Y, P^-1) with F_ij = |N(i)|^-1/2 on N(i) (Y's bias column is SVD++'s
+implicit bias), so the row blocks above change only in their prior means. Y's rows are
+N(0, (c P)^-1) with c ~ Gamma(a_implicit, b_implicit). Each side's hyper-parameter block
+then draws, in turn: (mu_w, Lam_w) | W - F Y, Y (Normal-Wishart with c Y^T Y added to W*^-1
+and C more degrees of freedom); lam_b | b - F Y, Y likewise; c | Y, P (Gamma); and Y | W, b
+(matrix normal, `sample_implicit`). Items do the same with their raters. The kept draws
+store the combined vectors, so prediction is unchanged.
+
 Rounded likelihood (``likelihood="rounded"``): a rating is a latent y_ij ~ N(w_i.u_j + b_i +
 c_j + mu, 1/tau) rounded to the nearest rating level (cuts at the midpoints between levels,
 the end levels take the tails), as in ordinal probit models. Data augmentation keeps every
@@ -38,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
+import scipy.sparse as sp
 from jax import lax
 
 from probmf.checkpoint import fit_checkpoint, run_steps
@@ -62,6 +75,8 @@ class Hyperpriors(NamedTuple):
     b_tau: float = 1.0
     a_bias: float = 1.0
     b_bias: float = 1.0
+    a_implicit: float = 1.0
+    b_implicit: float = 1.0
 
 
 class GibbsState(NamedTuple):
@@ -75,6 +90,7 @@ class GibbsState(NamedTuple):
     lam_u: jax.Array  # (k, k) precision of the item factors
     lam_b: jax.Array  # () precision of the user biases
     lam_c: jax.Array  # () precision of the item biases
+    implicit: tuple | None = None  # (users', items') `ImplicitSide` with implicit feedback, else None
 
 
 class Latent(NamedTuple):
@@ -168,9 +184,13 @@ class GibbsResult(NamedTuple):
         return self.summary.predictive(users, items)
 
 
-def sample_normal_wishart(rng_key, X: jax.Array, beta0: float, nu0: float, impl: str = "lapack"):
+def sample_normal_wishart(
+    rng_key, X: jax.Array, beta0: float, nu0: float, impl: str = "lapack", extra: tuple | None = None
+):
     """(mu, Lam) ~ p(mu, Lam | X) under the Normal-Wishart(0, beta0, I, nu0) prior on the
-    mean and precision of the rows of X (n, k) (BPMF eq. 14).
+    mean and precision of the rows of X (n, k) (BPMF eq. 14). ``extra = (S, m)``: m more
+    zero-mean vectors y_j ~ N(0, (c Lam)^-1) with c sum_j y_j y_j^T = S, which inform Lam
+    only (W*^-1 gains S, nu* gains m); None: none.
 
     With W*^-1 = I + n S + beta0 n / (beta0 + n) xbar xbar^T = C C^T, Bartlett's
     construction gives Lam = B A A^T B^T with B = C^-T (so B B^T = W*), A lower triangular
@@ -184,6 +204,8 @@ def sample_normal_wishart(rng_key, X: jax.Array, beta0: float, nu0: float, impl:
     beta, nu = beta0 + n, nu0 + n
     mu_star = n * xbar / beta
     w_inv = jnp.eye(k) + centred.T @ centred + (beta0 * n / beta) * jnp.outer(xbar, xbar)
+    if extra is not None:
+        w_inv, nu = w_inv + extra[0], nu + extra[1]
     C = cholesky(w_inv, impl)
     chi2 = 2.0 * jax.random.gamma(key_diag, (nu - jnp.arange(k)) / 2.0)
     A = jnp.tril(jax.random.normal(key_low, (k, k)), -1) + jnp.diag(jnp.sqrt(chi2))
@@ -200,17 +222,20 @@ def _sample_gamma(rng_key, shape, rate):
 
 def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, impl):
     """Draw every row [x_i; xb_i] of one side from its Gaussian conditional; also return
-    the SSE of this side's ratings at the drawn rows."""
-    prior_rhs = prior_prec @ prior_mean
-    noise = jax.random.normal(rng_key, (X.shape[0], X.shape[1] + 1))  # z_i, row by row
+    the SSE of this side's ratings at the drawn rows. ``prior_mean``: (k+1,) shared by every
+    row, or (N, k+1) one per row (implicit feedback)."""
+    n, k1 = X.shape[0], X.shape[1] + 1
+    prior_rhs = jnp.broadcast_to(prior_mean @ prior_prec, (n, k1))  # P m_i (P symmetric)
+    noise = jax.random.normal(rng_key, (n, k1))  # z_i, row by row
 
-    def solve_block(block, G, h, s, x0, z):
+    def solve_block(block, G, h, s, x0, per_row):
+        z, rhs = per_row
         L = cholesky(tau * G + prior_prec, impl)
-        y = solve_lower(L, tau * h + prior_rhs, impl=impl)
+        y = solve_lower(L, tau * h + rhs, impl=impl)
         x = solve_lower(L, y + z, transpose=True, impl=impl)  # L^T x = L^-1 r + z
         return x, residual_sum_of_squares(x, G, h, s)
 
-    return update_rows(X, xb, Y, yb, mu, tiles, noise, solve_block)
+    return update_rows(X, xb, Y, yb, mu, tiles, (noise, prior_rhs), solve_block)
 
 
 def _block_prior(lam_factor, mu_factor, lam_bias):
@@ -219,27 +244,142 @@ def _block_prior(lam_factor, mu_factor, lam_bias):
     return P, jnp.concatenate([mu_factor, jnp.zeros((1,))])
 
 
+# ---- implicit feedback -----------------------------------------------------------------------
+
+
+class ImplicitOperator(NamedTuple):
+    """F (N, C) with F_ij = |N(i)|^-1/2 for the columns j in row i's training set N(i), as
+    its nonzeros (rows, cols, weights (n,)), and the eigendecomposition F^T F = V diag(D) V^T
+    (V (C, C), D (C,)) that makes the implicit draw exact for any c."""
+
+    rows: jax.Array
+    cols: jax.Array
+    weights: jax.Array
+    vecs: jax.Array
+    vals: jax.Array
+
+    def apply(self, Y: jax.Array, num_rows: int) -> jax.Array:
+        """F Y: (C, d) -> (N, d)."""
+        return jax.ops.segment_sum(Y[self.cols] * self.weights[:, None], self.rows, num_rows)
+
+    def apply_t(self, T: jax.Array) -> jax.Array:
+        """F^T T: (N, d) -> (C, d)."""
+        return jax.ops.segment_sum(T[self.rows] * self.weights[:, None], self.cols, self.vals.shape[0])
+
+
+# The exact draw eigendecomposes a C x C Gram on the host (C^3 flops, C^2 floats).
+MAX_IMPLICIT_COLUMNS = 12_000
+
+
+def implicit_operator(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> ImplicitOperator:
+    """The `ImplicitOperator` of the training pairs (rows[t], cols[t]) (one per rating)."""
+    if num_cols > MAX_IMPLICIT_COLUMNS:
+        raise ValueError(
+            f"implicit feedback draws exactly through a {num_cols} x {num_cols} eigendecomposition; "
+            f"it supports at most {MAX_IMPLICIT_COLUMNS} users and items"
+        )
+    counts = np.bincount(rows, minlength=num_rows).astype(np.float64)
+    weights = 1.0 / np.sqrt(counts[rows])
+    F = sp.csr_matrix((weights, (rows, cols)), shape=(num_rows, num_cols))
+    vals, vecs = np.linalg.eigh((F.T @ F).toarray())
+    return ImplicitOperator(
+        jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), jnp.asarray(weights, jnp.float32),
+        jnp.asarray(vecs, jnp.float32), jnp.asarray(np.maximum(vals, 0.0), jnp.float32),
+    )  # fmt: skip
+
+
+def implicit_operators(train: Ratings) -> tuple[ImplicitOperator, ImplicitOperator]:
+    """(users', items') `ImplicitOperator`: the items each user rated, the users who rated each item."""
+    return (implicit_operator(train.users, train.items, train.num_users, train.num_items),
+            implicit_operator(train.items, train.users, train.num_items, train.num_users))  # fmt: skip
+
+
+class ImplicitSide(NamedTuple):
+    """One side's implicit-feedback parameters: Y (C, k+1), one vector [y_j; a_j] per column
+    of F (per item, for the users' side), and c (), the scale of their prior precision."""
+
+    Y: jax.Array
+    c: jax.Array
+
+
+def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, impl: str = "lapack") -> jax.Array:
+    """Y ~ p(Y | T) when the rows of T (N, d) are N(F_i Y, P^-1) and those of Y (C, d) are
+    N(0, (c P)^-1): matrix normal with row covariance (F^T F + c I)^-1 and column covariance
+    P^-1, drawn by perturbation, Y = (F^T F + c I)^-1 (F^T (T + E1) + sqrt(c) E2) with the
+    rows of E1, E2 ~ N(0, P^-1) (its mean is the posterior mean and its covariance
+    (F^T F + c I)^-1 (F^T F + c I)(F^T F + c I)^-1 (x) P^-1); the inverse runs through F^T F's
+    eigenvectors, so the draw is exact."""
+    key_1, key_2 = jax.random.split(rng_key)
+    d = P.shape[0]
+    L = cholesky(P, impl)
+    L_inv_t = solve_lower(jnp.broadcast_to(L, (d, d, d)), jnp.eye(d), transpose=True, impl=impl).T  # L^-T
+    e1 = jax.random.normal(key_1, T.shape) @ L_inv_t.T  # rows L^-T z ~ N(0, P^-1)
+    e2 = jax.random.normal(key_2, (op.vals.shape[0], d)) @ L_inv_t.T
+    rhs = op.apply_t(T + e1) + jnp.sqrt(c) * e2
+    hi = lax.Precision.HIGHEST
+    return jnp.matmul(op.vecs, jnp.matmul(op.vecs.T, rhs, precision=hi) / (op.vals + c)[:, None], precision=hi)
+
+
+def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | None, hyper: Hyperpriors, impl):
+    """Draw one side's hyper-parameters (and implicit vectors) given its rows [X, xb] (N, k+1).
+
+    Without implicit feedback: (mu, Lam) Normal-Wishart and lam_b Gamma, as in BPMF. With it,
+    row i's prior mean is m + F_i Y (m = [mu; 0]) and Y's rows are N(0, (c P)^-1), P =
+    blockdiag(Lam, lam_b): in turn (mu, Lam) | rows - F Y, Y; lam_b likewise; c | Y, P
+    (Gamma); Y | rows, m, P, c (`sample_implicit`). ``keys``: (Normal-Wishart, lam_b,
+    implicit). Returns (mu, Lam, lam_b, the rows' prior means (k+1,) or (N, k+1), new side).
+    """
+    key_nw, key_bias, key_implicit = keys
+    n, k = X.shape
+    nu0 = k + hyper.nu0_extra
+    if side is None:
+        mu, lam = sample_normal_wishart(key_nw, X, hyper.beta0, nu0, impl)
+        lam_b = _sample_gamma(key_bias, hyper.a_bias + n / 2.0, hyper.b_bias + 0.5 * jnp.sum(xb * xb))
+        return mu, lam, lam_b, _block_prior(lam, mu, lam_b)[1], None
+    key_c, key_y = jax.random.split(key_implicit)
+    T = jnp.concatenate([X, xb[:, None]], axis=1)
+    num_cols = side.Y.shape[0]
+    R = T - op.apply(side.Y, n)
+    S = side.c * (side.Y.T @ side.Y)
+    mu, lam = sample_normal_wishart(key_nw, R[:, :k], hyper.beta0, nu0, impl, extra=(S[:k, :k], num_cols))
+    lam_b = _sample_gamma(
+        key_bias, hyper.a_bias + (n + num_cols) / 2.0, hyper.b_bias + 0.5 * (jnp.sum(R[:, k] ** 2) + S[k, k])
+    )
+    P, m = _block_prior(lam, mu, lam_b)
+    quad = jnp.sum((side.Y @ P) * side.Y)
+    c = _sample_gamma(key_c, hyper.a_implicit + num_cols * (k + 1) / 2.0, hyper.b_implicit + 0.5 * quad)
+    Y = sample_implicit(key_y, T - m, P, c, op, impl)
+    return mu, lam, lam_b, m + op.apply(Y, n), ImplicitSide(Y, c)
+
+
 def gibbs_sweep(
-    rng_key, state: GibbsState, data: Encoded, hyper: Hyperpriors, impl: str = "lapack", latent: Latent | None = None
-) -> tuple[GibbsState, GibbsInfo]:
+    rng_key, state: GibbsState, data: Encoded, hyper: Hyperpriors, impl: str = "lapack", latent: Latent | None = None,
+    ops: tuple | None = None,
+) -> tuple[GibbsState, GibbsInfo]:  # fmt: skip
     """One full sweep of the blocked Gibbs sampler (see the module docstring); ``impl``:
     "lapack" or "jax" linear algebra (`probmf.linalg`); ``latent``: the rounded likelihood's
-    intervals (None: Gaussian likelihood)."""
+    intervals (None: Gaussian likelihood); ``ops``: the (users', items') `ImplicitOperator`
+    with implicit feedback (``state.implicit`` set), else None."""
     keys = jax.random.split(rng_key, 8)
     if latent is not None:
         data = _sample_latent(keys[7], state.params, state.tau, latent, data)
     W, U, b, c, mu = state.params
-    k = W.shape[1]
-    nu0 = k + hyper.nu0_extra
-    mu_w, lam_w = sample_normal_wishart(keys[0], W, hyper.beta0, nu0, impl)
-    mu_u, lam_u = sample_normal_wishart(keys[1], U, hyper.beta0, nu0, impl)
-    lam_b = _sample_gamma(keys[2], hyper.a_bias + b.shape[0] / 2.0, hyper.b_bias + 0.5 * jnp.sum(b * b))
-    lam_c = _sample_gamma(keys[3], hyper.a_bias + c.shape[0] / 2.0, hyper.b_bias + 0.5 * jnp.sum(c * c))
-    W, b, _ = _sample_rows(keys[4], W, b, U, c, mu, data.by_user, state.tau, *_block_prior(lam_w, mu_w, lam_b), impl)
-    U, c, sse = _sample_rows(keys[5], U, c, W, b, mu, data.by_item, state.tau, *_block_prior(lam_u, mu_u, lam_c), impl)
+    side_w, side_u = state.implicit or (None, None)
+    op_w, op_u = ops or (None, None)
+    mu_w, lam_w, lam_b, mean_w, side_w = _side_prior(
+        (keys[0], keys[2], jax.random.fold_in(rng_key, 1)), W, b, side_w, op_w, hyper, impl
+    )
+    mu_u, lam_u, lam_c, mean_u, side_u = _side_prior(
+        (keys[1], keys[3], jax.random.fold_in(rng_key, 2)), U, c, side_u, op_u, hyper, impl
+    )
+    W, b, _ = _sample_rows(keys[4], W, b, U, c, mu, data.by_user, state.tau, _block_prior(lam_w, mu_w, lam_b)[0],
+                           mean_w, impl)  # fmt: skip
+    U, c, sse = _sample_rows(keys[5], U, c, W, b, mu, data.by_item, state.tau, _block_prior(lam_u, mu_u, lam_c)[0],
+                             mean_u, impl)  # fmt: skip
     n = jnp.sum(data.by_user.counts)
     tau = _sample_gamma(keys[6], hyper.a_tau + n / 2.0, hyper.b_tau + 0.5 * sse)
-    state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c)
+    implicit = None if ops is None else (side_w, side_u)
+    state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c, implicit)
     return state, GibbsInfo(tau=tau, train_rmse=jnp.sqrt(sse / n))
 
 
@@ -266,7 +406,7 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
 
 @functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "impl"))
 def gibbs_chunk(
-    rng_key, chain: GibbsChain, data: Encoded, hyper: Hyperpriors, pairs, first, latent=None, levels=None, *,
+    rng_key, chain: GibbsChain, data: Encoded, hyper: Hyperpriors, pairs, first, latent=None, levels=None, ops=None, *,
     num, num_warmup, thin, impl="lapack",
 ) -> GibbsChain:  # fmt: skip
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
@@ -275,7 +415,7 @@ def gibbs_chunk(
     likelihood's `Latent` and rating levels (None: Gaussian)."""
 
     def sweep(chain: GibbsChain, s):
-        state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyper, impl, latent)
+        state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyper, impl, latent, ops)
         after = s - num_warmup
         kept = (after >= 0) & ((after + 1) % thin == 0)
         draws = chain.draws
@@ -298,11 +438,14 @@ def gibbs_chunk(
     return lax.scan(sweep, chain, first + jnp.arange(num))[0]
 
 
-def init_state(params: MFParams, tau) -> GibbsState:
-    """Start from a point estimate (e.g. ALS's MAP) with unit hyper-precisions."""
-    k = params.W.shape[1]
+def init_state(params: MFParams, tau, implicit: bool = False) -> GibbsState:
+    """Start from a point estimate (e.g. ALS's MAP) with unit hyper-precisions (and, with
+    ``implicit``, zero implicit vectors with c = 1)."""
+    n, k = params.W.shape
+    m = params.U.shape[0]
     one = jnp.float32(1.0)
-    return GibbsState(params, jnp.float32(tau), jnp.zeros(k), jnp.eye(k), jnp.zeros(k), jnp.eye(k), one, one)
+    sides = (ImplicitSide(jnp.zeros((m, k + 1)), one), ImplicitSide(jnp.zeros((n, k + 1)), one)) if implicit else None
+    return GibbsState(params, jnp.float32(tau), jnp.zeros(k), jnp.eye(k), jnp.zeros(k), jnp.eye(k), one, one, sides)
 
 
 def fit_gibbs(
@@ -310,11 +453,12 @@ def fit_gibbs(
     train: Ratings,
     *,
     rank: int = 10,
-    num_warmup: int = 50,
-    num_samples: int = 200,
+    num_warmup: int | None = None,
+    num_samples: int | None = None,
     thin: int = 1,
     init_sweeps: int = 10,
     likelihood: str = "gaussian",
+    implicit: bool = False,
     keep_draws: bool = True,
     predict_pairs: tuple | None = None,
     linalg: str = "lapack",
@@ -326,11 +470,15 @@ def fit_gibbs(
 
     The chain starts from ALS's MAP estimate (``init_sweeps`` sweeps, defaults otherwise)
     and its residual precision, burns in ``num_warmup`` sweeps and keeps ``num_samples``
-    draws, one every ``thin`` sweeps.
+    draws, one every ``thin`` sweeps (defaults: 50 and 200; 200 and 800 with ``implicit``,
+    whose hyper-parameter c needs a longer burn-in).
 
     Args:
       likelihood: "gaussian", or "rounded" (ratings are rounded latent Gaussians; see the
         module docstring).
+      implicit: implicit feedback in both directions (SVD++-like; see the module docstring):
+        which items each user rated, and which users rated each item, in ``train``. Needs
+        at most `MAX_IMPLICIT_COLUMNS` users and items.
       keep_draws: store every kept draw (S x (N + M)(k + 1) floats); False keeps only the
         running predictive moments at ``predict_pairs``, for data whose draws would not fit.
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean
@@ -343,6 +491,10 @@ def fit_gibbs(
       `GibbsResult(posterior, trace, summary, num_factors)`; ``predict``/``predictive``
       average over the draws (or read the summary).
     """
+    if num_warmup is None:
+        num_warmup = 200 if implicit else 50
+    if num_samples is None:
+        num_samples = 800 if implicit else 200
     for name, v, low in (("rank", rank, 1), ("num_samples", num_samples, 1), ("thin", thin, 1),
                          ("num_warmup", num_warmup, 0), ("init_sweeps", init_sweeps, 1),
                          ("checkpoint_every", checkpoint_every, 1)):  # fmt: skip
@@ -356,8 +508,12 @@ def fit_gibbs(
         raise ValueError(f"linalg must be one of {IMPLS}, got {linalg!r}")
     if not keep_draws and predict_pairs is None:
         raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
+    if not isinstance(implicit, bool):
+        raise ValueError(f"implicit must be True or False, got {implicit!r}")
     pairs = None if predict_pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in predict_pairs)
     mesh = device_mesh(check_devices(devices))
+    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw.
+    ops = implicit_operators(train) if implicit else None
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if linalg == "jax" else "auto"
@@ -371,16 +527,16 @@ def fit_gibbs(
     mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
     total = num_warmup + num_samples * thin
     chain = init_chain(
-        init_state(init.params, 1.0 / max(mse, 1e-6)), total, num_samples, keep_draws,
+        init_state(init.params, 1.0 / max(mse, 1e-6), implicit), total, num_samples, keep_draws,
         None if pairs is None else pairs[0].shape[0],
     )  # fmt: skip
     options = {"rank": rank, "num_warmup": num_warmup, "num_samples": num_samples, "thin": thin,
-               "init_sweeps": init_sweeps, "likelihood": likelihood, "keep_draws": keep_draws,
+               "init_sweeps": init_sweeps, "likelihood": likelihood, "implicit": implicit, "keep_draws": keep_draws,
                "linalg": linalg, "devices": devices}  # fmt: skip
     ckpt = fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *(pairs or ()))
 
     def run_chunk(chain, first, num):
-        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, num=num,
+        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, num=num,
                            num_warmup=num_warmup, thin=thin, impl=linalg)  # fmt: skip
 
     chain = run_steps(run_chunk, chain, total, ckpt)
