@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from probmf.data.synthetic import synthetic_ratings
 from probmf.encoding import encode
@@ -248,3 +249,105 @@ def test_implicit_rejects_sides_too_large_for_the_exact_draw():
     )
     with pytest.raises(ValueError, match=f"at most {MAX_IMPLICIT_COLUMNS} users and items"):
         fit_gibbs(jax.random.PRNGKey(0), wide, rank=2, implicit=True)
+
+
+def _prior_draws(rng, num, hyper, k, F_users, F_items):
+    """``num`` independent draws of every parameter of the implicit-feedback model from its
+    prior (numpy, leading axis ``num``): (W, b, U, c, tau, users' and items' hyper-parameters
+    (Lam, mu, lam_b, c, Y))."""
+    from scipy.stats import wishart
+
+    def gaussian(prec, shape):  # draws ~ N(0, prec^-1), prec (num, d, d), shape (num, ..., d)
+        L = np.linalg.cholesky(prec)[:, None]  # x = L^-T z
+        z = rng.standard_normal(shape)[..., None]
+        return np.linalg.solve(np.swapaxes(L, -1, -2), z)[..., 0]
+
+    def side(F):
+        n, C = F.shape
+        lam = wishart(df=k + hyper.nu0_extra, scale=np.eye(k)).rvs(size=num, random_state=rng).reshape(num, k, k)
+        mu = gaussian(hyper.beta0 * lam, (num, 1, k))[:, 0]
+        lam_b = rng.gamma(hyper.a_bias, 1.0 / hyper.b_bias, num)
+        P = np.zeros((num, k + 1, k + 1))
+        P[:, :k, :k], P[:, k, k] = lam, lam_b
+        scale = rng.gamma(hyper.a_implicit, 1.0 / hyper.b_implicit, num)
+        Y = gaussian(scale[:, None, None] * P, (num, C, k + 1))
+        X = np.concatenate([mu, np.zeros((num, 1))], 1)[:, None] + F @ Y + gaussian(P, (num, n, k + 1))
+        return X, (lam, mu, lam_b, scale, Y)
+
+    (Xw, hw), (Xu, hu) = side(F_users), side(F_items)
+    tau = rng.gamma(hyper.a_tau, 1.0 / hyper.b_tau, num)
+    return Xw[..., :k], Xw[..., k], Xu[..., :k], Xu[..., k], tau, hw, hu
+
+
+def _stats(W, b, U, c, tau, hw, hu, implicit=True):
+    """The scalar functions of the parameters compared between the two simulators (any
+    leading axes); the implicit vectors and their scales only with ``implicit``."""
+    log = np.log if isinstance(tau, np.ndarray) else jnp.log
+    out = [log(tau), log(hw[2]), log(hw[0][..., 0, 0]), hw[0][..., 0, 1], hw[1][..., 0], W[..., 0, 0], b[..., 0],
+           log(hu[2]), U[..., 1, 1], c[..., 2]]  # fmt: skip
+    if implicit:
+        out += [log(hw[3]), hw[4][..., 0, 0], hw[4][..., 1, 2], log(hu[3]), hu[4][..., 0, 1]]
+    return out
+
+
+NUM_SWEEPS = 20_000
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_sampler_passes_geweke_successive_conditional_test(implicit):
+    """Geweke (2004): alternately drawing ratings | parameters and one sweep of parameters |
+    ratings (BPMF, or with implicit feedback) leaves the prior invariant, so every statistic's
+    mean along that chain equals its prior mean; a wrong conditional anywhere in the sweep (a
+    scale, a degree of freedom, a prior mean) moves some of them. Tight hyper-priors keep
+    float32 away from heavy tails."""
+    from probmf.data.ratings import IdMap, Ratings
+    from probmf.fitters.gibbs import GibbsState, Hyperpriors, ImplicitSide, gibbs_sweep, implicit_operators, with_values
+    from probmf.model import MFParams, predict
+
+    users = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 5, 5, 1, 3, 5])
+    items = np.array([0, 1, 3, 1, 2, 0, 2, 4, 3, 4, 0, 1, 4, 2, 3, 4, 0, 1])
+    n_users, n_items, k = 6, 5, 2
+    ratings = Ratings(users, items, np.zeros(users.size), IdMap.identity(n_users), IdMap.identity(n_items))
+    # Precisions around 2.5-4, not 1, so that a power of one (sqrt(c) for c) would show.
+    hyper = Hyperpriors(beta0=2.0, nu0_extra=4.0, a_tau=10.0, b_tau=4.0, a_bias=10.0, b_bias=3.0,
+                        a_implicit=10.0, b_implicit=2.5)  # fmt: skip
+    ops = implicit_operators(ratings) if implicit else None
+    F_users, F_items = np.zeros((n_users, n_items)), np.zeros((n_items, n_users))
+    if implicit:  # else F = 0: the implicit vectors are drawn but never enter the model
+        F_users[users, items] = 1.0 / np.sqrt(np.bincount(users)[users])
+        F_items[items, users] = 1.0 / np.sqrt(np.bincount(items)[items])
+
+    prior = np.stack(_stats(*_prior_draws(np.random.default_rng(0), 100_000, hyper, k, F_users, F_items), implicit), 1)
+
+    W, b, U, c, tau, hw, hu = jax.tree.map(lambda a: a[0], _prior_draws(np.random.default_rng(1), 1, hyper, k,
+                                                                          F_users, F_items))  # fmt: skip
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    sides = (ImplicitSide(f32(hw[4]), f32(hw[3])), ImplicitSide(f32(hu[4]), f32(hu[3]))) if implicit else None
+    state = GibbsState(
+        MFParams(f32(W), f32(U), f32(b), f32(c), jnp.float32(0.0)), f32(tau), f32(hw[1]), f32(hw[0]), f32(hu[1]),
+        f32(hu[0]), f32(hw[2]), f32(hu[2]), sides,
+    )  # fmt: skip
+    data = encode(ratings, with_slots=True)
+    u, i = jnp.asarray(users), jnp.asarray(items)
+
+    @jax.jit
+    def chain(state, data, key):
+        def step(carry, s):
+            state, data = carry
+            key_y, key_sweep = jax.random.split(jax.random.fold_in(key, s))
+            y = predict(state.params, u, i) + jax.random.normal(key_y, u.shape) / jnp.sqrt(state.tau)
+            data = with_values(data, y)
+            state, _ = gibbs_sweep(key_sweep, state, data, hyper, ops=ops)
+            (sw, su), p = state.implicit or (ImplicitSide(None, None),) * 2, state.params
+            hw = (state.lam_w, state.mu_w, state.lam_b, sw.c, sw.Y)
+            hu = (state.lam_u, state.mu_u, state.lam_c, su.c, su.Y)
+            return (state, data), jnp.stack(_stats(p.W, p.b, p.U, p.c, state.tau, hw, hu, implicit))
+
+        return lax.scan(step, (state, data), jnp.arange(NUM_SWEEPS))[1]
+
+    draws = np.asarray(chain(state, data, jax.random.PRNGKey(0)), np.float64)
+    assert np.all(np.isfinite(draws))
+    batches = draws.reshape(50, -1, draws.shape[1]).mean(1)  # batch means: the chain is autocorrelated
+    se = np.sqrt(batches.var(0, ddof=1) / 50 + prior.var(0) / len(prior))
+    z = (draws.mean(0) - prior.mean(0)) / se
+    assert np.all(np.abs(z) < 4.5), np.round(z, 2)

@@ -146,9 +146,15 @@ def _sample_latent(rng_key, params: MFParams, tau, latent: Latent, data: Encoded
     pred = predict_with_fallback(params, latent.users, latent.items)
     sd = 1.0 / jnp.sqrt(tau)
     y = pred + sd * truncated_standard_normal(rng_key, (latent.lower - pred) / sd, (latent.upper - pred) / sd)
+    return with_values(data, y)
+
+
+def with_values(data: Encoded, values: jax.Array) -> Encoded:
+    """Both row layouts with new values (n,) for the same ratings, in input order (needs the
+    layouts' ``slots``: `encode(..., with_slots=True)`)."""
 
     def write(tiles):
-        vals = jnp.zeros(tiles.vals.size, y.dtype).at[tiles.slots].set(y).reshape(tiles.vals.shape)
+        vals = jnp.zeros(tiles.vals.size, values.dtype).at[tiles.slots].set(values).reshape(tiles.vals.shape)
         return dataclasses.replace(tiles, vals=vals)
 
     return Encoded(write(data.by_user), write(data.by_item))
