@@ -29,8 +29,8 @@ and item j's vector terms from its raters. In law this is a per-row prior mean,
 implicit bias), so the row blocks above change only in their prior means. Y's rows are
 N(0, (c P)^-1) with c ~ Gamma(a_implicit, b_implicit). Each side's hyper-parameter block
 then draws, in turn: (mu_w, Lam_w) | W - F Y, Y (Normal-Wishart with c Y^T Y added to W*^-1
-and C more degrees of freedom); lam_b | b - F Y, Y likewise; c | Y, P (Gamma); and Y | W, b
-(matrix normal, `sample_implicit`). Items do the same with their raters. The kept draws
+and C more degrees of freedom); lam_b | b - F Y, Y likewise; Y | W, b, c (matrix normal,
+`sample_implicit`); and c | Y, P (Gamma). Items do the same with their raters. The kept draws
 store the combined vectors, so prediction is unchanged.
 
 Rounded likelihood (``likelihood="rounded"``): a rating is a latent y_ij ~ N(w_i.u_j + b_i +
@@ -331,9 +331,9 @@ def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | N
 
     Without implicit feedback: (mu, Lam) Normal-Wishart and lam_b Gamma, as in BPMF. With it,
     row i's prior mean is m + F_i Y (m = [mu; 0]) and Y's rows are N(0, (c P)^-1), P =
-    blockdiag(Lam, lam_b): in turn (mu, Lam) | rows - F Y, Y; lam_b likewise; c | Y, P
-    (Gamma); Y | rows, m, P, c (`sample_implicit`). ``keys``: (Normal-Wishart, lam_b,
-    implicit). Returns (mu, Lam, lam_b, the rows' prior means (k+1,) or (N, k+1), new side).
+    blockdiag(Lam, lam_b): in turn (mu, Lam) | rows - F Y, Y; lam_b likewise; Y | rows, m,
+    P, c (`sample_implicit`); c | Y, P (Gamma). ``keys``: (Normal-Wishart, lam_b, implicit).
+    Returns (mu, Lam, lam_b, the rows' prior means (k+1,) or (N, k+1), new side).
     """
     key_nw, key_bias, key_implicit = keys
     n, k = X.shape
@@ -352,9 +352,11 @@ def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | N
         key_bias, hyper.a_bias + (n + num_cols) / 2.0, hyper.b_bias + 0.5 * (jnp.sum(R[:, k] ** 2) + S[k, k])
     )
     P, m = _block_prior(lam, mu, lam_b)
-    quad = jnp.sum((side.Y @ P) * side.Y)
+    # Y before c: from the start Y = 0, c | Y would be ~C(k+1)/2 and shrink Y so hard that c
+    # took some 500 sweeps to come down to its posterior (ML-100K).
+    Y = sample_implicit(key_y, T - m, P, side.c, op, impl)
+    quad = jnp.sum((Y @ P) * Y)
     c = _sample_gamma(key_c, hyper.a_implicit + num_cols * (k + 1) / 2.0, hyper.b_implicit + 0.5 * quad)
-    Y = sample_implicit(key_y, T - m, P, c, op, impl)
     return mu, lam, lam_b, m + op.apply(Y, n), ImplicitSide(Y, c)
 
 
@@ -476,8 +478,8 @@ def fit_gibbs(
 
     The chain starts from ALS's MAP estimate (``init_sweeps`` sweeps, defaults otherwise)
     and its residual precision, burns in ``num_warmup`` sweeps and keeps ``num_samples``
-    draws, one every ``thin`` sweeps (defaults: 50 and 200; 200 and 800 with ``implicit``,
-    whose hyper-parameter c needs a longer burn-in).
+    draws, one every ``thin`` sweeps (None: 50 and 200, or 200 and 800 with ``implicit``, whose
+    predictions mix more slowly).
 
     Args:
       likelihood: "gaussian", or "rounded" (ratings are rounded latent Gaussians; see the
