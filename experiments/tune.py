@@ -76,9 +76,9 @@ GRIDS = {
         {"likelihood": "gaussian", "num_samples": 200},
         {"likelihood": "rounded", "num_samples": 200},
         {"likelihood": "gaussian", "num_samples": 500},
-        {"implicit": True},
+        {"implicit": True, "num_warmup": 50, "num_samples": 200},
         {"implicit": True, "num_warmup": 200, "num_samples": 800},
-        {"implicit": True, "likelihood": "rounded"},
+        {"implicit": True, "num_warmup": 50, "num_samples": 200, "likelihood": "rounded"},
     ],
     # Mean-field SVI: the length of the run and the draws kept from the fitted guide.
     "svi": [{"num_epochs": e, "num_samples": s} for e in (60, 120) for s in (100, 400)],
@@ -132,7 +132,10 @@ def main(argv=None) -> int:
     rows = []
     configs = grid(args.model, args.smoke)
     if args.configs:
-        configs = [configs[int(i)] for i in args.configs.split(",")]
+        chosen = [int(i) for i in args.configs.split(",")]
+        if not all(0 <= i < len(configs) for i in chosen):
+            p.error(f"--configs: the {args.model} grid has rows 0..{len(configs) - 1}")
+        configs = [configs[i] for i in chosen]
     for config in configs:
         options = dict(config)
         if "rank" in fitter_options(args.model):

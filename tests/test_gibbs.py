@@ -290,9 +290,6 @@ def _stats(W, b, U, c, tau, hw, hu, implicit=True):
     return out
 
 
-NUM_SWEEPS = 20_000
-
-
 @pytest.mark.parametrize("implicit", [False, True])
 def test_sampler_passes_geweke_successive_conditional_test(implicit):
     """Geweke (2004): alternately drawing ratings | parameters and one sweep of parameters |
@@ -308,7 +305,7 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit):
     items = np.array([0, 1, 3, 1, 2, 0, 2, 4, 3, 4, 0, 1, 4, 2, 3, 4, 0, 1])
     n_users, n_items, k = 6, 5, 2
     ratings = Ratings(users, items, np.zeros(users.size), IdMap.identity(n_users), IdMap.identity(n_items))
-    # Precisions around 2.5-4, not 1, so that a power of one (sqrt(c) for c) would show.
+    # Precisions around 2.5-4, not 1, so that a wrong power (c for sqrt(c)) would show.
     hyper = Hyperpriors(beta0=2.0, nu0_extra=4.0, a_tau=10.0, b_tau=4.0, a_bias=10.0, b_bias=3.0,
                         a_implicit=10.0, b_implicit=2.5)  # fmt: skip
     ops = implicit_operators(ratings) if implicit else None
@@ -343,7 +340,7 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit):
             hu = (state.lam_u, state.mu_u, state.lam_c, su.c, su.Y)
             return (state, data), jnp.stack(_stats(p.W, p.b, p.U, p.c, state.tau, hw, hu, implicit))
 
-        return lax.scan(step, (state, data), jnp.arange(NUM_SWEEPS))[1]
+        return lax.scan(step, (state, data), jnp.arange(20_000))[1]
 
     draws = np.asarray(chain(state, data, jax.random.PRNGKey(0)), np.float64)
     assert np.all(np.isfinite(draws))
