@@ -58,7 +58,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from probmf.data import DatasetNotFoundError, load_split, load_titles, random_split, synthetic_preset
+from probmf.data import load_split_or_synthetic, load_titles
 from probmf.fitters import fit_als, fit_baseline, fit_svd
 from probmf.metrics import accuracy, predict_ratings, rmse
 
@@ -75,14 +75,10 @@ MIN_RATINGS = 20  # items listed by factor loading need this many training ratin
 NUM_SHOWN = 5 if QUICK else 8  # movies listed at each end of a factor
 
 # %%
-try:
-    train, test = load_split(DATASET, SPLIT, download=DOWNLOAD)
-    ON_MOVIELENS = True
+train, test, ON_MOVIELENS = load_split_or_synthetic(DATASET, SPLIT, download=DOWNLOAD, seed=SEED)
+if ON_MOVIELENS:
     print(f"data: MovieLens {DATASET}, split {SPLIT}")
-except DatasetNotFoundError:
-    ratings, _ = synthetic_preset("ml100k", seed=SEED)
-    train, test = random_split(ratings, 0.2, seed=SEED)
-    ON_MOVIELENS = False
+else:
     print(f"data: MovieLens {DATASET} not found (set PROBMF_DATA_DIR to the folder that holds {DATASET}/)")
     print("      using synthetic ratings shaped like ML-100K, split 80/20 at random")
 print(f"train {len(train):,} ratings, test {len(test):,}")

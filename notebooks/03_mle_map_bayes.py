@@ -64,7 +64,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import norm
 
-from probmf.data import DatasetNotFoundError, load_split, random_split, synthetic_preset
+from probmf.data import load_split_or_synthetic
 from probmf.fitters import fit_als, fit_gibbs, fit_optax, fit_svi
 from probmf.metrics import interval_scores, predict_ratings, rmse
 
@@ -82,14 +82,10 @@ SVI = dict(num_epochs=1, num_samples=10) if QUICK else dict()  # fit_svi default
 NUM_PAIRS = 5  # test pairs whose predictive distribution is printed
 
 # %%
-try:
-    train, test = load_split(DATASET, SPLIT, download=DOWNLOAD)
-    ON_MOVIELENS = True
+train, test, ON_MOVIELENS = load_split_or_synthetic(DATASET, SPLIT, download=DOWNLOAD, seed=SEED)
+if ON_MOVIELENS:
     print(f"data: MovieLens {DATASET}, split {SPLIT}")
-except DatasetNotFoundError:
-    ratings, _ = synthetic_preset("ml100k", seed=SEED)
-    train, test = random_split(ratings, 0.2, seed=SEED)
-    ON_MOVIELENS = False
+else:
     print(f"data: MovieLens {DATASET} not found (set PROBMF_DATA_DIR to the folder that holds {DATASET}/)")
     print("      using synthetic ratings shaped like ML-100K, split 80/20 at random")
 print(f"train {len(train):,} ratings, test {len(test):,}")

@@ -52,7 +52,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from probmf.data import DatasetNotFoundError, load_split, random_split, synthetic_preset
+from probmf.data import load_split_or_synthetic
 from probmf.fitters import fit_als, fit_autorec_i, fit_mlp, fit_residual
 from probmf.metrics import accuracy, predict_ratings, rmse
 
@@ -68,14 +68,10 @@ RESIDUAL = dict(hidden=(16,), num_epochs=2, num_folds=2, refit=False) if QUICK e
 AUTOREC = dict(hidden=50, lam=50.0, learning_rate=2e-3, num_epochs=20, patience=5) if QUICK else dict()
 
 # %%
-try:
-    train, test = load_split(DATASET, SPLIT, download=DOWNLOAD)
-    ON_MOVIELENS = True
+train, test, ON_MOVIELENS = load_split_or_synthetic(DATASET, SPLIT, download=DOWNLOAD, seed=SEED)
+if ON_MOVIELENS:
     print(f"data: MovieLens {DATASET}, split {SPLIT}")
-except DatasetNotFoundError:
-    ratings, _ = synthetic_preset("ml100k", seed=SEED)
-    train, test = random_split(ratings, 0.2, seed=SEED)
-    ON_MOVIELENS = False
+else:
     print(f"data: MovieLens {DATASET} not found (set PROBMF_DATA_DIR to the folder that holds {DATASET}/)")
     print("      using synthetic ratings shaped like ML-100K, split 80/20 at random")
 print(f"train {len(train):,} ratings, test {len(test):,}")

@@ -15,6 +15,7 @@ from probmf.data import (
     UnsafeArchiveError,
     load_movielens,
     load_split,
+    load_split_or_synthetic,
     load_titles,
 )
 from probmf.data import movielens as ml
@@ -183,6 +184,13 @@ def test_load_split_reindexes_test_into_train_space(tmp_path):
     np.testing.assert_array_equal(test.users, [1, -1, 1])
     np.testing.assert_array_equal(test.items, [1, 0, -1])
     np.testing.assert_array_equal(test.known, [True, False, False])
+
+
+def test_split_or_synthetic_falls_back_only_when_absent(tmp_path):
+    train, test, on_movielens = load_split_or_synthetic("ml-100k", "u1", path=make_ml100k(tmp_path / "ml-100k"))
+    assert on_movielens and (len(train), len(test)) == (3, 3)
+    train, test, on_movielens = load_split_or_synthetic("ml-100k", "u1", download=False, seed=3)
+    assert not on_movielens and len(train) + len(test) == 100_000 and 0.19 < len(test) / 100_000 < 0.21
 
 
 def test_bad_names(tmp_path):

@@ -7,6 +7,7 @@ from probmf.data.movielens import (
     UnsafeArchiveError,
     load_movielens,
     load_split,
+    load_split_or_synthetic,
     load_titles,
 )
 from probmf.data.ratings import UNKNOWN, IdMap, Ratings
@@ -32,6 +33,7 @@ __all__ = [
     "kfold",
     "load_movielens",
     "load_split",
+    "load_split_or_synthetic",
     "load_titles",
     "per_user_split",
     "per_user_temporal_split",

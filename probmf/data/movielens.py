@@ -29,6 +29,8 @@ from pathlib import Path
 
 from probmf.data.io import RatingsFileError, _text_encoding, read_ratings
 from probmf.data.ratings import Ratings
+from probmf.data.splits import random_split
+from probmf.data.synthetic import synthetic_preset
 
 __all__ = [
     "DATASETS",
@@ -36,6 +38,7 @@ __all__ = [
     "UnsafeArchiveError",
     "load_movielens",
     "load_split",
+    "load_split_or_synthetic",
     "load_titles",
 ]
 
@@ -163,6 +166,19 @@ def load_split(name: str, split: str, *, path=None, download: bool = True) -> tu
     train = _read(folder / train_file, spec, name)
     test = _read(folder / test_file, spec, name)
     return train, test.reindex(train.user_ids, train.item_ids)
+
+
+def load_split_or_synthetic(
+    name: str, split: str, *, path=None, download: bool = True, seed: int = 0
+) -> tuple[Ratings, Ratings, bool]:
+    """`load_split`, or, when the dataset is absent (and not downloaded), the "ml100k"
+    synthetic preset split 80/20 at random with ``seed``. Returns (train, test, whether
+    this is MovieLens)."""
+    try:
+        return (*load_split(name, split, path=path, download=download), True)
+    except DatasetNotFoundError:
+        ratings, _ = synthetic_preset("ml100k", seed=seed)
+        return (*random_split(ratings, 0.2, seed=seed), False)
 
 
 def load_titles(name: str, *, path=None, download: bool = True, encoding: str | None = None) -> dict:
