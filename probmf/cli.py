@@ -120,12 +120,33 @@ def _print_row(row: dict, as_json: bool) -> None:
     print(
         f"{row['dataset']:>16} {row['split']:>7} {row['model']:>8} k={row['rank']:<3} "
         f"RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  cov90 {row['coverage_90']:.3f}  n_test {row['n_test']:,.0f} "
-        f"(cold {row['n_cold']:,.0f})  fit {row['fit_seconds']:.2f} s",
+        f"(cold {row['n_cold']:,.0f}{_cold_text(row)})  fit {row['fit_seconds']:.2f} s",
         flush=True,
     )
 
 
+def _cold_text(row: dict) -> str:
+    """The cold pairs' RMSE and coverage, when the row has cold pairs."""
+    if row.get("rmse_cold") is None:
+        return ""
+    return f": RMSE {row['rmse_cold']:.4f}  cov50 {row['coverage_50_cold']:.3f}  cov90 {row['coverage_90_cold']:.3f}"
+
+
+SUMMARY_RANKING = (
+    "--summary-only cannot be combined with --ranking: ranking scores every item for each test user, "
+    "and a summary-only fit keeps the predictive moments of the test pairs alone; drop --summary-only "
+    "to rank (the draws are kept), or drop --ranking"
+)
+
+
+def _check_evaluate_args(args) -> None:
+    """Refuse option combinations that cannot work, before any data is read or model fitted."""
+    if args.keep_draws is False and args.ranking is not None:
+        raise ValueError(SUMMARY_RANKING)
+
+
 def cmd_evaluate(args) -> int:
+    _check_evaluate_args(args)
     given = _given_options(args)
     rows = []
     for dataset, split, train, test in folds(

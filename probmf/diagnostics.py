@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
-from probmf.model import predict_with_fallback
-from probmf.posterior import Posterior
+from probmf.posterior import Posterior, draw_predictive
 
 __all__ = ["prediction_diagnostics", "prediction_draws", "to_inference_data"]
 
@@ -31,7 +30,12 @@ def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1)
     if int(num_chains) != num_chains or num_chains < 1 or S % num_chains:
         raise ValueError(f"num_chains={num_chains!r} must be a positive divisor of the {S} draws")
     users, items = jnp.asarray(users), jnp.asarray(items)
-    preds = jax.lax.map(lambda p: predict_with_fallback(p, users, items), posterior.draws)
+
+    def means(draw):
+        params, tau, priors = draw
+        return draw_predictive(params, tau, users, items, priors, posterior.seen)[0]
+
+    preds = jax.lax.map(means, (posterior.draws, posterior.tau, posterior.priors))
     return np.asarray(preds, np.float64).reshape(num_chains, S // num_chains, -1)
 
 

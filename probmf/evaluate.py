@@ -1,8 +1,10 @@
 """Fit a model on training ratings and score it on held-out ratings: one row per fold.
 
 The row schema is the project's measurement interface (`probmf evaluate --json`):
-dataset, split, model, rank, rmse, mae, n_train, n_test, n_cold, fit_seconds,
-predict_seconds, probmf_version, seed, options.
+dataset, split, model, rank, rmse, mae, n_train, n_test, n_cold, coverage_50, coverage_90,
+nll, rmse_cold, coverage_50_cold, coverage_90_cold (over the cold pairs; null without any),
+num_samples, r_hat_max, ess_min (posteriors), fit_seconds, predict_seconds,
+probmf_version, seed, options.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
 from probmf.fitters import FITTERS
-from probmf.metrics import accuracy, interval_scores, predict_ratings, ranking, rmse
+from probmf.metrics import accuracy, cold_mask, interval_scores, predict_ratings, ranking, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
@@ -63,28 +65,47 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
     """Accuracy and calibration of a fitted model on ``test`` (ids in train's id space).
 
     ``clip``: True bounds predictions to the training rating range, False leaves them, or a
-    (low, high) pair. Cold pairs (a user or item with no training rating) are predicted
-    from biases and mu, and counted in ``n_cold``. ``ranking_k`` adds top-k metrics
-    (`probmf.metrics.ranking`).
+    (low, high) pair. One rule for every score: the clipped mean is what RMSE and MAE score
+    and where the predictive N(mean, sd^2) of coverage and NLL is centred. Cold pairs (a
+    user or item with no training rating: `probmf.metrics.cold_mask`) are counted in
+    ``n_cold`` and scored apart in ``rmse_cold``, ``coverage_50_cold``, ``coverage_90_cold``
+    (None when there are none); posteriors predict them under each draw's prior, point
+    estimates from biases and mu. ``ranking_k`` adds top-k metrics (`probmf.metrics.ranking`).
     """
     if clip is True:
         clip = (float(train.values.min()), float(train.values.max()))
     t0 = time.perf_counter()
-    # One pass over the test pairs (and, for a posterior, over its draws) serves both the
-    # accuracy of the clipped means and the calibration of the unclipped predictive.
+    # One pass over the test pairs (and, for a posterior, over its draws) serves both
+    # accuracy and calibration.
     if hasattr(fitted, "predictive"):
         mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items)))
     else:
         mean, sd = predict_ratings(fitted, test), None
     predict_seconds = time.perf_counter() - t0
     pred = np.clip(mean, *clip) if clip else mean
+    uncertainty = _uncertainty(fitted, train, test, pred, sd, clip)
+    cold = cold_mask(test, train)
     return {
         "rank": int(fitted.rank),
         **accuracy(pred, test, train=train),
-        **_uncertainty(fitted, train, test, mean, sd),
+        **uncertainty.pop("scores"),
+        **_cold_scores(pred, uncertainty.pop("sd"), test.values, cold),
+        **uncertainty,
         "n_train": len(train),
         "predict_seconds": round(predict_seconds, 4),
         **(ranking(fitted, train, test, k=ranking_k) if ranking_k else {}),
+    }
+
+
+def _cold_scores(pred, sd, truth, cold) -> dict:
+    """RMSE and interval coverage over the cold pairs alone (None when there are none)."""
+    if not cold.any():
+        return {"rmse_cold": None, "coverage_50_cold": None, "coverage_90_cold": None}
+    scores = interval_scores(pred[cold], sd[cold], truth[cold])
+    return {
+        "rmse_cold": rmse(pred[cold], truth[cold]),
+        "coverage_50_cold": scores["coverage_50"],
+        "coverage_90_cold": scores["coverage_90"],
     }
 
 
@@ -95,6 +116,11 @@ def evaluate_fold(
 
     With ``keep_draws=False`` (Gibbs) the sampler is given the test pairs and keeps only the
     running moments of their predictive, never a draw (ML-20M-size posteriors)."""
+    if options.get("keep_draws") is False and ranking_k:
+        raise ValueError(
+            "keep_draws=False cannot be combined with ranking_k: ranking scores every item for each test user, "
+            "and a summary-only fit keeps the predictive moments of the test pairs alone"
+        )
     if options.get("keep_draws") is False:
         options = {**options, "predict_pairs": (test.users, test.items)}
     fitted, options, seconds = fit_model(model, train, options=options, seed=seed)
@@ -109,18 +135,20 @@ def evaluate_fold(
     }
 
 
-def _uncertainty(fitted, train: Ratings, test: Ratings, mean, sd) -> dict:
-    """Interval coverage and NLL on the test ratings of N(mean, sd^2): the posterior
-    predictive when the model has one (``sd`` given), else the plug-in Gaussian with sd the
-    RMS training residual (a point estimate seen as a posterior with one draw)."""
+def _uncertainty(fitted, train: Ratings, test: Ratings, mean, sd, clip) -> dict:
+    """Interval coverage and NLL on the test ratings of N(mean, sd^2) ("scores"), the sd
+    used ("sd") and the draws' diagnostics: ``sd`` is the posterior predictive's when the
+    model has one, else (None given) the plug-in Gaussian's, the RMS training residual of the
+    model's predictions clipped as ``clip`` (a point estimate seen as a posterior with one
+    draw)."""
     if sd is not None and getattr(fitted, "posterior", None) is None:  # running moments only
         extra = {"num_samples": fitted.summary.num_samples, "r_hat_max": None, "ess_min": None}
     elif sd is not None:
         extra = {"num_samples": int(fitted.posterior.num_samples), **_convergence(fitted, test)}
     else:
-        sd = np.full(len(test), rmse(predict_ratings(fitted, train), train.values))
+        sd = np.full(len(test), rmse(predict_ratings(fitted, train, clip=clip or None), train.values))
         extra = {"num_samples": 1}
-    return {**interval_scores(mean, sd, test.values), **extra}
+    return {"scores": interval_scores(mean, sd, test.values), "sd": sd, **extra}
 
 
 def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
@@ -140,15 +168,36 @@ def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
 
 
 def mean_row(rows: list[dict]) -> dict:
-    """The mean of the numeric fields of per-fold rows, as a row with split "mean"."""
-    out = dict(rows[0])
-    out["split"] = "mean"
+    """The per-fold rows summarised as one row with split "mean" and "folds" naming them.
+
+    Per-fold metrics (rmse, mae, coverage, nll, counts, seconds, ranking and ``*_cold``
+    fields) are averaged over the folds where they are not None (None where no fold has
+    one); r_hat_max is the max and ess_min the min over the folds (ignoring None). Every
+    other field (dataset, model, rank, num_samples, options, ...) is kept only when all folds
+    agree on it, else it is None: nothing fold-specific is copied from one fold.
+    """
     numeric = ("rmse", "mae", "coverage_50", "coverage_90", "nll", "n_train", "n_test", "n_cold", "fit_seconds",
                "predict_seconds", "n_ranked_users")  # fmt: skip
-    for key in out:
-        if key in numeric or key.startswith(("precision_at_", "recall_at_", "ndcg_at_")):
-            out[key] = float(np.mean([r[key] for r in rows]))
-    out["folds"] = [r["split"] for r in rows]
+    extreme = {"r_hat_max": max, "ess_min": min}
+
+    def same(values) -> bool:
+        try:
+            return all(bool(v == values[0]) for v in values[1:])
+        except (TypeError, ValueError):  # e.g. arrays: not one value
+            return False
+
+    out = {}
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [r.get(key) for r in rows]
+        given = [v for v in values if v is not None]
+        if key in numeric or key.endswith("_cold") or key.startswith(("precision_at_", "recall_at_", "ndcg_at_")):
+            out[key] = float(np.mean(given)) if given else None
+        elif key in extreme:
+            out[key] = float(extreme[key](given)) if given else None
+        else:
+            out[key] = values[0] if same(values) else None
+    out["split"] = "mean"
+    out["folds"] = [r.get("split") for r in rows]
     return out
 
 

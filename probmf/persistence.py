@@ -44,7 +44,7 @@ from probmf.fitters.optax_mf import OptaxResult
 from probmf.fitters.svd import SVDResult
 from probmf.model import MFParams
 from probmf.objectives import Priors
-from probmf.posterior import Posterior, PredictiveSummary
+from probmf.posterior import Posterior, PredictiveSummary, RowPrior
 
 FORMAT = "probmf-model"
 FORMAT_VERSION = 1
@@ -55,6 +55,7 @@ TYPES = {
         Priors,
         Posterior,
         PredictiveSummary,
+        RowPrior,
         ALSResult,
         SVDResult,
         OptaxResult,

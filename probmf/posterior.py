@@ -9,6 +9,19 @@ N(r_hat_s, 1/tau_s); probmf summarises it by its mean and variance,
 accumulated over draws with Welford's update, so S x n predictions are never stored. A
 sampler given the pairs before it runs can keep only these moments (`PredictiveSummary`)
 and no draw at all.
+
+Cold rows. A user or item with no training rating (an unknown id, -1, or an index of the id
+map with no rating in the training data) has no posterior of its own: in draw s its vector
+and bias are a fresh draw from that draw's prior, w ~ N(m_s, S_s), b ~ N(0, v_s) (`RowPrior`).
+The predictive integrates them out in closed form: with the other side's vector u (known),
+
+    E[r | s] = m_s . u + c + mu,   Var[r | s] = 1/tau_s + u^T S_s u + v_s,
+
+and with both sides cold (w ~ N(m, S), u ~ N(m', S'), independent)
+E[w.u] = m . m', Var[w.u] = m^T S' m + m'^T S m' + tr(S S'). So an unknown id and a
+zero-count index give the same predictive, and a cold pair's interval carries the row's
+prior uncertainty. (With a rounded likelihood the latent stays Gaussian given the draw when
+one side is cold; with both cold its variance is matched.)
 Predictions average per-draw predictions, never predictions of averaged factors (factors
 are only identified up to rotation).
 """
@@ -23,7 +36,16 @@ import jax.scipy.stats
 import numpy as np
 from jax import lax
 
-from probmf.model import MFParams, predict_with_fallback
+from probmf.model import MFParams
+
+
+class RowPrior(NamedTuple):
+    """Per-draw prior of one side's rows (users or items): vector ~ N(mean, cov), bias ~
+    N(0, bias_var), independent. Leaves mean (S, k), cov (S, k, k), bias_var (S,)."""
+
+    mean: jax.Array
+    cov: jax.Array
+    bias_var: jax.Array
 
 
 class Posterior(NamedTuple):
@@ -34,11 +56,17 @@ class Posterior(NamedTuple):
       tau: (S,) noise precision 1/sigma^2 of each draw.
       levels: (L,) rating levels of a rounded-Gaussian likelihood (`rounded_moments`), or
         None for the Gaussian likelihood.
+      priors: (users', items') `RowPrior` of each draw, for cold rows (module docstring);
+        None: cold rows fall back to biases and mu (`probmf.model.predict_with_fallback`).
+      seen: (users (N,), items (M,)) bool, the rows with a training rating; the others are
+        predicted as cold. None: every row in range is seen.
     """
 
     draws: MFParams
     tau: jax.Array
     levels: jax.Array | None = None
+    priors: tuple[RowPrior, RowPrior] | None = None
+    seen: tuple[jax.Array, jax.Array] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -50,7 +78,7 @@ class Posterior(NamedTuple):
 
     def predictive(self, users, items) -> tuple[jax.Array, jax.Array]:
         """Mean and standard deviation (n,) of the posterior predictive of r for each pair
-        (unknown ids, -1, fall back to biases and mu in every draw)."""
+        (dense indices; -1 or an unseen row is cold, see the module docstring)."""
         return _predictive(self, jnp.asarray(users), jnp.asarray(items))
 
     def predict(self, users, items) -> jax.Array:
@@ -61,22 +89,67 @@ class Posterior(NamedTuple):
 @jax.jit
 def _predictive(posterior: Posterior, users, items):
     def step(moments, draw):
-        params, tau = draw
-        pred = predict_with_fallback(params, users, items)
-        if posterior.levels is None:
-            return moments_update(moments, pred, 1.0 / tau), None
-        return moments_update(moments, *rounded_moments(pred, tau, posterior.levels)), None
+        params, tau, priors = draw
+        pred, var = draw_predictive(params, tau, users, items, priors, posterior.seen, posterior.levels)
+        return moments_update(moments, pred, var), None
 
-    moments, _ = lax.scan(step, moments_init(users.shape[0]), (posterior.draws, posterior.tau))
+    draws = (posterior.draws, posterior.tau, posterior.priors)
+    moments, _ = lax.scan(step, moments_init(users.shape[0]), draws)
     return summarize(*moments)
+
+
+def known_rows(index: jax.Array, size: int, seen: jax.Array | None = None) -> jax.Array:
+    """bool (P,): ``index`` is in [0, size) and, given ``seen`` (size,), a seen row."""
+    known = (index >= 0) & (index < size)
+    if seen is not None:
+        known = known & seen[jnp.where(known, index, 0)]
+    return known
+
+
+def draw_predictive(
+    params: MFParams, tau, users: jax.Array, items: jax.Array, priors: tuple | None = None, seen: tuple | None = None,
+    levels: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """Mean and variance (P,) of the rating predictive under ONE draw (``params`` unbatched,
+    ``tau`` (), ``priors`` the draw's (users', items') `RowPrior` without the S axis, or None).
+
+    Known pairs: N(w_i.u_j + b_i + c_j + mu, 1/tau). A cold row (out of range, or not in
+    ``seen``) has its vector and bias integrated out under its prior (module docstring);
+    with ``priors`` None it falls back to a zero vector and bias, as
+    `probmf.model.predict_with_fallback` does.
+    With ``levels`` the moments are those of the rounded latent (`rounded_moments`).
+    """
+    W, U, b, c, mu = params
+    seen_u, seen_i = seen if seen is not None else (None, None)
+    known_u, known_i = known_rows(users, W.shape[0], seen_u), known_rows(items, U.shape[0], seen_i)
+    # Gather at a safe index, then replace: never rely on JAX's clamping.
+    u, i = jnp.where(known_u, users, 0), jnp.where(known_i, items, 0)
+    prior_u, prior_i = priors if priors is not None else (None, None)
+    w = jnp.where(known_u[:, None], W[u], 0.0 if prior_u is None else prior_u.mean)
+    v = jnp.where(known_i[:, None], U[i], 0.0 if prior_i is None else prior_i.mean)
+    pred = jnp.sum(w * v, axis=-1) + jnp.where(known_u, b[u], 0.0) + jnp.where(known_i, c[i], 0.0) + mu
+    var = 1.0 / tau
+    if priors is not None:
+        # Var[w.v + bias] of a cold row given the other side: v^T S v + bias variance; both
+        # cold add tr(S_u S_i) (both covariances symmetric).
+        cold_u = jnp.sum((v @ prior_u.cov) * v, axis=-1) + prior_u.bias_var
+        cold_i = jnp.sum((w @ prior_i.cov) * w, axis=-1) + prior_i.bias_var
+        both = jnp.sum(prior_u.cov * prior_i.cov)
+        var = var + jnp.where(known_u, 0.0, cold_u) + jnp.where(known_i, 0.0, cold_i)
+        var = var + jnp.where(known_u | known_i, 0.0, both)
+    if levels is None:
+        return pred, jnp.broadcast_to(var, pred.shape)
+    return rounded_moments(pred, 1.0 / var, levels)
 
 
 def rounded_moments(pred: jax.Array, tau: jax.Array, levels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and variance (P,) of a rounded-Gaussian rating: level l_k is observed when a
     latent y ~ N(pred, 1/tau) falls between the midpoints around l_k (the end levels take
-    the tails), so P(l_k) = Phi((c_k - pred) sqrt(tau)) - Phi((c_{k-1} - pred) sqrt(tau))."""
+    the tails), so P(l_k) = Phi((c_k - pred) sqrt(tau)) - Phi((c_{k-1} - pred) sqrt(tau)).
+    ``tau``: () or (P,)."""
     cuts = 0.5 * (levels[1:] + levels[:-1])
-    cdf = jax.scipy.stats.norm.cdf((cuts[None, :] - pred[:, None]) * jnp.sqrt(tau))
+    scale = jnp.expand_dims(jnp.sqrt(tau), -1)
+    cdf = jax.scipy.stats.norm.cdf((cuts[None, :] - pred[:, None]) * scale)
     cdf = jnp.concatenate([jnp.zeros_like(pred)[:, None], cdf, jnp.ones_like(pred)[:, None]], axis=1)
     p = jnp.diff(cdf, axis=1)  # (P, L)
     mean = p @ levels
@@ -103,6 +176,7 @@ def moments_update(moments: tuple, pred: jax.Array, noise_var, weight=1.0) -> tu
 
 def summarize(count, mean, m2, noise) -> tuple[jax.Array, jax.Array]:
     """(mean, sd) of the predictive: Var[r] = var_s r_hat_s + mean_s (noise variance)_s."""
+    count, mean, m2, noise = (jnp.asarray(a) for a in (count, mean, m2, noise))  # one arithmetic, saved or not
     return mean, jnp.sqrt(m2 / count + noise / count)
 
 

@@ -36,14 +36,15 @@ from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
 from probmf.model import MFParams, predict_with_fallback
 from probmf.persistence import FittedModel
-from probmf.posterior import Posterior
+from probmf.posterior import Posterior, draw_predictive
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
 
 class Predictions(NamedTuple):
     """Per pair: mean (n,), sd (n,) or None for point estimates, known (n,) bool: False where
-    the user or item is unknown and the prediction fell back to biases and mu."""
+    the user or item is unknown or had no training rating (a point estimate then falls back
+    to biases and mu; a posterior predicts under each draw's prior, with its sd)."""
 
     mean: np.ndarray
     sd: np.ndarray | None
@@ -54,6 +55,10 @@ def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True
     """Predictions for raw (user, item) ids; unknown ids fall back and are flagged."""
     users, items = model.user_ids.index(raw_users), model.item_ids.index(raw_items)
     known = (users != UNKNOWN) & (items != UNKNOWN)
+    if model.rated_indptr is not None:  # ids in the maps with no training rating are cold too
+        seen_u = np.diff(model.rated_indptr) > 0
+        seen_i = np.bincount(model.rated_items, minlength=len(model.item_ids)) > 0
+        known &= seen_u[np.maximum(users, 0)] & seen_i[np.maximum(items, 0)]
     u, i = jnp.asarray(users), jnp.asarray(items)
     if hasattr(model.fitted, "predictive"):
         mean, sd = (np.asarray(a) for a in model.fitted.predictive(u, i))
@@ -123,7 +128,8 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     mean, sd = fitted.predictive(users, items)
     posterior: Posterior = fitted.posterior
     s = _draw_index(rng_key, posterior.num_samples)
-    draw = predict_with_fallback(jax.tree.map(lambda a: a[s], posterior.draws), users, items)
+    params, tau, priors = jax.tree.map(lambda a: a[s], (posterior.draws, posterior.tau, posterior.priors))
+    draw = draw_predictive(params, tau, users, items, priors, posterior.seen)[0]
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 

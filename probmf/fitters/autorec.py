@@ -13,7 +13,8 @@ A missing cell enters the input as 0 and never the loss. Training is minibatch A
 with input dropout (denoising); every epoch is one jitted `lax.scan` over fixed-size batches
 of rows, each densified on the fly from CSR arrays on the device, so memory is
 O(batch x width), never the num_users x num_items matrix. The epoch with the lowest RMSE
-on a validation split carved from the training ratings is kept.
+on a validation split carved from the training ratings is kept (the RMSE of the predictions
+clipped to the training rating range, as every score in the project).
 
 The prediction for (user i, item j) is entry i of h(r_j) (item-based), r_j built from all
 training ratings. A pair whose user or item is unknown (-1) or has no training rating falls
@@ -35,7 +36,7 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.baseline import fit_baseline
-from probmf.fitters.minibatch import LoopState, check_loop_options, run_epochs
+from probmf.fitters.minibatch import LoopState, check_loop_options, clipped_rmse, rating_range, run_epochs
 from probmf.model import MFParams, predict_with_fallback
 from probmf.sharding import device_mesh, replicated, split_along
 
@@ -366,11 +367,12 @@ def fit_autorec(
     plan = tuple(jnp.asarray(a) for a in _pair_plan(v_rows, v_warm, 256))
     plan += (jnp.asarray(np.where(v_warm, v_cols, 0).astype(np.int32)),)
     v_truth, v_idx = jnp.asarray(val.values[v_warm]), jnp.asarray(np.flatnonzero(v_warm))
-    lo, hi = float(train.values.min()), float(train.values.max())
+    bounds = rating_range(train.values)
 
     def score(params) -> float:
+        # The clipping rule (`probmf.fitters.minibatch`): the validation RMSE of clipped predictions.
         pred = _reconstruct_planned(params, csr, *plan, width=width, max_len=fit_max_len)[v_idx]
-        return float(jnp.sqrt(jnp.mean((jnp.clip(pred, lo, hi) - v_truth) ** 2)))
+        return float(clipped_rmse(pred, v_truth, bounds))
 
     loop = epochs(csr, fit_part, fit_max_len, num_epochs, score_fn=score, patience=patience, checkpoint=ckpt)
     params, best_epoch = loop.best_params, int(loop.best_epoch)

@@ -19,7 +19,10 @@ Randomness depends only on (key, sweep, row): sweep s draws with ``fold_in(key, 
 i's noise z_i is row i of one (N, k+1) normal draw, so a chain is the same whatever the
 blocks, the number of devices (rows split as in ALS) or the checkpoint chunks.
 Kept draws are stored in full (`Posterior`) and/or, for test pairs known at fit time, as
-running moments of the predictive (`PredictiveSummary`), which never stores a draw.
+running moments of the predictive (`PredictiveSummary`), which never stores a draw. Each
+kept draw also keeps its cold-row priors, N(mu_w, Lam_w^-1) and N(0, 1/lam_b) (items
+likewise), so a user or item with no training rating is predicted under that draw's prior
+(`probmf.posterior.draw_predictive`), never as a zero vector.
 
 Implicit feedback (``implicit=True``; SVD++ in both directions, Koren 2008, as in Rendle et
 al. 2019): which items a user rated, and which users rated an item, in the TRAINING data.
@@ -60,7 +63,7 @@ from probmf.fitters.als import fit_als
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.linalg import IMPLS, cholesky, solve_lower
 from probmf.model import MFParams, predict_with_fallback
-from probmf.posterior import Posterior, PredictiveSummary, moments_init, moments_update, rounded_moments
+from probmf.posterior import Posterior, PredictiveSummary, RowPrior, draw_predictive, moments_init, moments_update
 from probmf.sharding import check_devices, device_mesh
 
 LIKELIHOODS = ("gaussian", "rounded")
@@ -391,6 +394,22 @@ def gibbs_sweep(
     return state, GibbsInfo(tau=tau, train_rmse=jnp.sqrt(sse / n))
 
 
+def row_priors(state: GibbsState, impl: str = "lapack") -> tuple[RowPrior, RowPrior]:
+    """The cold-row priors of a state: users' N(mu_w, Lam_w^-1) and N(0, 1/lam_b), items'
+    N(mu_u, Lam_u^-1) and N(0, 1/lam_c)."""
+    return (
+        RowPrior(state.mu_w, _spd_inverse(state.lam_w, impl), 1.0 / state.lam_b),
+        RowPrior(state.mu_u, _spd_inverse(state.lam_u, impl), 1.0 / state.lam_c),
+    )
+
+
+def _spd_inverse(A: jax.Array, impl: str) -> jax.Array:
+    """A^-1 = L^-T L^-1 for SPD A (k, k) = L L^T."""
+    k = A.shape[0]
+    X = solve_lower(jnp.broadcast_to(cholesky(A, impl), (k, k, k)), jnp.eye(k), impl=impl)  # rows L^-1 e_j: L^-T
+    return X @ X.T
+
+
 class GibbsChain(NamedTuple):
     """Everything a run carries between sweeps (and saves in a checkpoint): the sampler's
     state, the kept draws so far (slot d holds kept draw d), the predictive moments at the
@@ -406,7 +425,8 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
     """An empty `GibbsChain` for ``total`` sweeps keeping ``num_samples`` draws."""
     draws = None
     if keep_draws:
-        draws = jax.tree.map(lambda a: jnp.zeros((num_samples,) + a.shape, a.dtype), Posterior(state.params, state.tau))
+        like = Posterior(state.params, state.tau, priors=row_priors(state))
+        draws = jax.tree.map(lambda a: jnp.zeros((num_samples,) + a.shape, a.dtype), like)
     moments = None if num_pairs is None else moments_init(num_pairs)
     nan = jnp.full((total,), jnp.nan, jnp.float32)
     return GibbsChain(state, draws, moments, GibbsInfo(nan, nan))
@@ -414,32 +434,29 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
 
 @functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "impl"))
 def gibbs_chunk(
-    rng_key, chain: GibbsChain, data: Encoded, hyper: Hyperpriors, pairs, first, latent=None, levels=None, ops=None, *,
-    num, num_warmup, thin, impl="lapack",
+    rng_key, chain: GibbsChain, data: Encoded, hyper: Hyperpriors, pairs, first, latent=None, levels=None, ops=None,
+    seen=None, *, num, num_warmup, thin, impl="lapack",
 ) -> GibbsChain:  # fmt: skip
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
     then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
     (users (P,), items (P,)) of the summary, or None; ``latent``, ``levels``: the rounded
-    likelihood's `Latent` and rating levels (None: Gaussian)."""
+    likelihood's `Latent` and rating levels (None: Gaussian); ``seen``: (users (N,), items
+    (M,)) bool rows with training ratings (the others are cold in the summary)."""
 
     def sweep(chain: GibbsChain, s):
         state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyper, impl, latent, ops)
         after = s - num_warmup
         kept = (after >= 0) & ((after + 1) % thin == 0)
-        draws = chain.draws
+        draws, moments = chain.draws, chain.moments
+        priors = row_priors(state, impl) if draws is not None or moments is not None else None
         if draws is not None:
             # Sweeps between kept draws write the slot of the next kept draw, which overwrites them.
             slot = jnp.clip(after // thin, 0, draws.tau.shape[0] - 1)
-            draws = jax.tree.map(
-                lambda d, x: lax.dynamic_update_index_in_dim(d, x, slot, 0), draws, Posterior(state.params, state.tau)
-            )
-        moments = chain.moments
+            draw = Posterior(state.params, state.tau, priors=priors)
+            draws = jax.tree.map(lambda d, x: lax.dynamic_update_index_in_dim(d, x, slot, 0), draws, draw)
         if moments is not None:
-            pred = predict_with_fallback(state.params, *pairs)
-            noise = 1.0 / state.tau
-            if levels is not None:
-                pred, noise = rounded_moments(pred, state.tau, levels)
-            moments = moments_update(moments, pred, noise, kept.astype(jnp.float32))
+            pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels)
+            moments = moments_update(moments, pred, var, kept.astype(jnp.float32))
         trace = jax.tree.map(lambda t, v: t.at[s].set(v), chain.trace, info)
         return GibbsChain(state, draws, moments, trace), None
 
@@ -543,11 +560,14 @@ def fit_gibbs(
                "linalg": linalg, "devices": devices}  # fmt: skip
     ckpt = fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *(pairs or ()))
 
+    seen = tuple(jnp.asarray(np.bincount(ids, minlength=size) > 0) for ids, size in
+                 ((train.users, train.num_users), (train.items, train.num_items)))  # fmt: skip
+
     def run_chunk(chain, first, num):
-        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, num=num,
+        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,
                            num_warmup=num_warmup, thin=thin, impl=linalg)  # fmt: skip
 
     chain = run_steps(run_chunk, chain, total, ckpt)
     summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
-    draws = None if chain.draws is None else chain.draws._replace(levels=levels)
+    draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
     return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(rank))

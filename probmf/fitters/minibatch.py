@@ -25,6 +25,14 @@ Early stopping: given validation arrays ``(inputs..., targets)`` and ``predict_f
 validation RMSE is computed after every epoch; training stops after ``patience`` epochs
 without improvement and the parameters of the best epoch are returned.
 
+Clipping rule (the whole project's): every prediction that is scored or used to make a choice
+is first clipped to the training rating range [min, max] of the training ratings' values:
+test RMSE and MAE, the predictive mean behind coverage and NLL, and every validation RMSE
+that stops training or picks a model inside a fitter. So a rating model passes
+``rating_range=(lo, hi)`` here and its validation RMSE is `clipped_rmse`, the same number the
+test score would give for those predictions. ``rating_range=None`` leaves predictions as they
+are, for targets that are not ratings.
+
 Several devices (``devices`` = D > 1, `probmf.sharding`): data parallel. Each epoch's
 (num_batches, B) index and weights are split along the batch axis (B must divide by D), the
 parameters, optimiser state and training arrays are replicated, and the same jitted epoch runs
@@ -68,7 +76,8 @@ class MinibatchTrace(NamedTuple):
 
     Attributes:
       train_loss: (epochs,) weighted mean of the batch losses (F / n in the notation above).
-      val_rmse: (epochs,) validation RMSE after the epoch; NaN without validation data.
+      val_rmse: (epochs,) validation RMSE after the epoch, of the predictions clipped to
+        ``rating_range`` when given; NaN without validation data.
     """
 
     train_loss: np.ndarray
@@ -112,12 +121,30 @@ def make_epoch(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Ca
     return epoch
 
 
-def _rmse_fn(predict_fn: Callable) -> Callable:
+def rating_range(values) -> tuple[float, float]:
+    """(min, max) of the training ratings' ``values``: the bounds of the clipping rule."""
+    values = np.asarray(values)
+    return float(values.min()), float(values.max())
+
+
+def clipped_rmse(pred, targets, rating_range: tuple[float, float] | None) -> jax.Array:
+    """RMSE of ``pred`` against ``targets`` with ``pred`` clipped to ``rating_range`` = (lo, hi)
+    first (the clipping rule, module docstring); None: unclipped. Works inside `jax.jit`."""
+    pred = jnp.asarray(pred)
+    if rating_range is not None:
+        pred = jnp.clip(pred, rating_range[0], rating_range[1])
+    err = pred - jnp.asarray(targets)
+    return jnp.sqrt(jnp.mean(err * err))
+
+
+def _rmse_fn(predict_fn: Callable, rating_range: tuple[float, float] | None = None) -> Callable:
+    """The jitted validation score ``val_rmse(params, (inputs..., targets))``: `clipped_rmse`
+    of ``predict_fn(params, *inputs)``."""
+
     @jax.jit
     def val_rmse(params, val_arrays):
         *inputs, targets = val_arrays
-        err = predict_fn(params, *inputs) - targets
-        return jnp.sqrt(jnp.mean(err * err))
+        return clipped_rmse(predict_fn(params, *inputs), targets, rating_range)
 
     return val_rmse
 
@@ -290,6 +317,7 @@ def train_minibatch(
     epoch_fn: Callable | None = None,
     devices: int = 1,
     checkpoint: ckpt.Checkpoint | None = None,
+    rating_range: tuple[float, float] | None = None,
 ) -> MinibatchResult:
     """Minimise ``loss_fn`` over ``train_arrays`` by minibatch steps of ``optimizer``.
 
@@ -310,8 +338,12 @@ def train_minibatch(
         min(B, n rounded up to a multiple of D), must divide by D.
       checkpoint: save and resume the epochs there (`probmf.checkpoint.checkpoint_for`; None: no
         checkpoints); the result is the same either way.
+      rating_range: (lo, hi), the training ratings' range (`rating_range`): the predictions are
+        clipped to it before the validation RMSE (the clipping rule, module docstring); every
+        rating model passes it. None: unclipped, for targets that are not ratings.
     Returns:
-      `MinibatchResult(params, state, trace, best_epoch)`.
+      `MinibatchResult(params, state, trace, best_epoch)`; ``trace.val_rmse`` holds the clipped
+      validation RMSE.
     """
     n = int(train_arrays[0].shape[0])
     if n == 0:
@@ -324,13 +356,18 @@ def train_minibatch(
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
     if val_arrays is not None and predict_fn is None:
         raise ValueError("val_arrays needs predict_fn")
+    if rating_range is not None:
+        lo, hi = (float(b) for b in rating_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise ValueError(f"rating_range must be finite (lo, hi) with lo <= hi, got {rating_range!r}")
+        rating_range = (lo, hi)
     devices = check_devices(devices)
     # A batch larger than the data would be all padding; with D devices, round n up to D's multiple.
     batch_size = min(int(batch_size), -(-n // devices) * devices)
     check_loop_options(batch_size=batch_size, devices=devices, checkpoint=None, checkpoint_every=1)
     mesh = device_mesh(devices)
     epoch = epoch_fn or make_epoch(loss_fn, optimizer)
-    val_rmse = _rmse_fn(predict_fn) if val_arrays is not None else None
+    val_rmse = _rmse_fn(predict_fn, rating_range) if val_arrays is not None else None
 
     num_batches, weights = padded_index(n, batch_size)
     weights = split_along(mesh, jnp.asarray(weights), 1)

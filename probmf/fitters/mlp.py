@@ -18,7 +18,8 @@ row had (ridge shrinkage). With ``joint=True`` the MF parameters are trained tog
 the network on the full rating, starting from the MF fit.
 
 Both are trained by `probmf.fitters.minibatch.train_minibatch` (Adam, masked last batch,
-early stopping). Per batch S the objective is the per-rating estimate of F / n,
+early stopping on the validation RMSE of the predictions clipped to the training rating range,
+the project's clipping rule). Per batch S the objective is the per-rating estimate of F / n,
 
     loss_S = sum_k w_k [1/2 (t_k - r_hat_k)^2 + lam/2 (a_k |x_{i_k}|^2 + a'_k |y_{j_k}|^2)
              + lam_bias/2 (...)] / sum_k w_k + lam_net/2 |weights|^2 / n,
@@ -54,7 +55,7 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.als import fit_als
-from probmf.fitters.minibatch import check_loop_options, make_epoch, train_minibatch
+from probmf.fitters.minibatch import check_loop_options, clipped_rmse, make_epoch, rating_range, train_minibatch
 from probmf.fitters.optax_mf import fit_optax
 from probmf.model import MFParams, predict, predict_with_fallback
 from probmf.sharding import device_mesh
@@ -372,11 +373,6 @@ def _salt(rng_key, n: int) -> np.ndarray:
     return np.asarray(jax.random.randint(rng_key, (n,), 0, np.iinfo(np.int32).max, jnp.int32))
 
 
-def _clipped_rmse(pred, truth, lo: float, hi: float) -> float:
-    err = np.clip(np.asarray(pred, np.float64), lo, hi) - np.asarray(truth, np.float64)
-    return float(np.sqrt(np.mean(err * err)))
-
-
 def fit_mlp(
     rng_key,
     train: Ratings,
@@ -410,7 +406,8 @@ def fit_mlp(
       lam, lam_bias: ridge of the embeddings and biases, lam n_i^weight_exponent per row.
       lam_net: L2 of the dense weights (over the whole objective F).
       learning_rate, batch_size, num_epochs, patience: Adam and the trainer; training stops
-        after ``patience`` epochs without a better validation RMSE.
+        after ``patience`` epochs without a better validation RMSE (of the predictions
+        clipped to the training rating range).
       validation_fraction: share of ``train`` held out for early stopping (0: none).
       refit: retrain on all of ``train`` for the chosen number of epochs.
       init_scale: sd of the initial embeddings.
@@ -480,6 +477,7 @@ def fit_mlp(
             epoch_fn=epoch,
             devices=devices,
             checkpoint=fit_checkpoint(checkpoint, checkpoint_every, stage, rng_key, train, options),
+            rating_range=rating_range(train.values),
         )
 
     val_arrays = None if val is None else (jnp.asarray(val.users), jnp.asarray(val.items), jnp.asarray(val.values))
@@ -593,7 +591,7 @@ def fit_residual(
         refit=refit, devices=devices, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     key_init, key_split, key_shuffle, key_drop = jax.random.split(jax.random.fold_in(rng_key, 1), 4)
-    lo, hi = float(train.values.min()), float(train.values.max())
+    bounds = rating_range(train.values)  # the clipping rule: every validation RMSE is clipped to it
     fit, val = _split(key_split, train, validation_fraction)
     num_users, num_items = train.num_users, train.num_items
     keys = jax.random.split(key_init, 3)
@@ -658,14 +656,15 @@ def fit_residual(
             epoch_fn=epoch,
             devices=devices,
             checkpoint=fit_checkpoint(checkpoint, checkpoint_every, stage, rng_key, train, options),
+            rating_range=bounds,
         )
         return (result.params if joint else JointParams(mf, result.params)), log_counts, result
 
     mf_fit = _fit_base(rng_key, fit, base)
     fitted, log_counts, result = run(fit, mf_fit, num_epochs, val, "residual")
     vu, vi = jnp.asarray(val.users), jnp.asarray(val.items)
-    val_mf = _clipped_rmse(predict(mf_fit, vu, vi), val.values, lo, hi)
-    val_hybrid = _clipped_rmse(residual_apply(fitted.mf, fitted.net, vu, vi, log_counts)[0], val.values, lo, hi)
+    val_mf = float(clipped_rmse(predict(mf_fit, vu, vi), val.values, bounds))
+    val_hybrid = float(clipped_rmse(residual_apply(fitted.mf, fitted.net, vu, vi, log_counts)[0], val.values, bounds))
     use_network = bool(val_hybrid < val_mf)
     final = fit
     if refit:

@@ -44,7 +44,7 @@ from probmf.checkpoint import check_every, fit_checkpoint, run_steps
 from probmf.data.ratings import Ratings
 from probmf.diagnostics import prediction_diagnostics
 from probmf.model import MFParams
-from probmf.posterior import Posterior
+from probmf.posterior import Posterior, RowPrior
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 HYPERS = ("fixed", "gamma", "wishart")
@@ -152,11 +152,32 @@ def init_small_factors(site=None, *, scale: float = 0.1):
     return init_to_median(site)
 
 
-def _posterior_from_samples(samples: dict, mu: float) -> Posterior:
-    """`Posterior` from the model's W, U, b, c, tau sites, each with a leading sample axis."""
+def _posterior_from_samples(samples: dict, mu: float, hyper: str, seen: tuple, priors: ModelPriors = DEFAULT_PRIORS):
+    """`Posterior` from the model's sites, each with a leading sample axis: W, U, b, c, tau,
+    and the hyper-parameters that give each draw's prior of a row with no training rating
+    (``seen``: (users (N,), items (M,)) bool rows with training ratings)."""
     tau = jnp.asarray(samples["tau"], jnp.float32)
+    S, k = tau.shape[0], samples["W"].shape[-1]
     mus = jnp.full(tau.shape, mu, jnp.float32)
-    return Posterior(MFParams(samples["W"], samples["U"], samples["b"], samples["c"], mus), tau)
+
+    def row_prior(side: str, bias: str) -> RowPrior:
+        if hyper == "wishart":
+            mean, cov = samples[f"mu_{side}"], jnp.linalg.inv(samples[f"Lam_{side}"])
+        else:
+            lam = jnp.broadcast_to(samples[f"lam_{side}"] if hyper == "gamma" else priors.lam, (S, k))
+            mean, cov = jnp.zeros((S, k)), jax.vmap(jnp.diag)(1.0 / lam)
+        lam_bias = samples[bias] if hyper != "fixed" else jnp.full((S,), priors.lam_bias)
+        return RowPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), 1.0 / lam_bias)
+
+    draws = MFParams(samples["W"], samples["U"], samples["b"], samples["c"], mus)
+    seen = tuple(jnp.asarray(a) for a in seen)
+    return Posterior(draws, tau, priors=(row_prior("w", "lam_b"), row_prior("u", "lam_c")), seen=seen)
+
+
+def _seen(users, items, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users (N,), items (M,)) bool: the rows with at least one of the given ratings."""
+    return (np.bincount(np.asarray(users), minlength=num_users) > 0,
+            np.bincount(np.asarray(items), minlength=num_items) > 0)  # fmt: skip
 
 
 def _check_common(rank, hyper, **positive):
@@ -323,15 +344,9 @@ def fit_nuts(
     samples = mcmc.get_samples()
     jax.block_until_ready(samples)
     seconds = time.perf_counter() - t0
-    if not keep.all():
-        # Rows with no fitted rating were never constrained by data: zero them, so they are
-        # predicted by what is known (as a cold user or item).
-        seen_u = np.bincount(np.asarray(users), minlength=train.num_users) > 0
-        seen_i = np.bincount(np.asarray(items), minlength=train.num_items) > 0
-        for name, seen in (("W", seen_u), ("b", seen_u), ("U", seen_i), ("c", seen_i)):
-            mask = jnp.asarray(seen).reshape((1, -1) + (1,) * (samples[name].ndim - 2))
-            samples[name] = jnp.where(mask, samples[name], 0.0)
-    posterior = _posterior_from_samples(samples, mu)
+    # Rows with no fitted rating (all of them outside max_users / max_items) were never
+    # constrained by data: they are predicted as cold, under each draw's prior.
+    posterior = _posterior_from_samples(samples, mu, hyper, _seen(users, items, train.num_users, train.num_items))
     extra = mcmc.get_extra_fields(group_by_chain=True)
     check_u, check_i = np.asarray(users)[check], np.asarray(items)[check]
     r_hat, ess = prediction_diagnostics(posterior, check_u, check_i, num_chains=int(num_chains))
@@ -510,6 +525,7 @@ def svi_trainer(
     devices = _check_svi_options(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank,
                                  init_scale, devices)  # fmt: skip
     users, items, values = _device_data(train)
+    seen = _seen(train.users, train.items, train.num_users, train.num_items)
     n = users.shape[0]
     batch = min(default_batch_size(n) if batch_size is None else int(batch_size), n)
     mesh = device_mesh(devices)  # enough devices?
@@ -543,7 +559,8 @@ def svi_trainer(
         state, elbo = full_state
         params = to_params(state)
         draws = draw(jax.random.split(key_draw, int(num_samples)), params)
-        return SVIResult(_posterior_from_samples(draws, float(data_kwargs["mu"])), np.asarray(elbo), params)
+        posterior = _posterior_from_samples(draws, float(data_kwargs["mu"]), hyper, seen)
+        return SVIResult(posterior, np.asarray(elbo), params)
 
     full_state = (replicated(mesh, state), np.full(int(num_epochs), np.nan))
     return SVITrainer(full_state, run_epochs, finish, int(num_epochs), batch, steps, mesh)
@@ -651,19 +668,20 @@ def _meanfield_init(rng_key, sites: dict, *, init_scale: float, priors: ModelPri
 
 
 def _meanfield_draw(keys, params: dict):
-    """Draws {W, U, b, c, tau} (each with a leading (S,) axis) from the mean-field guide, in
+    """Draws {W, U, b, c, tau, lam_*} (each with a leading (S,) axis) from the mean-field guide, in
     antithetic pairs: draw S/2 + j is the reflection loc - (z_j - loc) of draw j (each draw is
     still an exact draw from q; the pairs cancel the Monte Carlo error of every term linear in
     the noise, so the predictive mean over S draws is far less noisy)."""
     num = keys.shape[0]
     half = (num + 1) // 2
     out = {}
-    for i, name in enumerate(("W", "U", "b", "c", "tau")):
+    positive = ("tau", "lam_w", "lam_u", "lam_b", "lam_c")
+    for i, name in enumerate(n for n in ("W", "U", "b", "c") + positive if n in params):
         loc, log_s = params[name]
         eps = jax.vmap(lambda k, i=i, shape=loc.shape: jax.random.normal(jax.random.fold_in(k, i), shape))(keys[:half])
         eps = jnp.concatenate([eps, -eps[: num - half]])
         z = loc + jnp.exp(log_s) * eps
-        out[name] = jnp.exp(z) if name == "tau" else z
+        out[name] = jnp.exp(z) if name in positive else z
     return out
 
 

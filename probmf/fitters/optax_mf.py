@@ -17,7 +17,8 @@ the fitted ratings (no gradient): the unpenalised-in-expectation biases absorb t
 The prior term is dense, so every step updates every row (the exact gradient of F / n).
 
 A fraction of the TRAINING ratings is held out for early stopping; the best epoch's
-parameters are returned.
+parameters are returned. The validation RMSE is that of the predictions clipped to the
+training rating range, as every score in the project (`probmf.fitters.minibatch`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.als import make_priors
-from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, train_minibatch
+from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, rating_range, train_minibatch
 from probmf.model import MFParams, init_params, predict
 from probmf.objectives import Priors, penalty
 from probmf.sharding import device_mesh
@@ -111,7 +112,8 @@ def fit_optax(
       batch_size: ratings per step (the last partial batch is masked, not dropped).
       num_epochs: most passes over the fitted ratings.
       validation_fraction: share of ``train`` held out for early stopping (0: none, run all
-        epochs and return the last).
+        epochs and return the last); scored by the RMSE of the predictions clipped to the
+        training rating range.
       patience: epochs without a better validation RMSE before stopping.
       init_scale: sd of the initial factors.
       devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
@@ -188,6 +190,7 @@ def fit_optax(
         patience=patience if val is not None else None,
         devices=devices,
         checkpoint=ckpt,
+        rating_range=rating_range(train.values),
     )
     return OptaxResult(result.params, result.trace, result.best_epoch, priors)
 
