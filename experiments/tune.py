@@ -1,17 +1,60 @@
-"""Choose a fitter's default hyper-parameters by cross-validation on TRAINING data only.
+"""Choose a fitter's default hyper-parameters by cross-validation inside ONE training file.
 
-    python experiments/tune.py --model als --rank 10
-    python experiments/tune.py --model als --smoke     # tiny synthetic data (seconds; for tests)
+    python experiments/tune.py --model als --fold u1         # select on u1.base alone (the default fold)
+    python experiments/tune.py --nested --model als          # nested selection over u1..u5
+    python experiments/tune.py --nested --model gibbs --where implicit=true
+    python experiments/tune.py --model als --smoke           # tiny synthetic data (seconds; for tests)
 
-For each official ML-100K fold u1..u5, the training file uX.base is split 80/20 at random
-(seed X); every configuration of the grid is fitted on the 80% and scored (RMSE, clipped
-to the rating range) on the 20%. The test files uX.test are never read. The
-configuration with the lowest mean validation RMSE is printed last; all rows are appended
-as JSON lines to ``--out`` (default results/tune.jsonl). For posteriors a row also gives the
-worst R-hat and effective sample size of the validation predictions over the folds.
+``--fold uK`` (K in 1..5, default u1) selects on ``uK.base`` alone: the base file is cut into
+``--inner-folds`` N disjoint validation parts (k-fold, seed K; N = 1: one random 80/20 split),
+every configuration of the grid is fitted on the rest of the base and scored (RMSE, clipped to
+the rating range) on each part, and the one with the lowest mean validation RMSE is printed
+last ("best:"). ``uK.test`` plays no part. Each of u2..u5.base holds all of u1.test, so only
+u1.base may choose the defaults behind a u1 figure.
 
-``--smoke`` runs the same loop on the training parts of two folds of the tiny synthetic
-preset, with the first two configurations of the grid cut to a few sweeps or epochs and
+``--nested`` does that for every fold u1..u5, then fits the fold's choice on the whole
+``uK.base`` and scores it on ``uK.test`` (`probmf.evaluate.evaluate_fold`); it also scores the
+shipped defaults (the fitter's own, with ``--rank`` and the ``--where`` fields) on the same
+folds, reusing the nested fit where the choice is the default. The last line ("nested:")
+gives the mean test RMSE, MAE, coverage and NLL under nested selection, the per-fold RMSE and
+choices, the same for the shipped defaults, and shipped minus nested.
+
+Rows are appended as JSON lines to ``--out`` (default results/tune.jsonl): one per
+configuration and fold (``"kind": "inner"``, with ``fold`` and ``inner_folds``; for posteriors
+the worst R-hat and ESS of the validation predictions), and with ``--nested`` the test rows
+(``"kind": "nested"`` / ``"shipped"``) and the summary (``"kind": "summary"``).
+
+``--configs`` picks grid rows by index; ``--where key=value`` (repeatable, the value read as
+JSON) keeps the rows whose field has that value, a missing field counting as the fitter's
+default: ``gibbs`` and ``gibbs --implicit`` are tuned apart with ``--where implicit=false``
+and ``--where implicit=true``.
+
+The grids (configurations; fits of a nested run, 5 x (2 x configurations + 2) at 2 inner
+folds; wall time of ``--nested`` on 2 CPU cores: measured with the machine shared, load about
+6, or estimated from the README table's fit times for an idle machine):
+
+    baseline    8   90 fits   24 s (measured)
+    svd         3   40 fits    5 min (measured; ~12 s a fit under load, LAPACK's threads contending)
+    als        45  460 fits    3 min (measured)
+    optax      12  130 fits   ~3 min
+    autorec-i   4   50 fits  ~25 min
+    autorec-u   2   30 fits   ~6 min
+    residual    5   60 fits   ~8 min
+    gibbs       6   70 fits  ~13 min (3 rows each with --where implicit=true / false)
+    svi         4   50 fits   ~6 min
+    mlp         3   40 fits   ~3 min
+
+autorec-i keeps four of the eight rows it had: at about 30 s a fit, eight rows would take
+about 45 min alone and more on a busy machine, so lam 30 and dropout 0.7 (the ends of its
+ranges) and the two slow-learning rows, lr 5e-4 at lam 100 and lr 2.5e-4 with patience 60 at
+lam 150 (the shipped default, which its nested run still scores as "shipped"), were dropped.
+optax keeps its cosine rows at weight_exponent 0 with lam 8, 12, 16 and at 0.5 with lam 1.5
+(x lam_bias 1, 3, 10); lam 5 and 20, lam 1 and 2 at 0.5, and the early-stopping rows were
+dropped.
+
+``--smoke`` runs on the tiny synthetic preset (the train part of each fold as its base, the
+test part as its test file; ``--nested``: folds u1 and u2), with the first two of the
+selected grid rows cut to a few sweeps or epochs, the shipped defaults cut the same way, and
 rank 2, and writes to a new temporary folder unless ``--out`` is given.
 """
 
@@ -28,8 +71,8 @@ from pathlib import Path
 import numpy as np
 
 from probmf.data.movielens import load_split
-from probmf.data.splits import random_split
-from probmf.evaluate import FOLDS, evaluate_fold, fitter_options, folds
+from probmf.data.splits import kfold, random_split
+from probmf.evaluate import FOLDS, evaluate_fold, fitter_options, folds, resolve_options
 
 GRIDS = {
     "als": [
@@ -43,28 +86,33 @@ GRIDS = {
     ],
     "baseline": [{"lam_bias": lb} for lb in (0.5, 1, 2, 3, 5, 10, 15, 25)],
     "svd": [{"lam_bias": lb} for lb in (1, 3, 10)],
+    # Four of the eight rows searched before (dropped: lam 30, dropout 0.7, lr 5e-4 at lam 100 and
+    # the shipped default lr 2.5e-4 at lam 150; see the module docstring).
     "autorec-i": [
         {"lam": lam, "dropout": p, "learning_rate": lr, "patience": pat, "num_epochs": 400}
         for lam, p, lr, pat in (
-            (30, 0.0, 1e-3, 20),
+            (100, 0.5, 1e-3, 20),
+            (150, 0.5, 5e-4, 40),
             (100, 0.0, 1e-3, 20),
             (300, 0.0, 1e-3, 20),
-            (100, 0.5, 1e-3, 20),
-            (100, 0.7, 1e-3, 20),
-            (100, 0.5, 5e-4, 40),
-            (150, 0.5, 5e-4, 40),
-            (150, 0.5, 2.5e-4, 60),
         )
     ],
-    # Adam, batch 1024: train to the MAP point on all of the inner-train ratings (cosine decay,
-    # fixed epochs), or stop early on a tenth of them.
+    # The user-based autoencoder at its other defaults.
+    "autorec-u": [{"lam": lam} for lam in (30, 100)],
+    # Adam, batch 1024, trained to the MAP point on all of the inner-train ratings (cosine decay,
+    # 40 epochs).
     "optax": [
-        {"weight_exponent": a, "lam": lam, "lam_bias": lb, "validation_fraction": 0.0, "num_epochs": 40, "schedule": s}
-        for a, lams in ((0.0, (5, 8, 12, 16, 20)), (0.5, (1, 1.5, 2)))
-        for lam, lb, s in itertools.product(lams, (1.0, 3.0, 10.0), ("cosine",))
-    ]
-    + [{"lam": lam, "lam_bias": 3.0, "validation_fraction": 0.1} for lam in (8, 10, 12)]
-    + [{"weight_exponent": 0.5, "lam": 1.5, "lam_bias": 3.0, "validation_fraction": 0.1}],
+        {
+            "weight_exponent": a,
+            "lam": lam,
+            "lam_bias": lb,
+            "validation_fraction": 0.0,
+            "num_epochs": 40,
+            "schedule": "cosine",
+        }
+        for a, lams in ((0.0, (8, 12, 16)), (0.5, (1.5,)))
+        for lam, lb in itertools.product(lams, (1.0, 3.0, 10.0))
+    ],
     # The network on out-of-fold ALS residuals (its own early stopping on a tenth of the data).
     "residual": [
         {"embedding_dim": d, "hidden": h, "learning_rate": lr, "num_epochs": 80}
@@ -92,59 +140,53 @@ GRIDS = {
 
 # --smoke: options that bound a fit's work, where the fitter takes them
 SMOKE_OPTIONS = {"num_sweeps": 3, "num_epochs": 2, "patience": 1, "num_warmup": 5, "num_samples": 10}
+METRICS = ("rmse", "mae", "coverage_50", "coverage_90", "nll")
 
 
-def training_folds(smoke: bool):
-    """(name, training ratings) of the folds whose training parts are split for validation."""
+def fold_data(names, smoke: bool) -> dict:
+    """{fold: (base, test)}: ML-100K's uK.base / uK.test, or the tiny synthetic folds."""
     if smoke:
-        return [(split, train) for _, split, train, _ in folds("synthetic:tiny", "all")][:2]
-    return [(fold, load_split("ml-100k", fold)[0]) for fold in FOLDS]  # the test files are not used
+        return {split: (train, test) for _, split, train, test in folds("synthetic:tiny", "all") if split in names}
+    return {name: load_split("ml-100k", name) for name in names}
 
 
-def grid(model: str, smoke: bool) -> list[dict]:
-    if not smoke:
-        return GRIDS[model]
+def inner_splits(base, n: int, seed: int) -> list:
+    """(train, validation) pairs inside ``base``: n-fold (disjoint validation parts), or one
+    random 80/20 split for n = 1."""
+    return [random_split(base, 0.2, seed=seed)] if n == 1 else kfold(base, n, seed=seed)
+
+
+def grid(model: str, indices, where: dict, smoke: bool) -> list[dict]:
+    """The grid rows picked by ``indices`` (all when None) whose ``where`` fields match."""
     takes = fitter_options(model)
-    return [{**config, **{k: v for k, v in SMOKE_OPTIONS.items() if k in takes}} for config in GRIDS[model][:2]]
+    rows = GRIDS[model] if indices is None else [GRIDS[model][i] for i in indices]
+    rows = [r for r in rows if all(r.get(k, takes[k]) == v for k, v in where.items())]
+    return [smoke_cut(model, r) for r in rows[:2]] if smoke else rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="als", choices=sorted(GRIDS))
-    p.add_argument("--rank", type=int, help="rank where the model takes one (default 10; 2 with --smoke)")
-    p.add_argument("--smoke", action="store_true", help="tiny synthetic data and a cut grid, for tests")
-    p.add_argument(
-        "--out", help="JSON lines file to append to (default results/tune.jsonl; a temporary one with --smoke)"
-    )
-    p.add_argument("--configs", help="comma-separated indices of the grid rows to run (default: all)")
-    args = p.parse_args(argv)
-    rank = args.rank if args.rank is not None else (2 if args.smoke else 10)
-    if args.out is None:
-        tmp = Path(tempfile.mkdtemp(prefix="probmf-tune-")) if args.smoke else None
-        args.out = str(tmp / "tune.jsonl") if tmp else "results/tune.jsonl"
+def smoke_cut(model: str, config: dict) -> dict:
+    takes = fitter_options(model)
+    return {**config, **{k: v for k, v in SMOKE_OPTIONS.items() if k in takes}}
 
-    bases = training_folds(args.smoke)
-    data = "synthetic:tiny" if args.smoke else "ml-100k"
-    print(
-        f"data: {data}, training parts of folds {', '.join(name for name, _ in bases)}, 80/20 inner splits", flush=True
-    )
-    inner = [random_split(base, 0.2, seed=k) for k, (_, base) in enumerate(bases, start=1)]
+
+def with_rank(model: str, config: dict, rank: int) -> dict:
+    return {**config, "rank": rank} if "rank" in fitter_options(model) else dict(config)
+
+
+def select(model: str, fold: str, base, configs: list[dict], rank: int, inner_folds: int) -> list[dict]:
+    """One row per configuration: its mean validation RMSE over the inner splits of ``base``."""
+    splits = inner_splits(base, inner_folds, seed=int(fold[1:]))
     rows = []
-    configs = grid(args.model, args.smoke)
-    if args.configs:
-        chosen = [int(i) for i in args.configs.split(",")]
-        if not all(0 <= i < len(configs) for i in chosen):
-            p.error(f"--configs: the {args.model} grid has rows 0..{len(configs) - 1}")
-        configs = [configs[i] for i in chosen]
     for config in configs:
-        options = dict(config)
-        if "rank" in fitter_options(args.model):
-            options["rank"] = rank
+        options = with_rank(model, config, rank)
         t0 = time.perf_counter()
-        results = [evaluate_fold(args.model, tr, va, options=options) for tr, va in inner]
+        results = [evaluate_fold(model, tr, va, options=options) for tr, va in splits]
         scores = [r["rmse"] for r in results]
         row = {
-            "model": args.model,
+            "model": model,
+            "kind": "inner",
+            "fold": fold,
+            "inner_folds": inner_folds,
             "rank": options.get("rank", 0),
             **config,
             "val_rmse": float(np.mean(scores)),
@@ -160,15 +202,117 @@ def main(argv=None) -> int:
             row["ess_min"] = round(min(ess), 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    best = min(rows, key=lambda r: r["val_rmse"])
-    print("best:", json.dumps(best))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"appended {len(rows)} rows to {out}", flush=True)
+    return rows
+
+
+def summary(kind_rows: list[dict]) -> dict:
+    return {
+        **{m: round(float(np.mean([r[m] for r in kind_rows])), 5) for m in METRICS},
+        "rmse_folds": {r["fold"]: round(r["rmse"], 4) for r in kind_rows},
+    }
+
+
+def parse_where(items) -> dict:
+    where = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--where {item!r}: expected key=value")
+        try:
+            where[key] = json.loads(value)
+        except json.JSONDecodeError:
+            where[key] = value
+    return where
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="als", choices=sorted(GRIDS))
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--fold", default="u1", choices=FOLDS, help="select on this fold's base file alone (default u1)")
+    mode.add_argument("--nested", action="store_true", help="select on each uK.base, score on uK.test (u1..u5)")
+    p.add_argument("--inner-folds", type=int, default=2, help="inner CV folds inside the base (1: one 80/20 split)")
+    p.add_argument("--rank", type=int, help="rank where the model takes one (default 10; 2 with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="tiny synthetic data and a cut grid, for tests")
+    p.add_argument(
+        "--out", help="JSON lines file to append to (default results/tune.jsonl; a temporary one with --smoke)"
+    )
+    p.add_argument("--configs", help="comma-separated indices of the grid rows to run (default: all)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="keep grid rows with this field")
+    args = p.parse_args(argv)
+    rank = args.rank if args.rank is not None else (2 if args.smoke else 10)
+    if args.out is None:
+        tmp = Path(tempfile.mkdtemp(prefix="probmf-tune-")) if args.smoke else None
+        args.out = str(tmp / "tune.jsonl") if tmp else "results/tune.jsonl"
+    if args.inner_folds < 1:
+        p.error("--inner-folds must be at least 1")
+    takes = fitter_options(args.model)
+    try:
+        where = parse_where(args.where)
+    except ValueError as err:
+        p.error(str(err))
+    if unknown := sorted(set(where) - set(takes)):
+        p.error(f"--where: {args.model} takes no option {', '.join(unknown)}")
+    indices = None
+    if args.configs:
+        indices = [int(i) for i in args.configs.split(",")]
+        if not all(0 <= i < len(GRIDS[args.model]) for i in indices):
+            p.error(f"--configs: the {args.model} grid has rows 0..{len(GRIDS[args.model]) - 1}")
+    configs = grid(args.model, indices, where, args.smoke)
+    if not configs:
+        p.error("no grid row matches --configs and --where")
+
+    t_start = time.perf_counter()
+    names = (FOLDS[:2] if args.smoke else FOLDS) if args.nested else (args.fold,)
+    data = fold_data(names, args.smoke)
+    inner = "one 80/20 split" if args.inner_folds == 1 else f"{args.inner_folds}-fold CV"
+    print(
+        f"data: {'synthetic:tiny' if args.smoke else 'ml-100k'}, folds {', '.join(names)}: {len(configs)} "
+        f"configurations chosen by {inner} inside each base file{', scored on its test file' if args.nested else ''}",
+        flush=True,
+    )
+    shipped = smoke_cut(args.model, where) if args.smoke else dict(where)
+    rows, chosen, tested = [], {}, {"nested": [], "shipped": []}
+    for name in names:
+        base, test = data[name]
+        fold_rows = select(args.model, name, base, configs, rank, args.inner_folds)
+        rows += fold_rows
+        best = min(range(len(configs)), key=lambda i: fold_rows[i]["val_rmse"])
+        print("best:", json.dumps(fold_rows[best]), flush=True)
+        if not args.nested:
+            continue
+        chosen[name] = configs[best]
+        options = [with_rank(args.model, c, rank) for c in (chosen[name], shipped)]
+        nested = evaluate_fold(args.model, base, test, options=options[0])
+        same = resolve_options(args.model, options[0]) == resolve_options(args.model, options[1])
+        default = nested if same else evaluate_fold(args.model, base, test, options=options[1])
+        for kind, config, fit in (("nested", chosen[name], nested), ("shipped", shipped, default)):
+            result = {"model": args.model, "kind": kind, "fold": name, "config": config, **fit}
+            tested[kind].append(result)
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+    if args.nested:
+        nested, default = summary(tested["nested"]), summary(tested["shipped"])
+        line = {
+            "model": args.model,
+            "kind": "summary",
+            "rank": tested["nested"][0]["rank"],
+            "inner_folds": args.inner_folds,
+            **({"where": where} if where else {}),
+            "nested": nested,
+            "configs": chosen,
+            "shipped": {"config": shipped, **default},
+            "shipped_minus_nested": {m: round(default[m] - nested[m], 5) for m in METRICS},
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+        rows.append(line)
+        print("nested:", json.dumps(line), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"appended {len(rows)} rows to {out}", flush=True)
     return 0
 
 

@@ -46,18 +46,113 @@ def _load_experiment(name: str):
     return module
 
 
-def test_tune_smoke_scores_a_cut_grid_on_synthetic_folds(tmp_path):
+def _triples(ratings) -> list:
+    return sorted(zip(ratings.users.tolist(), ratings.items.tolist(), ratings.values.tolist(), strict=True))
+
+
+def _recording(monkeypatch, tune, name: str) -> list:
+    """Record the positional arguments (and result) of every call of tune.<name>."""
+    calls, real = [], getattr(tune, name)
+
+    def record(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, out))
+        return out
+
+    monkeypatch.setattr(tune, name, record)
+    return calls
+
+
+def test_tune_smoke_fold_u1_scores_a_cut_grid_by_inner_cv(tmp_path, capsys):
     out_file = tmp_path / "tune.jsonl"
-    lines = _run("tune.py", "--smoke", "--out", str(out_file)).stdout.splitlines()
-    assert lines[0].startswith("data: synthetic:tiny")
+    assert _load_experiment("tune").main(["--smoke", "--fold", "u1", "--out", str(out_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("data: synthetic:tiny, folds u1: 2 configurations chosen by 2-fold CV")
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert len(rows) == 2
     for r in rows:
-        assert r["model"] == "als" and r["rank"] == 2 and r["num_sweeps"] == 3
+        assert r["model"] == "als" and r["kind"] == "inner" and r["fold"] == "u1" and r["inner_folds"] == 2
+        assert r["rank"] == 2 and r["num_sweeps"] == 3
         assert len(r["val_rmse_folds"]) == 2 and 0 < r["val_rmse"] < 2
     best = json.loads(next(line for line in lines if line.startswith("best: ")).removeprefix("best: "))
     assert best == min(rows, key=lambda r: r["val_rmse"])
     assert lines[-1] == f"appended 2 rows to {out_file}"
+
+
+def test_tune_fold_selection_reads_only_that_folds_base(tmp_path, monkeypatch):
+    from probmf.evaluate import folds
+
+    tune = _load_experiment("tune")
+    splits = _recording(monkeypatch, tune, "inner_splits")
+    fits = _recording(monkeypatch, tune, "evaluate_fold")
+    tune.main(["--smoke", "--fold", "u3", "--inner-folds", "3", "--out", str(tmp_path / "t.jsonl")])
+    _, _, base, test = next(f for f in folds("synthetic:tiny", "all") if f[1] == "u3")
+    [((given, n), parts)] = splits
+    assert _triples(given) == _triples(base) and n == 3
+    validation = [v for _, v in parts]  # disjoint parts that together are the base file
+    assert sorted(t for v in validation for t in _triples(v)) == _triples(base)
+    for train, v in parts:
+        assert sorted(_triples(train) + _triples(v)) == _triples(base)
+    held_out = set(_triples(test))
+    assert len(fits) == 2 * 3
+    for (_, train, scored), _ in fits:
+        assert not held_out & set(_triples(train) + _triples(scored))
+    ((train, v),) = tune.inner_splits(base, 1, seed=3)  # --inner-folds 1: one 80/20 split
+    assert len(v) == round(0.2 * len(base)) and sorted(_triples(train) + _triples(v)) == _triples(base)
+
+
+def test_tune_smoke_nested_selects_on_each_base_and_scores_on_its_test(tmp_path, capsys, monkeypatch):
+    from probmf.evaluate import folds
+
+    tune = _load_experiment("tune")
+    fits = _recording(monkeypatch, tune, "evaluate_fold")
+    out_file = tmp_path / "tune.jsonl"
+    assert tune.main(["--smoke", "--nested", "--out", str(out_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("data: synthetic:tiny, folds u1, u2: ")
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(r["kind"], r.get("fold")) for r in rows] == [
+        (k, f) for f in ("u1", "u2") for k in ("inner", "inner", "nested", "shipped")
+    ] + [("summary", None)]
+    summary = rows[-1]
+    assert lines[-2] == "nested: " + json.dumps(summary)
+    for fold in ("u1", "u2"):
+        inner = [r for r in rows if r.get("fold") == fold and r["kind"] == "inner"]
+        nested = next(r for r in rows if r.get("fold") == fold and r["kind"] == "nested")
+        best = min(inner, key=lambda r: r["val_rmse"])
+        assert summary["configs"][fold] == nested["config"] and all(best[k] == v for k, v in nested["config"].items())
+        assert summary["nested"]["rmse_folds"][fold] == round(nested["rmse"], 4)
+    for kind in ("nested", "shipped"):
+        test_rows = [r for r in rows if r["kind"] == kind]
+        for m in ("rmse", "mae", "coverage_50", "coverage_90", "nll"):
+            assert summary[kind][m] == pytest.approx(np.mean([r[m] for r in test_rows]), abs=1e-5)
+    assert summary["shipped"]["config"] == {"num_sweeps": 3}
+    diff = summary["shipped_minus_nested"]
+    assert diff["rmse"] == pytest.approx(summary["shipped"]["rmse"] - summary["nested"]["rmse"], abs=1e-5)
+    # Only the last fits of each fold (chosen, shipped) see its test file, and they are fitted on all of its base.
+    data = {split: (train, test) for _, split, train, test in folds("synthetic:tiny", "all")}
+    assert len(fits) == 2 * (2 * 2 + 2)
+    for k, fold in enumerate(("u1", "u2")):
+        base, test = (set(_triples(r)) for r in data[fold])
+        for j, ((_, train, scored), _) in enumerate(fits[6 * k : 6 * k + 6]):
+            seen = set(_triples(train)) | set(_triples(scored))
+            if j < 4:
+                assert seen <= base
+            else:
+                assert set(_triples(train)) == base and set(_triples(scored)) == test
+
+
+def test_tune_grid_rows_by_index_and_where():
+    tune = _load_experiment("tune")
+    implicit = tune.grid("gibbs", None, {"implicit": True}, smoke=False)
+    plain = tune.grid("gibbs", None, {"implicit": False}, smoke=False)  # a missing field is the default
+    assert len(implicit) == len(plain) == 3 and all(r["implicit"] for r in implicit)
+    assert all("implicit" not in r for r in plain)
+    assert tune.grid("gibbs", [3, 0], {"implicit": True}, smoke=False) == [tune.GRIDS["gibbs"][3]]
+    assert tune.parse_where(["implicit=true", "likelihood=rounded", "lam=1.5"]) == {
+        "implicit": True, "likelihood": "rounded", "lam": 1.5
+    }  # fmt: skip
+    assert len(tune.GRIDS["autorec-i"]) <= 4 and len(tune.GRIDS["optax"]) <= 12
 
 
 def test_ml100k_table_smoke_writes_fold_and_mean_rows(tmp_path):
