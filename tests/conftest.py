@@ -9,6 +9,51 @@ import pytest
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
+# Read once at start-up, before any test's monkeypatch moves it (xdist workers inherit it).
+DATA_DIR = os.environ.get("PROBMF_DATA_DIR")
+_MOVIELENS_SKIPS = []
+
+
+def _skipped_for_movielens(item, report) -> bool:
+    """A skip for missing MovieLens data: its reason names MovieLens or PROBMF_DATA_DIR (as
+    every skip of ``ml100k_dir`` does); xfails are not skips. The one exception is the
+    optional ua/ub split files, which not every copy of ML-100K ships (`_use_real`)."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return False
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return "movielens" in reason.lower() or "probmf_data_dir" in reason.lower()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With $PROBMF_DATA_DIR set, a MovieLens test that skips for missing data FAILS: the data
+    was promised, so its absence is an error, not a silent skip under -q. Runs where the test
+    runs (an xdist worker too); the report it sends is already a failure."""
+    report = (yield).get_result()
+    if not _skipped_for_movielens(item, report):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if DATA_DIR:
+        report.outcome = "failed"
+        report.longrepr = f"PROBMF_DATA_DIR={DATA_DIR} is set, but this MovieLens test skipped: {reason}"
+    else:
+        report.user_properties.append(("movielens_skip", reason))
+
+
+def pytest_runtest_logreport(report):
+    if any(name == "movielens_skip" for name, _ in report.user_properties):
+        _MOVIELENS_SKIPS.append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MOVIELENS_SKIPS:
+        terminalreporter.write_line(
+            f"NOTE: {len(_MOVIELENS_SKIPS)} MovieLens tests skipped: set PROBMF_DATA_DIR to a folder holding ml-100k "
+            "(with it set, a missing data set fails these tests)",
+            yellow=True,
+        )
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir():
     """$PROBMF_DATA_DIR/ml-100k, or skip with the reason."""

@@ -1,36 +1,65 @@
 """The command line round trip: fit -> save -> info -> predict -> recommend, on tiny data."""
 
+import dataclasses
 import json
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from probmf.cli import main
+from probmf.data.io import write_ratings
+from probmf.data.synthetic import synthetic_preset
+from probmf.model import predict_with_fallback as predict
+from probmf.persistence import load_model
 
 
 def _rows(capsys):
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
 
 
+def _means(fitted, users, items) -> np.ndarray:
+    """A fitted model's predicted means at dense (users, items), unclipped."""
+    users, items = jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)
+    if hasattr(fitted, "predictive"):
+        return np.asarray(fitted.predictive(users, items)[0])
+    return np.asarray(fitted.predict(users, items) if hasattr(fitted, "predict") else predict(fitted, users, items))
+
+
 @pytest.mark.parametrize(
     "model, extra",
-    [("als", ["--rank", "2"]), ("gibbs", ["--rank", "2", "--samples", "10"]),
+    [("als", ["--rank", "2", "--lambda", "0.05"]), ("gibbs", ["--rank", "2", "--samples", "10"]),
      ("gibbs", ["--rank", "2", "--warmup", "5", "--samples", "10", "--implicit"])],
 )  # fmt: skip
 def test_fit_predict_recommend_round_trip(tmp_path, capsys, model, extra):
     out = tmp_path / "model"
-    assert main(["fit", "--data", "synthetic:tiny", "--model", model, *extra, "--out", str(out), "--json"]) == 0
+    # tiny's ratings rounded to 1..5 stars, so that some predicted means leave the rating range
+    ratings = synthetic_preset("tiny")[0]
+    write_ratings(dataclasses.replace(ratings, values=np.clip(np.round(ratings.values), 1, 5)), tmp_path / "r.csv")
+    assert main(["fit", "--train", str(tmp_path / "r.csv"), "--model", model, *extra, "--out", str(out), "--json"]) == 0
     assert _rows(capsys)[0]["saved"] == str(out)
 
     assert main(["info", "--model", str(out), "--json"]) == 0
     info = _rows(capsys)[0]
     assert info["model"] == model and info["rank"] == 2 and info["num_users"] == 60
 
+    # The saved model's own means over every known pair: predictions are these, clipped to the
+    # training range; the pairs where they are highest and lowest test the clipping.
+    saved = load_model(out)
+    lo, hi = saved.rating_range
+    grid = _means(saved.fitted, *np.indices((len(saved.user_ids), len(saved.item_ids))).reshape(2, -1))
+    extreme = [np.unravel_index(f(grid), (len(saved.user_ids), len(saved.item_ids))) for f in (np.argmax, np.argmin)]
+    raw = [(0, 1), (5, 2), (999, 1)] + [(saved.user_ids.raw[u], saved.item_ids.raw[i]) for u, i in extreme]
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("userId,movieId\n0,1\n5,2\n999,1\n")
+    pairs.write_text("userId,movieId\n" + "".join(f"{u},{i}\n" for u, i in raw))
     assert main(["predict", "--model", str(out), "--pairs", str(pairs), "--json"]) == 0
     rows = _rows(capsys)
-    assert [r["known"] for r in rows] == [True, True, False]
-    assert all(1 <= r["prediction"] <= 5 for r in rows) or model == "als"
+    assert [r["known"] for r in rows] == [True, True, False, True, True]
+    users, items = (saved.user_ids.index([p[0] for p in raw]), saved.item_ids.index([p[1] for p in raw]))
+    want = np.clip(_means(saved.fitted, users, items), lo, hi)
+    assert (lo, hi) == (1, 5) and (grid.max() > hi or grid.min() < lo or model != "als")  # ALS's means leave 1..5
+    np.testing.assert_allclose([r["prediction"] for r in rows], want, rtol=0, atol=1e-4)
+    assert all(lo <= r["prediction"] <= hi for r in rows)
     assert ("sd" in rows[0]) == (model == "gibbs")
 
     assert main(["recommend", "--model", str(out), "--user", "3", "-n", "4", "--json"]) == 0

@@ -186,7 +186,9 @@ def test_four_devices_equal_one_up_to_rounding():
     assert out["device_count"] == 4
     for name in ("optax", "autorec-i"):
         assert out[name]["devices"] == 4, out  # parameters replicated on the 4 devices
-        assert out[name]["params"] < 1e-4 and out[name]["predictions"] < 1e-4, out
+        # measured relative differences up to ~7e-7 (float32 rounding of the all-reduced
+        # gradients); the bound is ~10x that
+        assert out[name]["params"] < 5e-6 and out[name]["predictions"] < 5e-6, out
 
 
 def _never(*args, **kwargs):

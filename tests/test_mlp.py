@@ -126,11 +126,33 @@ def test_residual_falls_back_when_the_network_cannot_help(data):
 
 
 def test_residual_never_worse_than_its_base_on_validation(data):
+    """Without the refit the result is the fit on the non-validation ratings: its clipped RMSE
+    on the validation split, recomputed here from its predictions, is never above that of its
+    base (ALS fitted with the same key on the same ratings), and the network is dropped (the
+    predictions are the base's) exactly when it did not do better."""
     train, _ = data
+    lo, hi = float(train.values.min()), float(train.values.max())
+    # the hold-out fit_residual makes: its key is the second of four split from fold_in(key, 1)
+    fit, val = mlp_mod._split(jax.random.split(jax.random.fold_in(KEY, 1), 4)[1], train, 0.1)
+    vu, vi = jnp.asarray(val.users), jnp.asarray(val.items)
+
+    def clipped_rmse(pred):
+        return float(np.sqrt(np.mean((np.clip(np.asarray(pred, np.float64), lo, hi) - val.values) ** 2)))
+
+    base = predict(fit_als(KEY, fit).params, vu, vi)
+    base_rmse = clipped_rmse(base)
     for joint in (False, True):
-        res = fit_residual(KEY, train, hidden=(8,), joint=joint, **RFAST)
-        assert res.use_network == (res.val_rmse_hybrid < res.val_rmse_mf)
+        res = fit_residual(KEY, train, hidden=(8,), joint=joint, refit=False, **RFAST)
         assert res.joint == joint
+        np.testing.assert_allclose(res.val_rmse_mf, base_rmse, rtol=1e-5)
+        got = clipped_rmse(res.predict(vu, vi))
+        assert got <= base_rmse + 1e-6, (joint, got, base_rmse)
+        if res.use_network:
+            np.testing.assert_allclose(got, res.val_rmse_hybrid, rtol=1e-5)
+            assert got < base_rmse
+        else:
+            np.testing.assert_allclose(res.predict(vu, vi), base, rtol=1e-6)
+            assert res.val_rmse_hybrid >= base_rmse - 1e-6
 
 
 def test_unknown_ids_fall_back_without_error(data):

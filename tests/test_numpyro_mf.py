@@ -1,7 +1,6 @@
 """The NumPyro model against the MAP objective, and its NUTS and SVI fitters on synthetic data."""
 
 import functools
-import importlib.util
 import json
 import os
 import signal
@@ -247,14 +246,15 @@ def test_svi_posterior_exports_to_arviz(tiny):
     assert idata.posterior["r_hat"].shape == (2, 3, 3) and np.all(np.isfinite(idata.posterior["r_hat"].values))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("arviz") is not None, reason="arviz is installed")
-def test_to_inference_data_without_arviz_says_so():
+def test_to_inference_data_without_arviz_says_so(monkeypatch):
+    """Run whether or not arviz is installed: a None entry in sys.modules makes its import fail."""
     train, _ = synthetic_preset("tiny")
     p = init_params(jax.random.PRNGKey(0), train.num_users, train.num_items, 2)
     from probmf.posterior import Posterior
 
     post = Posterior(jax.tree.map(lambda x: x[None], p), jnp.ones(1))
-    with pytest.raises(ImportError, match="arviz"):
+    monkeypatch.setitem(sys.modules, "arviz", None)
+    with pytest.raises(ImportError, match=r"to_inference_data needs arviz: pip install arviz"):
         to_inference_data(post)
 
 
@@ -405,5 +405,6 @@ def test_svi_on_four_devices_matches_one():
     assert out.returncode == 0, out.stderr[-3000:]
     row = json.loads(out.stdout.splitlines()[-1])
     one, four = row["elbo"]
-    np.testing.assert_allclose(four, one, rtol=1e-5)
-    assert row["max_param_diff"] < 1e-4 and row["on_devices"] == 4, row
+    # measured: ELBO relative difference ~1.2e-7 (up to ~7e-7), parameters ~6e-8 absolute; ~10x those
+    np.testing.assert_allclose(four, one, rtol=5e-6)
+    assert row["max_param_diff"] < 1e-6 and row["on_devices"] == 4, row

@@ -3,6 +3,7 @@
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -73,6 +74,47 @@ def test_fold_in_for_a_posterior_carries_uncertainty(data):
     assert np.all(sd > 0) and np.all(np.isfinite(mean))
     with pytest.raises(ValueError, match="not known"):
         fold_in(m, [123_456], [4.0])
+
+
+def test_fold_in_under_a_posterior_draws_the_gaussian_conditional_row():
+    """One posterior draw (repeated R times) with known U, c, mu, tau: the new user's row
+    [w; b] ~ N(A^-1 h, A^-1) with A = tau a^T a + P, h = tau a^T (r - mu - c) + P m, a_j = [u_j; 1]
+    and the prior (m, P) the draw's empirical one of its user rows (mean and covariance of W;
+    bias mean 0, precision 1 / var b). So the folded-in means over items are B E[x] + c + mu
+    and their variance over draws diag(B A^-1 B^T), B = [U, 1]; sd^2 adds 1/tau."""
+    from types import SimpleNamespace
+
+    from probmf.data.ratings import IdMap
+    from probmf.model import MFParams
+    from probmf.posterior import Posterior
+
+    rng = np.random.default_rng(3)
+    n, m, k, tau, R = 9, 6, 2, 2.0, 20_000
+    W = rng.standard_normal((n, k)) @ np.array([[1.0, 0.4], [0.0, 0.6]]) + np.array([0.5, -0.3])
+    U = rng.standard_normal((m, k))
+    b = rng.standard_normal(n) * 0.5
+    b -= b.mean()
+    c, mu = rng.standard_normal(m) * 0.3, 3.4
+    items, r = np.array([0, 2, 5]), np.array([4.0, 2.0, 5.0])
+
+    P = np.zeros((k + 1, k + 1))
+    P[:k, :k] = np.linalg.inv(np.cov(W.T))
+    P[k, k] = 1.0 / b.var()
+    prior_mean = np.concatenate([W.mean(0), [0.0]])
+    a = np.hstack([U[items], np.ones((len(items), 1))])
+    A = tau * a.T @ a + P
+    x_mean = np.linalg.solve(A, tau * a.T @ (r - mu - c[items]) + P @ prior_mean)
+    B = np.hstack([U, np.ones((m, 1))])
+    want_mean, want_var = B @ x_mean + c + mu, np.einsum("ij,jk,ik->i", B, np.linalg.inv(A), B)
+
+    repeat = lambda x: jnp.asarray(np.broadcast_to(x, (R, *np.shape(x))), jnp.float32)  # noqa: E731
+    post = Posterior(MFParams(repeat(W), repeat(U), repeat(b), repeat(c), repeat(mu)), repeat(tau))
+    model = FittedModel("gibbs", {}, SimpleNamespace(posterior=post), IdMap.identity(n), IdMap.identity(m), (1.0, 5.0))
+    (mean, sd, draw), got_items = fold_in(model, items, r, rng_key=jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(got_items, items)
+    np.testing.assert_array_less(np.abs(mean - want_mean), 4.5 * np.sqrt(want_var / R))
+    np.testing.assert_allclose(sd**2 - 1 / tau, want_var, rtol=4.5 * np.sqrt(2 / R))
+    assert np.all(np.abs(draw - want_mean) < 6 * np.sqrt(want_var))  # one draw's means: from the same Gaussian
 
 
 @pytest.mark.parametrize(

@@ -422,6 +422,28 @@ def _fit(model: str, case: str):
     return fitted, train, test
 
 
+def _check_unpenalised_fit(model, fitted, train):
+    """lam = lam_bias = 0 at rank 12, more than several users' ratings: the fit is the
+    unpenalised one. It fits its training ratings better than the default ridge at the same
+    rank; for ALS the last half-sweep (items) solves the least-squares normal equations
+    sum_i (r_ij - r_hat_ij) [w_i; 1] = 0 (up to the solve's jitter), and the user with no
+    training rating keeps w_i = 0, b_i = 0 (its prediction falls back to c_j + mu)."""
+    counts = np.bincount(train.users, minlength=train.num_users)
+    assert counts.min() == 0 and np.sum(counts < MLE_RANK) > 5  # the case is what it claims to be
+    ridge, _, _ = fit_model(model, train, options={**QUICK[model], "rank": MLE_RANK}, seed=3)
+    fit_rmse, ridge_rmse = (rmse(predict_ratings(f, train), train.values) for f in (fitted, ridge))
+    assert fit_rmse < ridge_rmse - 0.03, (fit_rmse, ridge_rmse)
+    if model == "als":
+        W, U, b, c, mu = (np.asarray(a, np.float64) for a in fitted)
+        resid = train.values - (np.sum(W[train.users] * U[train.items], 1) + b[train.users] + c[train.items] + mu)
+        grad = np.zeros((train.num_items, MLE_RANK + 1))
+        np.add.at(grad, train.items, resid[:, None] * np.hstack([W[train.users], np.ones((len(train), 1))]))
+        assert np.abs(grad).max() < 0.02, np.abs(grad).max()
+        assert fit_rmse < 0.2  # 12 factors and no ridge: close to interpolating
+        np.testing.assert_array_equal(W[counts == 0], 0.0)
+        np.testing.assert_array_equal(b[counts == 0], 0.0)
+
+
 @pytest.mark.parametrize(("model", "case"), NUMERIC)
 def test_numerical_faults(model, case):
     fitted, train, test = _fit(model, case)
@@ -432,7 +454,7 @@ def test_numerical_faults(model, case):
         # Every rating is 3: the global mean is exact, and no fitter strays far from it.
         assert rmse(pred, test.values) < 0.5
     elif case == "lambda 0":
-        assert np.bincount(train.users, minlength=train.num_users).min() < MLE_RANK
+        _check_unpenalised_fit(model, fitted, train)
     else:
         # Not worse than predicting the training mean, by more than 5%.
         mean_rmse = rmse(np.full(len(test), train.values.mean()), test.values)

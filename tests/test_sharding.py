@@ -35,7 +35,7 @@ for name, fit in {
                                           linalg="jax", implicit=True, devices=d).posterior,
 }.items():
     one, four = fit(1), fit(4)
-    out[name] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    out[name] = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
                     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)))
     out[name + "_sharded"] = str(jax.tree.leaves(four)[0].sharding)
 print(json.dumps(out))
@@ -49,10 +49,12 @@ def test_row_sharded_fits_equal_single_device_fits():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
-    assert out["als"] < 1e-4, out
-    # A chain amplifies rounding differences sweep by sweep; 13 sweeps stay close.
-    assert out["gibbs"] < 1e-3, out
-    assert out["gibbs_implicit"] < 1e-3, out
+    # Measured (4 forced host devices vs 1): ALS 0.0 exactly (CG solves of the same rows);
+    # Gibbs up to ~1.2e-6 and ~6e-7 with implicit feedback after 13 sweeps (float32 rounding of
+    # the all-reduced sums). The bounds are ~10x those.
+    assert out["als"] == 0.0, out
+    assert out["gibbs"] < 1e-5, out
+    assert out["gibbs_implicit"] < 1e-5, out
 
 
 def test_more_devices_than_jax_sees_is_a_clear_error():
