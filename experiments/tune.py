@@ -30,19 +30,19 @@ default: ``gibbs`` and ``gibbs --implicit`` are tuned apart with ``--where impli
 and ``--where implicit=true``.
 
 The grids (configurations; fits of a nested run, 5 x (2 x configurations + 2) at 2 inner
-folds; wall time of ``--nested`` on 2 CPU cores: measured with the machine shared, load about
-6, or estimated from the README table's fit times for an idle machine):
+folds; wall time of ``--nested`` on 2 CPU cores, measured on 1 December 2026 with the machine
+shared with other jobs, so an idle machine is faster):
 
-    baseline    8   90 fits   24 s (measured)
-    svd         3   40 fits    5 min (measured; ~12 s a fit under load, LAPACK's threads contending)
-    als        45  460 fits    3 min (measured)
-    optax      12  130 fits   ~3 min
-    autorec-i   4   50 fits  ~25 min
-    autorec-u   2   30 fits   ~6 min
-    residual    5   60 fits   ~8 min
-    gibbs       6   70 fits  ~13 min (3 rows each with --where implicit=true / false)
-    svi         4   50 fits   ~6 min
-    mlp         3   40 fits   ~3 min
+    baseline    8   90 fits   24 s
+    svd         3   40 fits    5 min (~12 s a fit under load, LAPACK's threads contending)
+    als        45  460 fits    3 min
+    optax      12  130 fits    6.6 min
+    autorec-i   4   50 fits   31.5 min
+    autorec-u   2   30 fits    8.9 min
+    residual    5   60 fits    6.1 min
+    gibbs       6   70 fits   23.8 min (11.6 with --where implicit=false, 12.2 with implicit=true)
+    svi         4   50 fits    4.4 min
+    mlp         3   40 fits    6.3 min
 
 autorec-i keeps four of the eight rows it had: at about 30 s a fit, eight rows would take
 about 45 min alone and more on a busy machine, so lam 30 and dropout 0.7 (the ends of its

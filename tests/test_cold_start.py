@@ -84,6 +84,7 @@ FITS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FITS))
 def test_unknown_id_and_zero_count_index_give_the_same_predictive(holes, name):
     train, by_index, by_unknown = holes
@@ -96,6 +97,7 @@ def test_unknown_id_and_zero_count_index_give_the_same_predictive(holes, name):
     assert sd[3] > sd[0] and sd[3] > sd[2]
 
 
+@pytest.mark.slow
 def test_summary_and_rounded_likelihood_treat_cold_rows_alike(holes):
     train, by_index, by_unknown = holes
     train = Ratings(train.users, train.items, np.round(train.values).clip(1, 5), train.user_ids, train.item_ids)
@@ -122,6 +124,7 @@ def test_saved_posterior_keeps_its_cold_priors(holes, tmp_path):
     np.testing.assert_allclose(pred.sd[1], fitted.predictive(jnp.array([-1]), jnp.array([2]))[1][0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cold_items_are_calibrated_on_data_from_the_model():
     """Every rating of 25 of 150 items held out: the posterior's 90% intervals for those cold
     pairs cover about 90% of them (the prior's uncertainty left out covers far fewer)."""

@@ -362,6 +362,7 @@ def _stats(W, b, U, c, tau, hw, hu, implicit=True):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implicit", [False, True])
 def test_sampler_passes_geweke_successive_conditional_test(implicit):
     """Geweke (2004): alternately drawing ratings | parameters and one sweep of parameters |

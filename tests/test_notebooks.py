@@ -28,6 +28,7 @@ def _stdout(nb) -> str:
     return "".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, monkeypatch):
     nb = jupytext.read(ROOT / "notebooks" / name)
