@@ -98,6 +98,13 @@ def _predictive(posterior: Posterior, users, items):
     return summarize(*moments)
 
 
+def seen_rows(users, items, num_users: int, num_items: int) -> tuple[jax.Array, jax.Array]:
+    """`Posterior.seen` of training ratings with dense ``users``/``items``: (users (N,), items
+    (M,)) bool, the rows with at least one rating."""
+    return tuple(jnp.asarray(np.bincount(np.asarray(ids), minlength=size) > 0)
+                 for ids, size in ((users, num_users), (items, num_items)))  # fmt: skip
+
+
 def known_rows(index: jax.Array, size: int, seen: jax.Array | None = None) -> jax.Array:
     """bool (P,): ``index`` is in [0, size) and, given ``seen`` (size,), a seen row."""
     known = (index >= 0) & (index < size)

@@ -63,7 +63,15 @@ from probmf.fitters.als import fit_als
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.linalg import IMPLS, cholesky, solve_lower
 from probmf.model import MFParams, predict_with_fallback
-from probmf.posterior import Posterior, PredictiveSummary, RowPrior, draw_predictive, moments_init, moments_update
+from probmf.posterior import (
+    Posterior,
+    PredictiveSummary,
+    RowPrior,
+    draw_predictive,
+    moments_init,
+    moments_update,
+    seen_rows,
+)
 from probmf.sharding import check_devices, device_mesh
 
 LIKELIHOODS = ("gaussian", "rounded")
@@ -560,8 +568,7 @@ def fit_gibbs(
                "linalg": linalg, "devices": devices}  # fmt: skip
     ckpt = fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *(pairs or ()))
 
-    seen = tuple(jnp.asarray(np.bincount(ids, minlength=size) > 0) for ids, size in
-                 ((train.users, train.num_users), (train.items, train.num_items)))  # fmt: skip
+    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
 
     def run_chunk(chain, first, num):
         return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,

@@ -44,7 +44,7 @@ from probmf.checkpoint import check_every, fit_checkpoint, run_steps
 from probmf.data.ratings import Ratings
 from probmf.diagnostics import prediction_diagnostics
 from probmf.model import MFParams
-from probmf.posterior import Posterior, RowPrior
+from probmf.posterior import Posterior, RowPrior, seen_rows
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 HYPERS = ("fixed", "gamma", "wishart")
@@ -170,14 +170,7 @@ def _posterior_from_samples(samples: dict, mu: float, hyper: str, seen: tuple, p
         return RowPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), 1.0 / lam_bias)
 
     draws = MFParams(samples["W"], samples["U"], samples["b"], samples["c"], mus)
-    seen = tuple(jnp.asarray(a) for a in seen)
     return Posterior(draws, tau, priors=(row_prior("w", "lam_b"), row_prior("u", "lam_c")), seen=seen)
-
-
-def _seen(users, items, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """(users (N,), items (M,)) bool: the rows with at least one of the given ratings."""
-    return (np.bincount(np.asarray(users), minlength=num_users) > 0,
-            np.bincount(np.asarray(items), minlength=num_items) > 0)  # fmt: skip
 
 
 def _check_common(rank, hyper, **positive):
@@ -346,7 +339,7 @@ def fit_nuts(
     seconds = time.perf_counter() - t0
     # Rows with no fitted rating (all of them outside max_users / max_items) were never
     # constrained by data: they are predicted as cold, under each draw's prior.
-    posterior = _posterior_from_samples(samples, mu, hyper, _seen(users, items, train.num_users, train.num_items))
+    posterior = _posterior_from_samples(samples, mu, hyper, seen_rows(users, items, train.num_users, train.num_items))
     extra = mcmc.get_extra_fields(group_by_chain=True)
     check_u, check_i = np.asarray(users)[check], np.asarray(items)[check]
     r_hat, ess = prediction_diagnostics(posterior, check_u, check_i, num_chains=int(num_chains))
@@ -525,7 +518,7 @@ def svi_trainer(
     devices = _check_svi_options(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank,
                                  init_scale, devices)  # fmt: skip
     users, items, values = _device_data(train)
-    seen = _seen(train.users, train.items, train.num_users, train.num_items)
+    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
     n = users.shape[0]
     batch = min(default_batch_size(n) if batch_size is None else int(batch_size), n)
     mesh = device_mesh(devices)  # enough devices?
