@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="als", choices=sorted(SETUPS))
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
-    p.add_argument("--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")
+    p.add_argument("--lam", "--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")
     p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"], help="als")
     p.add_argument("--linalg", default="lapack", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or not")
     p.add_argument(

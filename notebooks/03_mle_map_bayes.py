@@ -62,8 +62,10 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from scipy.stats import norm
 
+import probmf
 from probmf.data import load_split_or_synthetic
 from probmf.fitters import fit_als, fit_gibbs, fit_optax, fit_svi
 from probmf.metrics import interval_scores, predict_ratings, rmse
@@ -245,3 +247,25 @@ print(
     f"best test RMSE: {best['method']} at rank {best['rank']}: {best['test']:.4f} "
     f"(90% coverage {best['coverage_90']:.3f})"
 )
+
+# %% [markdown]
+# ## The same posterior from pandas, on raw ids
+#
+# `probmf.Recommender` wraps any fitter behind one interface on raw ids: `fit` takes a
+# DataFrame (columns `userId, movieId, rating` here; `user, item, rating` and other usual
+# names are found too) and checks it as a ratings file is checked; `predict` answers with the
+# predictive mean and sd per pair, flagging pairs with an unknown user or item
+# (`known=False`); `recommend` ranks the items a user has not rated.
+
+# %%
+train_df = train.to_dataframe()
+known = np.flatnonzero(test.known)  # test pairs whose ids the training file has
+test_df = pd.DataFrame(
+    {"userId": train.user_ids.raw[test.users[known]], "movieId": train.item_ids.raw[test.items[known]]}
+)
+estimator = probmf.Recommender("gibbs", rank=RANKS[-1], seed=SEED, **GIBBS).fit(train_df)
+pred = estimator.predict(test_df)
+print(pred.head())
+print(f"test RMSE through the estimator: {np.sqrt(np.mean((pred['mean'] - test.values[known]) ** 2)):.4f}")
+user = train.user_ids.raw[0]
+print(estimator.recommend([user], n=5))

@@ -23,7 +23,8 @@ from probmf.fitters import FITTERS
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
-# CLI flag -> fitter keyword
+# CLI dest -> fitter keyword: one name for both (flags spell it with dashes; the older
+# spellings --lambda, --sweeps, --epochs, --samples, --warmup stay as aliases)
 _OPTION_FLAGS = {
     "rank": "rank",
     "lam": "lam",
@@ -32,7 +33,7 @@ _OPTION_FLAGS = {
     "weight_exponent": "weight_exponent",
     "solver": "solver",
     "hidden": "hidden",
-    "epochs": "num_epochs",
+    "num_epochs": "num_epochs",
     "learning_rate": "learning_rate",
     "dropout": "dropout",
     "objective": "objective",
@@ -59,19 +60,21 @@ def _add_model_options(p) -> None:
     """--model and every fitter option (each applies to the fitters that take it)."""
     p.add_argument("--model", default="als", choices=sorted(FITTERS))
     p.add_argument("--rank", type=int, help="number of latent factors k")
-    p.add_argument("--lambda", dest="lam", type=float, help="factor ridge strength (prior precision)")
-    p.add_argument("--lambda-bias", dest="lam_bias", type=float, help="bias ridge strength")
-    p.add_argument("--sweeps", dest="num_sweeps", type=int, help="ALS sweeps")
+    p.add_argument("--lam", "--lambda", dest="lam", type=float, help="factor ridge strength (prior precision)")
+    p.add_argument("--lam-bias", "--lambda-bias", dest="lam_bias", type=float, help="bias ridge strength")
+    p.add_argument("--num-sweeps", "--sweeps", dest="num_sweeps", type=int, help="ALS sweeps")
     p.add_argument("--weight-exponent", dest="weight_exponent", type=float, help="ALS ridge lam * n_i^alpha")
     p.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="ALS row solver")
     p.add_argument("--hidden", type=_hidden, help="AutoRec hidden units; mlp, residual: layer widths, e.g. 64,32")
-    p.add_argument("--epochs", type=int, help="optax, AutoRec: (most) training epochs")
+    p.add_argument(
+        "--num-epochs", "--epochs", dest="num_epochs", type=int, help="optax, AutoRec: (most) training epochs"
+    )
     p.add_argument("--learning-rate", dest="learning_rate", type=float, help="Adam step size")
     p.add_argument("--dropout", type=float, help="AutoRec input-dropout rate in [0, 1)")
     p.add_argument("--objective", choices=["map", "mle"], help="optax: MAP (with priors) or MLE")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step")
-    p.add_argument("--samples", dest="num_samples", type=int, help="gibbs: posterior draws kept")
-    p.add_argument("--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
+    p.add_argument("--num-samples", "--samples", dest="num_samples", type=int, help="gibbs: posterior draws kept")
+    p.add_argument("--num-warmup", "--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
     p.add_argument("--likelihood", choices=["gaussian", "rounded"], help="gibbs: ratings as rounded latent Gaussians")
     p.add_argument("--linalg", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or without it")
     p.add_argument(

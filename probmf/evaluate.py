@@ -27,6 +27,7 @@ from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
 from probmf.fitters import FITTERS
 from probmf.metrics import accuracy, cold_mask, interval_scores, predict_ratings, ranking, rmse
+from probmf.persistence import plugin_sd
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
@@ -50,15 +51,24 @@ def resolve_options(model: str, given: dict) -> dict:
     return {**options, **given}
 
 
-def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0):
-    """Fit ``model`` on ``train``: returns (fitted, options used, seconds). ``fitted`` is the
-    result when it predicts by itself, else its ``params`` (`MFParams`)."""
+def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
+    """Run the fitter ``model`` on ``train``: returns (its result, options used, seconds)."""
     options = resolve_options(model, options)
     t0 = time.perf_counter()
-    result = FITTERS[model](jax.random.PRNGKey(seed), train, **options)
-    fitted = result if hasattr(result, "predict") else result.params
-    jax.block_until_ready(fitted)
-    return fitted, options, time.perf_counter() - t0
+    result = jax.block_until_ready(FITTERS[model](rng_key, train, **options))
+    return result, options, time.perf_counter() - t0
+
+
+def fitted_of(result):
+    """What predicts in a fitter's result: the result when it predicts by itself, else its
+    ``params`` (`MFParams`)."""
+    return result if hasattr(result, "predict") else result.params
+
+
+def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0):
+    """Fit ``model`` on ``train``: returns (fitted (`fitted_of`), options used, seconds)."""
+    result, options, seconds = run_fitter(model, train, options=options, rng_key=jax.random.PRNGKey(seed))
+    return fitted_of(result), options, seconds
 
 
 def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | None = None) -> dict:
@@ -146,7 +156,7 @@ def _uncertainty(fitted, train: Ratings, test: Ratings, mean, sd, clip) -> dict:
     elif sd is not None:
         extra = {"num_samples": int(fitted.posterior.num_samples), **_convergence(fitted, test)}
     else:
-        sd = np.full(len(test), rmse(predict_ratings(fitted, train, clip=clip or None), train.values))
+        sd = np.full(len(test), plugin_sd(fitted, train, clip or None))
         extra = {"num_samples": 1}
     return {"scores": interval_scores(mean, sd, test.values), "sd": sd, **extra}
 

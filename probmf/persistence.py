@@ -34,48 +34,17 @@ import numpy as np
 import probmf
 from probmf.data.movielens import sha256_file
 from probmf.data.ratings import IdMap
-from probmf.fitters.als import ALSResult
-from probmf.fitters.autorec import AutoRecParams, AutoRecResult, RowsCSR
-from probmf.fitters.gibbs import GibbsInfo, GibbsResult
-from probmf.fitters.minibatch import MinibatchTrace
-from probmf.fitters.mlp import Dense, JointParams, MLPParams, MLPResult, NetParams, ResidualResult
-from probmf.fitters.numpyro_mf import NUTSInfo, NUTSResult, SVIResult
-from probmf.fitters.optax_mf import OptaxResult
-from probmf.fitters.svd import SVDResult
+from probmf.fitters import saved_types
+from probmf.metrics import predict_ratings, rmse
 from probmf.model import MFParams
 from probmf.objectives import Priors
 from probmf.posterior import Posterior, PredictiveSummary, RowPrior
 
 FORMAT = "probmf-model"
 FORMAT_VERSION = 1
-TYPES = {
-    t.__name__: t
-    for t in (
-        MFParams,
-        Priors,
-        Posterior,
-        PredictiveSummary,
-        RowPrior,
-        ALSResult,
-        SVDResult,
-        OptaxResult,
-        MinibatchTrace,
-        GibbsResult,
-        GibbsInfo,
-        AutoRecResult,
-        AutoRecParams,
-        RowsCSR,
-        Dense,
-        MLPParams,
-        MLPResult,
-        NetParams,
-        JointParams,
-        ResidualResult,
-        NUTSInfo,
-        NUTSResult,
-        SVIResult,
-    )
-}
+# The only named tuples a model file may rebuild: the model's own and those of the
+# registered fitters (`probmf.fitters.saved_types`).
+TYPES = {t.__name__: t for t in (MFParams, Priors, Posterior, PredictiveSummary, RowPrior, *saved_types())}
 
 
 class ModelFileError(ValueError):
@@ -95,6 +64,8 @@ class FittedModel:
         indices; user i's are ``rated_items[rated_indptr[i]:rated_indptr[i+1]]``), so
         recommendations can leave them out; None when not kept.
       dataset: what it was fitted on ("ml-100k", a file name, ...), None when unknown.
+      noise_sd: a point estimate's plug-in predictive sd, the RMS of its clipped training
+        residuals (a point fit seen as a posterior with one draw); None for posteriors.
     """
 
     model: str
@@ -106,6 +77,7 @@ class FittedModel:
     rated_indptr: np.ndarray | None = None
     rated_items: np.ndarray | None = None
     dataset: str | None = None
+    noise_sd: float | None = None
 
     def rated(self, user: int) -> np.ndarray:
         """Dense indices of the items dense user ``user`` rated in training."""
@@ -117,17 +89,25 @@ class FittedModel:
     def from_training(cls, model: str, options: dict, fitted, train, dataset: str | None = None) -> FittedModel:
         """Wrap a fit on the `Ratings` ``train``, keeping its id maps, rating range and rated items."""
         csr = train.to_coo().tocsr()
+        low, high = float(train.values.min()), float(train.values.max())
+        noise_sd = None if hasattr(fitted, "predictive") else plugin_sd(fitted, train, (low, high))
         return cls(
             model,
             options,
             fitted,
             train.user_ids,
             train.item_ids,
-            (float(train.values.min()), float(train.values.max())),
+            (low, high),
             csr.indptr.astype(np.int64),
             csr.indices.astype(np.int32),
             dataset,
+            noise_sd,
         )
+
+
+def plugin_sd(fitted, train, clip: tuple[float, float] | None) -> float:
+    """A point estimate's plug-in predictive sd: sqrt(mean (r - clip(r_hat))^2) over ``train``."""
+    return rmse(predict_ratings(fitted, train, clip=clip), train.values)
 
 
 def save_model(path, model: FittedModel) -> Path:
@@ -155,6 +135,7 @@ def save_model(path, model: FittedModel) -> Path:
             "options": model.options,
             "rating_range": list(model.rating_range),
             "dataset": model.dataset,
+            "noise_sd": model.noise_sd,
             "structure": structure,
             "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
             "sha256": sha256_file(work / "arrays.npz"),
@@ -214,6 +195,7 @@ def load_model(path) -> FittedModel:
         arrays.get("rated_indptr"),
         arrays.get("rated_items"),
         meta.get("dataset"),
+        meta.get("noise_sd"),  # absent from models saved before it was kept
     )
 
 

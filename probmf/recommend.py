@@ -42,7 +42,8 @@ STRATEGIES = ("mean", "ucb", "thompson")
 
 
 class Predictions(NamedTuple):
-    """Per pair: mean (n,), sd (n,) or None for point estimates, known (n,) bool: False where
+    """Per pair: mean (n,), sd (n,) (a point estimate's plug-in sd; None for one saved without
+    it), known (n,) bool: False where
     the user or item is unknown or had no training rating (a point estimate then falls back
     to biases and mu; a posterior predicts under each draw's prior, with its sd)."""
 
@@ -68,7 +69,7 @@ def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True
             if hasattr(model.fitted, "predict")
             else predict_with_fallback(model.fitted, u, i)
         )
-        sd = None
+        sd = None if model.noise_sd is None else np.full(mean.shape, model.noise_sd, np.float32)
     if clip:
         mean = np.clip(mean, *model.rating_range)
     return Predictions(mean, sd, known)

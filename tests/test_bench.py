@@ -47,7 +47,16 @@ def _bench(*args, devices_flag=None, check=True):
     return out
 
 
-@pytest.mark.parametrize("model", ["als", "optax", "gibbs", "svi", "autorec-i"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "als",
+        "optax",
+        pytest.param("gibbs", marks=pytest.mark.slow),
+        pytest.param("svi", marks=pytest.mark.slow),
+        "autorec-i",
+    ],
+)
 def test_bench_smoke_prints_every_field_on_two_devices(model):
     # LAPACK-free solvers: LAPACK calls on forced host devices can hang XLA-CPU.
     out = _bench("--model", model, "--rank", "4", "--devices", "2", "--solver", "cg", "--linalg", "jax", devices_flag=2)

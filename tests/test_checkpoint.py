@@ -53,7 +53,9 @@ def _leaves(result):
     return [np.asarray(x) for x in jax.tree.leaves(result)]
 
 
-@pytest.mark.parametrize("name", sorted(FITS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("gibbs") else n for n in sorted(FITS)]
+)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(name, tmp_path):
     fit, options = FITS[name]
     train, _ = synthetic_preset("tiny")

@@ -12,6 +12,7 @@ from probmf.data.ratings import Ratings
 from probmf.data.synthetic import synthetic_ratings
 from probmf.evaluate import score
 from probmf.fitters import fit_gibbs, fit_nuts, fit_svi
+from probmf.fitters.gibbs import init_state, row_priors
 from probmf.model import MFParams
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.posterior import RowPrior, draw_predictive
@@ -62,6 +63,33 @@ def test_draw_predictive_integrates_the_cold_rows_out_like_monte_carlo():
     assert var[0] == pytest.approx(1 / tau, rel=1e-6)
     np.testing.assert_allclose(mean[[1, 3, 5]], mean[[2, 4, 6]], rtol=1e-6)  # -1 == unseen index
     np.testing.assert_allclose(var[[1, 3, 5]], var[[2, 4, 6]], rtol=1e-6)
+
+
+def test_implicit_cold_prior_is_the_law_of_a_row_with_unseen_implicit_feedback():
+    """Under implicit feedback a cold row's vector is w + |N|^-1/2 sum_{j in N} y_j over an
+    unseen N: sample it from the model (w ~ N(mu, Lam^-1), b ~ N(0, 1/lam_b), y_j ~ N(0,
+    (c P)^-1)) and compare its moments with `gibbs.row_priors`."""
+    rng = np.random.default_rng(3)
+    k, c_w, c_u, draws = 3, 0.7, 2.5, 100_000
+    lam_w, lam_u = _random_spd(rng, k), _random_spd(rng, k)
+    params = MFParams(jnp.zeros((4, k)), jnp.zeros((5, k)), jnp.zeros(4), jnp.zeros(5), jnp.float32(3.0))
+    state = init_state(params, 2.0, implicit=True)
+    sides = (state.implicit[0]._replace(c=jnp.float32(c_w)), state.implicit[1]._replace(c=jnp.float32(c_u)))
+    state = state._replace(mu_w=jnp.asarray(rng.normal(size=k), jnp.float32), lam_w=jnp.asarray(lam_w, jnp.float32),
+                           mu_u=jnp.zeros(k), lam_u=jnp.asarray(lam_u, jnp.float32), lam_b=jnp.float32(4.0),
+                           lam_c=jnp.float32(0.5), implicit=sides)  # fmt: skip
+    sides = zip(row_priors(state), (state.mu_w, 0.0), (lam_w, lam_u), (4.0, 0.5), (c_w, c_u), strict=True)
+    for prior, mu, lam, lam_b, c in sides:
+        P_inv = np.zeros((k + 1, k + 1))
+        P_inv[:k, :k], P_inv[k, k] = np.linalg.inv(lam), 1.0 / lam_b
+        num = 7  # |N|: any size gives the same law
+        row = rng.multivariate_normal(np.zeros(k + 1), P_inv, size=draws)
+        y = rng.multivariate_normal(np.zeros(k + 1), P_inv / c, size=(draws, num))
+        sample = row + y.sum(axis=1) / np.sqrt(num)
+        cov = np.cov(sample.T)
+        np.testing.assert_allclose(np.asarray(prior.mean), np.broadcast_to(mu, (k,)), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(prior.cov), cov[:k, :k], atol=0.03 * np.abs(cov[:k, :k]).max())
+        assert float(prior.bias_var) == pytest.approx(cov[k, k], rel=0.03)
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +153,16 @@ def test_saved_posterior_keeps_its_cold_priors(holes, tmp_path):
 
 
 @pytest.mark.slow
-def test_cold_items_are_calibrated_on_data_from_the_model():
+@pytest.mark.parametrize("implicit", [False, True])
+def test_cold_items_are_calibrated_on_data_from_the_model(implicit):
     """Every rating of 25 of 150 items held out: the posterior's 90% intervals for those cold
-    pairs cover about 90% of them (the prior's uncertainty left out covers far fewer)."""
+    pairs cover about 90% of them (the prior's uncertainty left out covers far fewer). With
+    implicit feedback the cold prior also integrates out the unseen implicit term."""
     ratings, _ = synthetic_ratings(num_users=300, num_items=150, num_ratings=9000, rank=3, noise=0.5, seed=7)
     cold_items = np.random.default_rng(0).choice(150, 25, replace=False)
     cold = np.isin(ratings.items, cold_items)
     train, test = ratings.take(~cold), ratings.take(cold)
-    fitted = fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=30, num_samples=100)
+    fitted = fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=30, num_samples=100, implicit=implicit)
     row = score(fitted, train, test)
     assert row["n_cold"] == len(test) > 500
     assert 0.85 <= row["coverage_90_cold"] <= 0.95, row

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bayes_mf_smoke_writes_its_table_plots_and_report(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "bayes_mf.py"), "--smoke", "--ranks", "2", "--out", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)

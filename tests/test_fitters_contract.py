@@ -1,15 +1,18 @@
-"""One suite every fitter must pass, on small synthetic data drawn from the model: it fits,
-predicts finite values for known and unknown ids, beats the global mean on held-out ratings,
-and is deterministic for a fixed key."""
+"""One suite every fitter must pass, on small synthetic data drawn from the model, through
+`probmf.fit` and `probmf.Recommender`: it fits, answers ``predictive`` (mean, sd > 0) for
+known and unknown ids, beats the global mean on held-out ratings, and is deterministic for a
+fixed key (the estimator on raw ids gives the very same predictions)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import probmf
+from probmf.data.io import read_dataframe
 from probmf.data.synthetic import synthetic_ratings
-from probmf.evaluate import fit_model
+from probmf.evaluate import fit_model, fitter_options
 from probmf.fitters import FITTERS
-from probmf.metrics import predict_ratings, rmse
+from probmf.metrics import cold_mask, rmse
 from probmf.model import predict_with_fallback
 
 # Small, fast settings per fitter; every registered fitter must appear here.
@@ -30,38 +33,52 @@ QUICK = {
 
 @pytest.fixture(scope="module")
 def split():
+    """(train, test, test's raw ids): train read from a DataFrame of raw ids, as `Recommender.fit` reads it, so
+    both see one index space; test in train's (-1 for ids train lacks)."""
     ratings, _ = synthetic_ratings(num_users=60, num_items=40, num_ratings=1200, rank=3, noise=0.4, seed=21)
     test = np.random.default_rng(0).random(len(ratings)) < 0.2
-    return ratings.take(~test), ratings.take(test)
+    train, held = read_dataframe(ratings.take(~test).to_dataframe()), ratings.take(test)
+    return train, held.reindex(train.user_ids, train.item_ids), (held.raw_users(), held.raw_items())
 
 
 def test_every_fitter_is_in_the_suite():
     assert set(FITTERS) == set(QUICK)
 
 
-@pytest.mark.parametrize("name", sorted(QUICK))
+# NUTS (some 40 s here) runs with the slow checks; every other fitter in the main suite.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "nuts" else n for n in sorted(QUICK)])
 def test_fitter_contract(split, name):
-    train, test = split
-    fitted, _, _ = fit_model(name, train, options=QUICK[name], seed=3)
-    pred = predict_ratings(fitted, test)
-    assert pred.shape == (len(test),) and np.all(np.isfinite(pred))
+    """Through `probmf.fit` and `probmf.Recommender`, each fitter answers in one shape."""
+    train, test, raw_test = split
+    result = probmf.fit(name, train, seed=3, **QUICK[name])
+    mean, sd = (np.asarray(a) for a in result.predictor.predictive(jnp.asarray(test.users), jnp.asarray(test.items)))
+    assert mean.shape == sd.shape == (len(test),) and np.all(np.isfinite(mean)) and np.all(sd > 0)
+    point = result.predictor.predict(jnp.asarray(test.users), jnp.asarray(test.items))
+    np.testing.assert_array_equal(np.asarray(point), mean)
     mean_rmse = rmse(np.full(len(test), train.values.mean()), test.values)
-    assert rmse(pred, test.values) < mean_rmse, name
+    assert rmse(np.clip(mean, 1, 5), test.values) < mean_rmse, name
+    assert result.config == {**fitter_options(name), **QUICK[name]}
 
     # Unknown ids (-1, or past the end) fall back to finite predictions, never a wrapped index.
     users = jnp.array([-1, 0, train.num_users + 5, -1])
     items = jnp.array([0, -1, 1, -1])
-    predict = fitted.predict if hasattr(fitted, "predict") else lambda u, i: predict_with_fallback(fitted, u, i)
-    cold = np.asarray(predict(users, items))
+    cold = np.asarray(result.predictor.predictive(users, items))
     assert np.all(np.isfinite(cold))
 
-    again, _, _ = fit_model(name, train, options=QUICK[name], seed=3)
-    np.testing.assert_array_equal(predict_ratings(again, test), pred)
+    # The estimator on raw ids, same seed: the same fit, so the same predictions (and a
+    # deterministic fitter), unknown raw ids flagged.
+    est = probmf.Recommender(name, seed=3, **QUICK[name]).fit(train.to_dataframe())
+    got = est.predict(*raw_test, clip=False)
+    np.testing.assert_array_equal(got["mean"], mean)
+    np.testing.assert_allclose(got["sd"], sd, rtol=1e-6)
+    np.testing.assert_array_equal(got["known"], ~cold_mask(test, train))
+    extra = est.predict([train.user_ids.raw[0], -12345], [-12345, train.item_ids.raw[0]])
+    assert not extra["known"].any() and np.all(np.isfinite(extra["mean"]))
 
 
 def test_unknown_user_gets_the_item_side_prediction(split):
     """For an MF fit, a cold user's prediction is exactly mu + c_j (no factor, no user bias)."""
-    train, _ = split
+    train = split[0]
     fitted, _, _ = fit_model("als", train, options=QUICK["als"])
     got = float(predict_with_fallback(fitted, jnp.array([-1]), jnp.array([2]))[0])
     assert got == pytest.approx(float(fitted.mu + fitted.c[2]), rel=1e-6)

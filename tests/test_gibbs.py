@@ -92,6 +92,7 @@ def test_normal_wishart_draws_match_the_posterior_moments(impl, with_extra):
         assert np.all(np.abs(z) < 4.5), (name, z)
 
 
+@pytest.mark.slow
 def test_intervals_are_calibrated_on_data_from_the_model():
     ratings, _ = synthetic_ratings(num_users=200, num_items=150, num_ratings=12_000, rank=3, noise=0.5, seed=11)
     test_mask = np.random.default_rng(1).random(len(ratings)) < 0.2
@@ -144,6 +145,7 @@ def test_running_summary_equals_the_predictive_of_the_draws(small):
         lean.predictive(small.users[:3], small.items[:3])
 
 
+@pytest.mark.slow
 def test_jax_linear_algebra_gives_the_same_chain(small):
     """linalg="jax" (no LAPACK) samples the same chain as LAPACK up to rounding."""
     a = fit_gibbs(jax.random.PRNGKey(6), small, rank=2, num_warmup=2, num_samples=3)
@@ -180,6 +182,7 @@ def test_truncated_draws_stay_finite_at_the_ends_of_the_uniform():
     assert z[0] < -4 and z[3] > 4  # the ends of the uniform are the ends of the distribution
 
 
+@pytest.mark.slow
 def test_rounded_likelihood_predicts_within_the_levels_and_recovers_the_noise():
     """Ratings drawn as rounded latent Gaussians: the rounded likelihood recovers the latent
     noise sd (the Gaussian one sees the rounding error as extra noise) and its predictive
@@ -295,6 +298,7 @@ def _rated_by_taste(seed, num_users=160, num_items=120, per_user=40, noise=0.5):
     return Ratings(users, items, values, IdMap.identity(num_users), IdMap.identity(num_items))
 
 
+@pytest.mark.slow
 def test_implicit_feedback_learns_from_which_items_were_rated():
     """When users rate what they like, the implicit model predicts held-out ratings better
     than plain BPMF on the same draws budget, and its 90% intervals stay calibrated."""

@@ -175,6 +175,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_up_to_rounding():
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"}
     env["JAX_PLATFORMS"] = "cpu"

@@ -102,6 +102,7 @@ def test_gradients_of_the_objectives():
         check_grads(g, (f64(net),), order=1, modes=["rev"], eps=1e-6)
 
 
+@pytest.mark.slow
 def test_fits_beat_the_global_mean(data):
     train, test = data
     mean_rmse = rmse(np.full(len(test), train.values.mean()), test.values)
@@ -111,6 +112,7 @@ def test_fits_beat_the_global_mean(data):
         assert rmse(predict_ratings(res, test, clip=(1, 5)), test.values) < mean_rmse - 0.05
 
 
+@pytest.mark.slow
 def test_residual_falls_back_when_the_network_cannot_help(data):
     """Constant ratings: the MF is exact (mu, zero factors and biases), so its residuals are 0
     and the network cannot beat it on the validation split; it must be dropped."""

@@ -102,6 +102,7 @@ def test_svi_is_deterministic_and_fills_a_posterior(tiny):
     assert mean.shape == sd.shape == (5,) and bool(jnp.all(sd > 0))
 
 
+@pytest.mark.slow
 def test_nuts_reports_diagnostics(tiny):
     """(Determinism for a fixed key: tests/test_fitters_contract.py.)"""
     opts = dict(rank=2, num_warmup=10, num_samples=8, num_chains=1, max_tree_depth=3, num_check_pairs=7)
@@ -123,6 +124,7 @@ def test_svi_intervals_cover_held_out_cells_from_the_model():
     assert res.elbo[-1] > res.elbo[0]
 
 
+@pytest.mark.slow
 def test_nuts_matches_gibbs_predictive_means(tiny):
     """Same model (BPMF's Normal-Wishart hyperpriors): the posterior predictive means of the two
     samplers agree within their Monte Carlo error."""
@@ -292,6 +294,7 @@ def test_mf_log_joint_is_numpyros_log_density_of_mf_model(tiny, hyper):
 _PARTICLES = 1000
 
 
+@pytest.mark.slow
 def test_meanfield_elbo_estimates_numpyros_trace_elbo(tiny):
     """Averaged over draws, the hand-written estimate is NumPyro's Trace_ELBO with AutoNormal
     at the same variational parameters."""
@@ -355,6 +358,7 @@ def _pythonpath_env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_svi_resumed_after_sigkill_equals_an_uninterrupted_run(tiny, tmp_path):
     folder = tmp_path / "ckpt"
     script = _KILLED_RUN.replace("OPTIONS", repr(_SVI_CKPT_OPTIONS))
@@ -397,6 +401,7 @@ print(json.dumps(dict(elbo=[f.elbo.tolist() for f in fits], max_param_diff=max(d
 """
 
 
+@pytest.mark.slow
 def test_svi_on_four_devices_matches_one():
     env = _pythonpath_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     out = subprocess.run(

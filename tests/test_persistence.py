@@ -120,3 +120,16 @@ def test_summary_only_posterior_and_dataset_round_trip(tmp_path, data):
     back = load_model(tmp_path / "m")
     assert back.dataset == "ml-100k" and back.fitted.posterior is None
     np.testing.assert_array_equal(np.asarray(back.fitted.predictive(*pairs)), np.asarray(res.predictive(*pairs)))
+
+
+def test_the_allow_list_comes_from_the_registry():
+    """persistence names no fitter module: a new fitter's types reach it through the registry."""
+    import re
+    from pathlib import Path
+
+    import probmf.persistence as persistence
+    from probmf.fitters import FITTERS, saved_types
+
+    assert not re.search(r"from probmf\.fitters\.\w+ import", Path(persistence.__file__).read_text())
+    assert {t.__name__ for t in saved_types()} <= set(persistence.TYPES)
+    assert len(saved_types()) >= len({f.__module__ for f in FITTERS.values()}) - 1  # baseline shares ALS's

@@ -29,7 +29,8 @@ def test_predict_pairs_flags_unknown_ids(data):
     raw_i = np.array([data.item_ids.raw[0], data.item_ids.raw[1], 99_999])
     p = predict_pairs(m, raw_u, raw_i)
     np.testing.assert_array_equal(p.known, [True, False, False])
-    assert p.sd is None and np.all(np.isfinite(p.mean))
+    # A point estimate's sd is its plug-in sd, the same for every pair.
+    assert np.all(p.sd == m.noise_sd) and m.noise_sd > 0 and np.all(np.isfinite(p.mean))
     assert np.all((p.mean >= m.rating_range[0]) & (p.mean <= m.rating_range[1]))
 
 

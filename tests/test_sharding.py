@@ -42,6 +42,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_row_sharded_fits_equal_single_device_fits():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])

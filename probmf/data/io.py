@@ -26,7 +26,15 @@ import pandas as pd
 
 from probmf.data.ratings import IdMap, Ratings
 
-__all__ = ["RatingsFileError", "read_new_user", "read_pairs", "read_ratings", "write_ratings"]
+__all__ = [
+    "RatingsFileError",
+    "dataframe_columns",
+    "read_dataframe",
+    "read_new_user",
+    "read_pairs",
+    "read_ratings",
+    "write_ratings",
+]
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _WHITESPACE = r"\s+"
@@ -117,17 +125,10 @@ def read_ratings(
         (``header=True``), or no ratings at all.
     """
     path = Path(os.fspath(path))
-    if id_type not in ("auto", "int", "str"):
-        raise ValueError(f"id_type must be 'auto', 'int' or 'str', got {id_type!r}")
-    if duplicates not in ("error", "last", "mean"):
-        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', got {duplicates!r}")
+    _check_options(duplicates, id_type, rating_scale)
     if not (header == "infer" or header is None or isinstance(header, bool)):
         raise ValueError(f"header must be 'infer', True or False, got {header!r}")
-    if rating_scale is not None:
-        low, high = (float(v) for v in rating_scale)
-        if not low <= high:
-            raise ValueError(f"rating_scale must be (low, high) with low <= high, got {rating_scale!r}")
-        rating_scale = (low, high)
+    rating_scale = _scale(rating_scale)
     if columns is not None:
         columns = list(columns)
         if len(columns) not in (3, 4):
@@ -142,6 +143,80 @@ def read_ratings(
     return _to_ratings(src, rating_scale=rating_scale, duplicates=duplicates, id_type=id_type)
 
 
+def read_dataframe(
+    df,
+    *,
+    columns: Sequence | None = None,
+    rating_scale: tuple[float, float] | None = None,
+    duplicates: str = "error",
+    id_type: str = "auto",
+    name: str = "DataFrame",
+) -> Ratings:
+    """A pandas DataFrame with one rating per row (raw ids) as `Ratings`, checked exactly as
+    `read_ratings` checks a file; errors name the column and the row (0-based position,
+    ``df.iloc``).
+
+    ``columns``: user, item, rating[, timestamp] column names; None finds them by name
+    (``user``/``userId``/``user_id``, ``item``/``movieId``/``item_id``, ``rating``, ``timestamp``
+    and the variants `read_ratings` knows), and two columns answering to one role are an
+    error. The other arguments are `read_ratings`'.
+    """
+    roles = dataframe_columns(df, columns, name=name, need=("user", "item", "rating"))
+    _check_options(duplicates, id_type, rating_scale)
+    src = _Source(Path(name), df[list(roles.values())].reset_index(drop=True), roles, 0, "row")
+    src.name_columns = True
+    ratings = _to_ratings(src, rating_scale=_scale(rating_scale), duplicates=duplicates, id_type=id_type)
+    return dataclasses.replace(ratings, source=name)
+
+
+def dataframe_columns(df, columns=None, *, name: str = "DataFrame", need=("user", "item", "rating")) -> dict:
+    """role -> column label of ``df`` for the roles in ``need`` (and timestamp when present):
+    ``columns`` in role order, else found by name (`read_dataframe`)."""
+    if not hasattr(df, "columns") or not hasattr(df, "iloc"):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    labels = list(df.columns)
+    if columns is not None:
+        columns = list(columns)
+        if not len(need) <= len(columns) <= len(need) + 1:
+            raise ValueError(f"columns must name {', '.join(need)}[, timestamp], got {columns!r}")
+        for col in columns:
+            if col not in labels:
+                raise ValueError(f"{name}: no column named {col!r}; it has {labels}")
+        return dict(zip((*need, "timestamp"), columns, strict=False))
+    found: dict[str, list] = {}
+    for label in labels:
+        role = _role_of(str(label))
+        if role is not None:
+            found.setdefault(role, []).append(label)
+    for role, cols in found.items():
+        if len(cols) > 1 and (role in need or role == "timestamp"):
+            raise ValueError(f"{name}: columns {cols} all look like the {role} column; pass columns= to choose")
+    missing = [role for role in need if role not in found]
+    if missing:
+        raise ValueError(
+            f"{name}: no {' or '.join(missing)} column among {labels} "
+            f"(e.g. {', '.join(repr(_ROLE_NAMES[r][0]) for r in missing)}); pass columns= to name them"
+        )
+    return {role: found[role][0] for role in (*need, "timestamp") if role in found}
+
+
+def _check_options(duplicates: str, id_type: str, rating_scale) -> None:
+    if id_type not in ("auto", "int", "str"):
+        raise ValueError(f"id_type must be 'auto', 'int' or 'str', got {id_type!r}")
+    if duplicates not in ("error", "last", "mean"):
+        raise ValueError(f"duplicates must be 'error', 'last' or 'mean', got {duplicates!r}")
+    _scale(rating_scale)
+
+
+def _scale(rating_scale) -> tuple[float, float] | None:
+    if rating_scale is None:
+        return None
+    low, high = (float(v) for v in rating_scale)
+    if not low <= high:
+        raise ValueError(f"rating_scale must be (low, high) with low <= high, got {rating_scale!r}")
+    return low, high
+
+
 class _Source:
     """A parsed table and how to point at its rows in the file."""
 
@@ -153,18 +228,20 @@ class _Source:
         self.unit = unit  # "line" or "row"
         self.text: _TextFormat | None = None
         self.first_line_hint = ""  # added to a complaint about data row 0
+        self.name_columns = False  # a DataFrame: complaints name the column too
 
     def line_of(self, pos: int) -> int:
         """File line number of the ``pos``-th remaining row."""
         return self.first_line + int(self.df.index[pos])
 
-    def error(self, pos: int | None, what: str, value=None) -> RatingsFileError:
+    def error(self, pos: int | None, what: str, value=None, column=None) -> RatingsFileError:
         if pos is None:
             return RatingsFileError(f"{self.path}: {what}", path=self.path, value=value)
         line = self.line_of(pos)
         if self.first_line_hint and int(self.df.index[pos]) == 0:
             what = f"{what} ({self.first_line_hint})"
-        return RatingsFileError(f"{self.path}, {self.unit} {line}: {what}", path=self.path, line=line, value=value)
+        where = f"{self.unit} {line}" + (f", column {column!r}" if self.name_columns and column is not None else "")
+        return RatingsFileError(f"{self.path}, {where}: {what}", path=self.path, line=line, value=value)
 
 
 class _TextFormat:
@@ -490,19 +567,21 @@ class _Problems:
         self.src = src
         self.first: tuple[int, str, object] | None = None
 
-    def add(self, mask, what) -> None:
-        """``what(pos)`` -> (message, value) for the first True row of ``mask``."""
+    def add(self, mask, what, role: str | None = None) -> None:
+        """``what(pos)`` -> (message, value) for the first True row of ``mask`` (of the
+        column of ``role``, which `_about` also tells)."""
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             return
         pos = int(np.argmax(mask))
         if self.first is None or pos < self.first[0]:
-            self.first = (pos, *what(pos))
+            column = self.src.roles.get(role) if role else getattr(what, "column", None)
+            self.first = (pos, *what(pos), column)
 
     def raise_first(self) -> None:
         if self.first is not None:
-            pos, message, value = self.first
-            raise self.src.error(pos, message, value)
+            pos, message, value, column = self.first
+            raise self.src.error(pos, message, value, column)
 
 
 def _py(value):
@@ -520,6 +599,7 @@ def _about(col: pd.Series, template: str):
         value = _raw_value(col, pos)
         return template.format(value=repr(value)), value
 
+    what.column = col.name
     return what
 
 
@@ -534,7 +614,7 @@ def _missing(src: _Source, role: str, pos: int):
                 line,
             )
         return f"empty {role} field: {line!r}", ""
-    return f"missing {role}", None
+    return f"missing {role} (NaN or None)", None
 
 
 def _check_ids(src: _Source, role: str, problems: _Problems, id_type: str) -> np.ndarray:
@@ -542,7 +622,7 @@ def _check_ids(src: _Source, role: str, problems: _Problems, id_type: str) -> np
     col = src.df[src.roles[role]]
     name = f"{role} id"
     missing = col.isna().to_numpy()
-    problems.add(missing, lambda p: _missing(src, role, p))
+    problems.add(missing, lambda p: _missing(src, role, p), role)
     if id_type == "str":
         return col.astype(str).str.strip().to_numpy(dtype=str)
     if pd.api.types.is_bool_dtype(col.dtype):
@@ -586,7 +666,7 @@ def _numeric_ids(num: np.ndarray, col: pd.Series, skip: np.ndarray, name: str, p
 def _check_ratings(src: _Source, scale, problems: _Problems) -> np.ndarray:
     col = src.df[src.roles["rating"]]
     missing = col.isna().to_numpy()
-    problems.add(missing, lambda p: _missing(src, "rating", p))
+    problems.add(missing, lambda p: _missing(src, "rating", p), "rating")
     if pd.api.types.is_bool_dtype(col.dtype):
         # The C parser turns a column of True/False into booleans; they are not ratings.
         problems.add(~missing, _about(col, "rating {value} is not a number"))
@@ -621,7 +701,7 @@ def _check_timestamps(src: _Source, problems: _Problems) -> np.ndarray | None:
         return None
     col = src.df[src.roles["timestamp"]]
     missing = col.isna().to_numpy()
-    problems.add(missing, lambda p: _missing(src, "timestamp", p))
+    problems.add(missing, lambda p: _missing(src, "timestamp", p), "timestamp")
     if pd.api.types.is_bool_dtype(col.dtype):
         problems.add(~missing, _about(col, "timestamp {value} is not an integer"))
         return np.zeros(len(col), np.int64)

@@ -159,17 +159,17 @@ class Ratings:
         rating_col: str = "rating",
         timestamp_col: str | None = "timestamp",
         source: str = "",
+        **checks,
     ) -> Ratings:
-        """Build from a pandas DataFrame with one row per rating (raw ids)."""
-        for col in (user_col, item_col, rating_col):
-            if col not in df.columns:
-                raise ValueError(f"column {col!r} not found in {source or 'DataFrame'}; has {list(df.columns)}")
-        ts = None
+        """Build from a pandas DataFrame with one row per rating (raw ids), checked as a
+        ratings file is (`probmf.data.io.read_dataframe`, which also finds the columns by
+        name; ``checks``: its rating_scale, duplicates, id_type)."""
+        from probmf.data.io import read_dataframe  # io builds on this module
+
+        columns = [user_col, item_col, rating_col]
         if timestamp_col is not None and timestamp_col in df.columns:
-            ts = df[timestamp_col].to_numpy()
-        return cls.from_raw(
-            df[user_col].to_numpy(), df[item_col].to_numpy(), df[rating_col].to_numpy(), ts, source=source
-        )
+            columns.append(timestamp_col)
+        return read_dataframe(df, columns=columns, name=source or "DataFrame", **checks)
 
     @classmethod
     def from_scipy(cls, matrix, *, user_ids: IdMap | None = None, item_ids: IdMap | None = None) -> Ratings:

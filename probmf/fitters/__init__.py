@@ -1,7 +1,14 @@
 """Fitters: each maps (rng_key, train Ratings, **options) to a result that either carries
 ``params`` (`MFParams`) or predicts by itself (``predict(users, items)``, and
 ``predictive(users, items) -> (mean, sd)`` for posteriors), so prediction and metrics never
-depend on the fitter."""
+depend on the fitter.
+
+The registry: `FITTERS` names every fitter; a fitter's module lists in ``SAVED_TYPES`` the
+named tuples its saved models hold, and `saved_types` collects them for `probmf.persistence`.
+A new fitter is its own module and one entry here.
+"""
+
+import sys
 
 from probmf.fitters.als import ALSResult, als_run, als_sweep, fit_als
 from probmf.fitters.autorec import AutoRecResult, fit_autorec, fit_autorec_i, fit_autorec_u
@@ -25,6 +32,14 @@ FITTERS = {
     "nuts": fit_nuts,
     "svi": fit_svi,
 }
+
+
+def saved_types() -> tuple[type, ...]:
+    """Every named-tuple type a saved model of a registered fitter may hold (each fitter
+    module's ``SAVED_TYPES``), without repeats."""
+    found = (t for fit in FITTERS.values() for t in getattr(sys.modules[fit.__module__], "SAVED_TYPES", ()))
+    return tuple(dict.fromkeys(found))
+
 
 __all__ = [
     "FITTERS",
@@ -52,5 +67,6 @@ __all__ = [
     "fit_svd",
     "fit_svi",
     "mf_model",
+    "saved_types",
     "truncated_svd",
 ]

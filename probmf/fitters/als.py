@@ -65,6 +65,10 @@ class ALSResult(NamedTuple):
     priors: Priors
 
 
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (ALSResult,)
+
+
 def _cg(A: jax.Array, b: jax.Array, x0: jax.Array, num_iters: int) -> jax.Array:
     """Batched Jacobi-preconditioned conjugate gradients for SPD A (N, k, k), b (N, k).
 

@@ -106,6 +106,11 @@ class AutoRecResult(NamedTuple):
 
 
 # ---- the model ----------------------------------------------------------------------------
+
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (AutoRecResult, AutoRecParams, RowsCSR)
+
+
 def init(rng_key, width: int, hidden: int, *, mu: float = 0.0) -> AutoRecParams:
     """W1 ~ N(0, 1/width), W2 ~ N(0, 1/hidden), b1 = 0, b2 = mu (outputs start at the mean)."""
     key_1, key_2 = jax.random.split(rng_key)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from probmf.data.ratings import Ratings
 from probmf.fitters.als import ALSResult, fit_als
 
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (ALSResult,)
+
 
 def fit_baseline(rng_key, train: Ratings, *, lam_bias: float = 3.0, num_sweeps: int = 10) -> ALSResult:
     """Fit global mean + user/item biases (rank 0); see `fit_als` for the result."""

@@ -346,6 +346,11 @@ class ResidualResult(NamedTuple):
 
 
 # ---- fitting ------------------------------------------------------------------------------
+
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (Dense, MLPParams, MLPResult, NetParams, JointParams, ResidualResult)
+
+
 def _seed(rng_key) -> int:
     return int(jax.random.randint(rng_key, (), 0, np.iinfo(np.int32).max))
 

@@ -378,6 +378,10 @@ class SVIResult(NamedTuple):
         return self.posterior.predictive(users, items)
 
 
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (NUTSInfo, NUTSResult, SVIResult)
+
+
 def make_guide(model, guide: str, *, init_scale: float = 0.1, guide_rank: int | None = None):
     """AutoNormal (mean-field) or AutoLowRankMultivariateNormal over every latent site,
     initialised at small random factors and the other sites' prior medians."""

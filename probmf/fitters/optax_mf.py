@@ -55,6 +55,10 @@ class OptaxResult(NamedTuple):
     priors: Priors
 
 
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (OptaxResult, MinibatchTrace)
+
+
 def mf_objective(params: MFParams, batch, weights, *, priors: Priors, num_ratings: int) -> jax.Array:
     """loss_S = sum_k w_k 1/2 (r_k - r_hat_k)^2 / sum_k w_k + penalty(params, priors) / n.
 

@@ -30,6 +30,10 @@ class SVDResult(NamedTuple):
     singular_values: np.ndarray  # (rank,) descending
 
 
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (SVDResult,)
+
+
 def truncated_svd(matrix, rank: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best rank-k factors of a dense ndarray or scipy.sparse matrix: (U_k, s_k, V_k).
 
