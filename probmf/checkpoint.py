@@ -23,11 +23,14 @@ kept: running the same command again returns the result without refitting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -132,22 +135,74 @@ def restore(checkpoint: Checkpoint, state) -> tuple[int, Any]:
 
 
 def run_steps(
-    run_chunk: Callable, state, num_steps: int, checkpoint: Checkpoint | None, *, finished: Callable | None = None
+    run_chunk: Callable,
+    state,
+    num_steps: int,
+    checkpoint: Checkpoint | None,
+    *,
+    finished: Callable | None = None,
+    desc: str = "steps",
 ):
     """``state <- run_chunk(state, first_step, num)`` over chunks until ``num_steps`` steps ran.
 
     Without a checkpoint: one chunk of all the steps. With one: resume from its file, then
     chunks of ``checkpoint.every`` steps, saving after each. ``finished(state)`` True ends the
-    run early (e.g. early stopping); it is then saved as complete.
+    run early (e.g. early stopping); it is then saved as complete. A progress bar
+    (`show_progress`) moves after each chunk; it never changes the chunks, since XLA may round
+    a scan of another length differently (Gibbs differs by ~1e-7 between 1-step and 9-step
+    chunks), and a result must not depend on whether a terminal was watching.
     """
-    if checkpoint is None:
+    bar = _progress_bar(num_steps, desc)
+    if checkpoint is None and bar is None:
         return run_chunk(state, 0, num_steps)
-    step, state = restore(checkpoint, state)
-    if step > num_steps:
-        raise CheckpointError(f"{checkpoint.path}: at step {step}, past the run's {num_steps} steps")
-    while step < num_steps:
-        num = min(checkpoint.every, num_steps - step)
-        state = run_chunk(state, step, num)
-        step = num_steps if finished is not None and finished(state) else step + num
-        save(checkpoint, step, state)
+    step, every = 0, num_steps
+    if checkpoint is not None:
+        step, state = restore(checkpoint, state)
+        every = checkpoint.every
+        if step > num_steps:
+            raise CheckpointError(f"{checkpoint.path}: at step {step}, past the run's {num_steps} steps")
+    try:
+        if bar is not None:
+            bar.update(step)
+        while step < num_steps:
+            num = min(every, num_steps - step)
+            state = run_chunk(state, step, num)
+            done = num_steps if finished is not None and finished(state) else step + num
+            if bar is not None:
+                bar.update(done - step)
+            step = done
+            if checkpoint is not None:
+                save(checkpoint, step, state)
+    finally:
+        if bar is not None:
+            bar.close()
     return state
+
+
+# ---- progress --------------------------------------------------------------------------------
+
+_PROGRESS: ContextVar[bool | None] = ContextVar("probmf_progress", default=None)
+
+
+@contextlib.contextmanager
+def show_progress(on: bool | None = True):
+    """Within this block, long runs (`run_steps`) show a tqdm bar on stderr (``on=True``),
+    none (False), or one only in an interactive session (None, the default outside it).
+    The bar moves per checkpoint chunk (``checkpoint_every`` steps), else once at the end of
+    the run, showing its time; it never changes a result."""
+    token = _PROGRESS.set(on)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _progress_bar(total: int, desc: str):
+    on = _PROGRESS.get()
+    if on is None:
+        on = hasattr(sys, "ps1") or "ipykernel" in sys.modules
+    if not on or total < 2:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)

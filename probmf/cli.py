@@ -17,6 +17,7 @@ import sys
 
 import jax
 
+from probmf.checkpoint import show_progress
 from probmf.data.io import read_new_user, read_pairs, read_ratings
 from probmf.evaluate import evaluate_fold, fit_model, folds, load_ratings, mean_row
 from probmf.fitters import FITTERS
@@ -326,7 +327,9 @@ def main(argv=None) -> int:
     try:
         commands = {"evaluate": cmd_evaluate, "fit": cmd_fit, "predict": cmd_predict, "recommend": cmd_recommend,
                     "info": cmd_info}  # fmt: skip
-        return commands[args.command](args)
+        # A progress bar on stderr when a person watches it (a terminal), never in a pipe or log.
+        with show_progress(sys.stderr.isatty() or None):
+            return commands[args.command](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"probmf: error: {err}", file=sys.stderr)
         return 2

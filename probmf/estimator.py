@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from probmf.checkpoint import show_progress
 from probmf.data.io import dataframe_columns, read_dataframe
 from probmf.data.ratings import UNKNOWN, Ratings
 from probmf.data.splits import kfold
@@ -45,14 +46,16 @@ class Recommender:
       columns: user, item, rating[, timestamp] column names of the DataFrames given to `fit`
         (and user, item to `predict`); None finds them by name.
       rating_scale: (low, high); a training rating outside it is an error.
+      progress: a progress bar over the fit's sweeps or epochs (None: in interactive sessions).
       **options: the fitter's options (``rank``, ``lam``, ``num_samples``, ...), checked here.
 
     After `fit`: ``model_`` is the `probmf.persistence.FittedModel` (what `save` writes).
     """
 
-    def __init__(self, model: str = "als", *, seed: int = 0, columns=None, rating_scale=None, **options):
+    def __init__(self, model: str = "als", *, seed: int = 0, columns=None, rating_scale=None, progress=None, **options):
         resolve_options(model, options)  # an unknown model or option fails here, not at fit
         self.model, self.seed, self.columns, self.rating_scale = model, int(seed), columns, rating_scale
+        self.progress = progress
         self.options = options
         self.model_: FittedModel | None = None
 
@@ -64,7 +67,8 @@ class Recommender:
     def fit(self, data) -> Recommender:
         """Fit on a DataFrame (one rating per row, raw ids) or `Ratings`; returns self."""
         train = to_ratings(data, columns=self.columns, rating_scale=self.rating_scale)
-        fitted, options, _ = fit_model(self.model, train, options=self.options, seed=self.seed)
+        with show_progress(self.progress):
+            fitted, options, _ = fit_model(self.model, train, options=self.options, seed=self.seed)
         self.model_ = FittedModel.from_training(self.model, options, fitted, train, train.source or None)
         return self
 
@@ -145,7 +149,7 @@ class Recommender:
         """A fitted `Recommender` from a folder written by `save` (or ``probmf fit --out``)."""
         model = load_model(path)
         est = cls.__new__(cls)
-        est.model, est.seed, est.columns, est.rating_scale = model.model, 0, None, None
+        est.model, est.seed, est.columns, est.rating_scale, est.progress = model.model, 0, None, None, None
         est.options, est.model_ = dict(model.options), model
         return est
 

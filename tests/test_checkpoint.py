@@ -110,3 +110,27 @@ def test_a_checkpoint_of_another_shape_is_an_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="expected"):
         restore(Checkpoint(path, 2), (np.zeros((3, 3), np.float32),) * 6)
+
+
+@pytest.mark.parametrize("name", ["als", "gibbs", "optax", "svi"])
+def test_a_progress_bar_shows_and_changes_no_bit(name, capsys):
+    """With the bar on, the bar goes to stderr and every leaf of the result equals the
+    quiet run's (the bar must never change the chunks)."""
+    from probmf.checkpoint import show_progress
+    from probmf.fitters import fit_optax, fit_svi
+
+    fit, options = {
+        "als": (fit_als, {"rank": 3, "num_sweeps": 9}),
+        "gibbs": (fit_gibbs, {"rank": 2, "num_warmup": 4, "num_samples": 5}),
+        "optax": (fit_optax, {"rank": 2, "num_epochs": 5}),
+        "svi": (fit_svi, {"rank": 2, "num_epochs": 5, "num_samples": 4}),
+    }[name]
+    train, _ = synthetic_preset("tiny")
+    with show_progress(False):
+        quiet = fit(jax.random.PRNGKey(1), train, **options)
+    assert "step/s" not in capsys.readouterr().err
+    with show_progress(True):
+        shown = fit(jax.random.PRNGKey(1), train, **options)
+    assert "step/s" in capsys.readouterr().err
+    for a, b in zip(_leaves(quiet), _leaves(shown), strict=True):
+        np.testing.assert_array_equal(a, b)

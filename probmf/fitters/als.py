@@ -243,7 +243,9 @@ def fit_als(
         trace[first : first + num] = np.asarray(info.objective)
         return params, trace
 
-    params, trace = run_steps(run_chunk, (params, np.full(num_sweeps, np.nan, np.float32)), num_sweeps, ckpt)
+    params, trace = run_steps(
+        run_chunk, (params, np.full(num_sweeps, np.nan, np.float32)), num_sweeps, ckpt, desc="ALS sweeps"
+    )
     stuck = np.flatnonzero(np.isnan(trace))
     if stuck.size:
         warnings.warn(

@@ -588,7 +588,7 @@ def fit_gibbs(
         return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,
                            num_warmup=num_warmup, thin=thin, impl=linalg)  # fmt: skip
 
-    chain = run_steps(run_chunk, chain, total, ckpt)
+    chain = run_steps(run_chunk, chain, total, ckpt, desc="Gibbs sweeps")
     summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
     draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
     return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(rank))

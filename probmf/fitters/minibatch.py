@@ -281,7 +281,9 @@ def run_epochs(
         )  # fmt: skip
         return new
 
-    state = ckpt.run_steps(run_chunk, state, int(num_epochs), checkpoint, finished=lambda s: bool(s.stopped))
+    state = ckpt.run_steps(
+        run_chunk, state, int(num_epochs), checkpoint, finished=lambda s: bool(s.stopped), desc="epochs"
+    )
     best = None if state.best_params is None else place(state.best_params)
     return state._replace(params=place(state.params), opt_state=place(state.opt_state), best_params=best)
 

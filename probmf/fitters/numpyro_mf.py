@@ -632,7 +632,7 @@ def fit_svi(
         _device_data(train)  # the data's own errors first
         ckpt = fit_checkpoint(checkpoint, checkpoint_every, "svi", rng_key, train, options)
     trainer = svi_trainer(rng_key, train, **options)
-    state = run_steps(trainer.run_epochs, trainer.state, trainer.num_epochs, ckpt)
+    state = run_steps(trainer.run_epochs, trainer.state, trainer.num_epochs, ckpt, desc="SVI epochs")
     return trainer.finish(state)
 
 

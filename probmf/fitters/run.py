@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probmf.checkpoint import show_progress
 from probmf.data.ratings import Ratings
 from probmf.model import MFParams, predict_with_fallback
 
@@ -52,17 +53,20 @@ class FitResult(NamedTuple):
     seconds: float
 
 
-def fit(model: str, train, *, rng_key=None, seed: int = 0, **config) -> FitResult:
+def fit(model: str, train, *, rng_key=None, seed: int = 0, progress: bool | None = None, **config) -> FitResult:
     """Fit ``model`` (a name in ``probmf.FITTERS``) on ``train`` (`Ratings`, or a pandas
     DataFrame checked by `probmf.data.io.read_dataframe`) with the fitter's options
-    ``config`` (unknown ones are an error). ``rng_key`` (or ``seed``) seeds it."""
+    ``config`` (unknown ones are an error). ``rng_key`` (or ``seed``) seeds it.
+    ``progress``: a progress bar over the sweeps or epochs (None: in interactive sessions;
+    `probmf.checkpoint.show_progress`)."""
     from probmf.estimator import to_ratings  # the estimator builds on this module
     from probmf.evaluate import fitted_of, run_fitter
     from probmf.persistence import plugin_sd
 
     train: Ratings = to_ratings(train)
     key = jax.random.PRNGKey(seed) if rng_key is None else rng_key
-    result, options, seconds = run_fitter(model, train, options=config, rng_key=key)
+    with show_progress(progress):
+        result, options, seconds = run_fitter(model, train, options=config, rng_key=key)
     fitted = fitted_of(result)
     if not hasattr(fitted, "predictive"):
         scale = (float(train.values.min()), float(train.values.max()))
