@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from probmf.data.ratings import Ratings
-from probmf.model import predict_with_fallback
 
 
 def rmse(pred, truth) -> float:
@@ -29,7 +28,7 @@ def predict_ratings(model, test: Ratings, *, clip: tuple[float, float] | None = 
     rating scale.
     """
     users, items = jnp.asarray(test.users), jnp.asarray(test.items)
-    pred = model.predict(users, items) if hasattr(model, "predict") else predict_with_fallback(model, users, items)
+    pred = model.predict(users, items)
     if clip is not None:
         pred = jnp.clip(pred, clip[0], clip[1])
     return np.asarray(pred)
@@ -98,7 +97,7 @@ def ranking(model, train: Ratings, test: Ratings, *, k: int = 10, threshold: flo
         block = users[start : start + chunk]
         u = jnp.asarray(np.repeat(block, m))
         i = jnp.asarray(np.tile(np.arange(m, dtype=np.int32), block.size))
-        pred = model.predict(u, i) if hasattr(model, "predict") else predict_with_fallback(model, u, i)
+        pred = model.predict(u, i)
         scores = np.array(pred, np.float64).reshape(block.size, m)
         for row, user in enumerate(block):
             scores[row, rated[user]] = -np.inf

@@ -42,6 +42,11 @@ class MFParams(NamedTuple):
     def rank(self) -> int:
         return self.W.shape[1]
 
+    def predict(self, users: jax.Array, items: jax.Array) -> jax.Array:
+        """`predict_with_fallback`: every fitted model answers ``predict(users, items)``, so
+        callers never ask whether they hold parameters or a fitter's result."""
+        return predict_with_fallback(self, users, items)
+
 
 def init_params(rng_key, num_users: int, num_items: int, rank: int, *, scale: float = 0.1, mu=0.0) -> MFParams:
     """Factors ~ N(0, scale^2), biases 0, offset ``mu``."""

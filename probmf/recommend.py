@@ -34,7 +34,7 @@ from scipy.stats import norm
 
 from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
-from probmf.model import MFParams, predict_with_fallback
+from probmf.model import MFParams
 from probmf.persistence import FittedModel
 from probmf.posterior import Posterior, draw_predictive
 
@@ -64,11 +64,7 @@ def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True
     if hasattr(model.fitted, "predictive"):
         mean, sd = (np.asarray(a) for a in model.fitted.predictive(u, i))
     else:
-        mean = np.asarray(
-            model.fitted.predict(u, i)
-            if hasattr(model.fitted, "predict")
-            else predict_with_fallback(model.fitted, u, i)
-        )
+        mean = np.asarray(model.fitted.predict(u, i))
         sd = None if model.noise_sd is None else np.full(mean.shape, model.noise_sd, np.float32)
     if clip:
         mean = np.clip(mean, *model.rating_range)
@@ -121,11 +117,8 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     m = len(model.item_ids)
     users, items = jnp.full((m,), user, jnp.int32), jnp.arange(m, dtype=jnp.int32)
     fitted = model.fitted
-    if isinstance(fitted, MFParams) or not hasattr(fitted, "predictive"):
-        pred = (
-            fitted.predict(users, items) if hasattr(fitted, "predict") else predict_with_fallback(fitted, users, items)
-        )
-        return np.asarray(pred), None, None
+    if not hasattr(fitted, "predictive"):
+        return np.asarray(fitted.predict(users, items)), None, None
     mean, sd = fitted.predictive(users, items)
     posterior: Posterior = fitted.posterior
     s = _draw_index(rng_key, posterior.num_samples)

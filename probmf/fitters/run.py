@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from probmf.checkpoint import show_progress
 from probmf.data.ratings import Ratings
-from probmf.model import MFParams, predict_with_fallback
 
 
 class PointPredictor(NamedTuple):
@@ -32,8 +31,6 @@ class PointPredictor(NamedTuple):
 
     def predict(self, users, items) -> jax.Array:
         """Predicted means (n,); unknown rows (-1) from biases and mu."""
-        if isinstance(self.fitted, MFParams):
-            return predict_with_fallback(self.fitted, users, items)
         return self.fitted.predict(users, items)
 
     def predictive(self, users, items) -> tuple[jax.Array, jax.Array]:
