@@ -24,31 +24,31 @@ from probmf.fitters import FITTERS
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
-# CLI dest -> fitter keyword: one name for both (flags spell it with dashes; the older
-# spellings --lambda, --sweeps, --epochs, --samples, --warmup stay as aliases)
-_OPTION_FLAGS = {
-    "rank": "rank",
-    "lam": "lam",
-    "lam_bias": "lam_bias",
-    "num_sweeps": "num_sweeps",
-    "weight_exponent": "weight_exponent",
-    "solver": "solver",
-    "hidden": "hidden",
-    "num_epochs": "num_epochs",
-    "learning_rate": "learning_rate",
-    "dropout": "dropout",
-    "objective": "objective",
-    "batch_size": "batch_size",
-    "num_samples": "num_samples",
-    "num_warmup": "num_warmup",
-    "linalg": "linalg",
-    "devices": "devices",
-    "checkpoint": "checkpoint",
-    "checkpoint_every": "checkpoint_every",
-    "keep_draws": "keep_draws",
-    "likelihood": "likelihood",
-    "implicit": "implicit",
-}
+# The flags that are fitter options: each dest is the fitter keyword (flags spell it with
+# dashes; the older spellings --lambda, --sweeps, --epochs, --samples, --warmup are aliases)
+_MODEL_OPTIONS = (
+    "rank",
+    "lam",
+    "lam_bias",
+    "num_sweeps",
+    "weight_exponent",
+    "solver",
+    "hidden",
+    "num_epochs",
+    "learning_rate",
+    "dropout",
+    "objective",
+    "batch_size",
+    "num_samples",
+    "num_warmup",
+    "linalg",
+    "devices",
+    "checkpoint",
+    "checkpoint_every",
+    "keep_draws",
+    "likelihood",
+    "implicit",
+)
 
 
 def _hidden(text: str) -> int | tuple[int, ...]:
@@ -175,7 +175,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _given_options(args) -> dict:
-    return {k: getattr(args, flag) for flag, k in _OPTION_FLAGS.items() if getattr(args, flag) is not None}
+    return {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
 
 
 def _fit_parser(sub) -> None:

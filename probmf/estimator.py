@@ -20,21 +20,14 @@ import numpy as np
 import pandas as pd
 
 from probmf.checkpoint import show_progress
-from probmf.data.io import dataframe_columns, read_dataframe
-from probmf.data.ratings import UNKNOWN, Ratings
+from probmf.data.io import dataframe_columns, to_ratings
+from probmf.data.ratings import UNKNOWN
 from probmf.data.splits import kfold
 from probmf.evaluate import evaluate_fold, fit_model, resolve_options
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.recommend import fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
-__all__ = ["Recommender", "cross_validate", "to_ratings"]
-
-
-def to_ratings(data, *, columns=None, rating_scale=None, duplicates: str = "error") -> Ratings:
-    """``data`` as `Ratings`: a `Ratings` as it is, a DataFrame checked by `read_dataframe`."""
-    if isinstance(data, Ratings):
-        return data
-    return read_dataframe(data, columns=columns, rating_scale=rating_scale, duplicates=duplicates)
+__all__ = ["Recommender", "cross_validate"]
 
 
 class Recommender:
@@ -148,8 +141,7 @@ class Recommender:
     def load(cls, path) -> Recommender:
         """A fitted `Recommender` from a folder written by `save` (or ``probmf fit --out``)."""
         model = load_model(path)
-        est = cls.__new__(cls)
-        est.model, est.seed, est.columns, est.rating_scale, est.progress = model.model, 0, None, None, None
+        est = cls(model.model)
         est.options, est.model_ = dict(model.options), model
         return est
 

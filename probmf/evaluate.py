@@ -26,8 +26,7 @@ from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
 from probmf.fitters import FITTERS
-from probmf.metrics import accuracy, cold_mask, interval_scores, predict_ratings, ranking, rmse
-from probmf.persistence import plugin_sd
+from probmf.metrics import accuracy, cold_mask, interval_scores, plugin_sd, predict_ratings, ranking, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV

@@ -34,6 +34,11 @@ def predict_ratings(model, test: Ratings, *, clip: tuple[float, float] | None = 
     return np.asarray(pred)
 
 
+def plugin_sd(model, train: Ratings, clip: tuple[float, float] | None) -> float:
+    """A point estimate's plug-in predictive sd: sqrt(mean (r - clip(r_hat))^2) over ``train``."""
+    return rmse(predict_ratings(model, train, clip=clip), train.values)
+
+
 def interval_scores(mean, sd, truth) -> dict:
     """Calibration of Gaussian predictive distributions N(mean, sd^2) on held-out ratings:
     coverage of the central 50% and 90% intervals and the mean negative log density (nats)."""

@@ -35,7 +35,7 @@ import probmf
 from probmf.data.movielens import sha256_file
 from probmf.data.ratings import IdMap
 from probmf.fitters import saved_types
-from probmf.metrics import predict_ratings, rmse
+from probmf.metrics import plugin_sd
 from probmf.model import MFParams
 from probmf.objectives import Priors
 from probmf.posterior import Posterior, PredictiveSummary, RowPrior
@@ -103,11 +103,6 @@ class FittedModel:
             dataset,
             noise_sd,
         )
-
-
-def plugin_sd(fitted, train, clip: tuple[float, float] | None) -> float:
-    """A point estimate's plug-in predictive sd: sqrt(mean (r - clip(r_hat))^2) over ``train``."""
-    return rmse(predict_ratings(fitted, train, clip=clip), train.values)
 
 
 def save_model(path, model: FittedModel) -> Path:

@@ -42,10 +42,10 @@ STRATEGIES = ("mean", "ucb", "thompson")
 
 
 class Predictions(NamedTuple):
-    """Per pair: mean (n,), sd (n,) (a point estimate's plug-in sd; None for one saved without
-    it), known (n,) bool: False where
-    the user or item is unknown or had no training rating (a point estimate then falls back
-    to biases and mu; a posterior predicts under each draw's prior, with its sd)."""
+    """Per pair: mean (n,); sd (n,), a posterior's predictive sd or a point estimate's plug-in
+    sd (None for a point estimate saved without it); known (n,) bool: False where the user or
+    item is unknown or had no training rating (a point estimate then falls back to biases and
+    mu; a posterior predicts under each draw's prior, with its sd)."""
 
     mean: np.ndarray
     sd: np.ndarray | None

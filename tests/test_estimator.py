@@ -10,10 +10,11 @@ import pytest
 import probmf
 from probmf.data.io import RatingsFileError
 from probmf.data.movielens import load_split
+from probmf.data.splits import kfold
 from probmf.data.synthetic import synthetic_ratings
 from probmf.evaluate import evaluate_fold
+from probmf.metrics import plugin_sd
 from probmf.model import predict_with_fallback
-from probmf.persistence import plugin_sd
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,6 @@ def test_cross_validate_scores_each_fold_as_evaluate_does(frames):
     ratings = probmf.read_dataframe(train)
     table = probmf.cross_validate("als", train, folds=3, seed=4, rank=2, num_sweeps=5)
     assert list(table["fold"]) == [1, 2, 3] and table["n_test"].sum() == len(ratings)
-    from probmf.data.splits import kfold
-
     second = kfold(ratings, 3, seed=4)[1]
     row = evaluate_fold("als", *second, options={"rank": 2, "num_sweeps": 5}, seed=4)
     assert table["rmse"][1] == pytest.approx(row["rmse"], rel=1e-6)

@@ -33,6 +33,7 @@ __all__ = [
     "read_new_user",
     "read_pairs",
     "read_ratings",
+    "to_ratings",
     "write_ratings",
 ]
 
@@ -167,6 +168,13 @@ def read_dataframe(
     src.name_columns = True
     ratings = _to_ratings(src, rating_scale=_scale(rating_scale), duplicates=duplicates, id_type=id_type)
     return dataclasses.replace(ratings, source=name)
+
+
+def to_ratings(data, *, columns=None, rating_scale=None, duplicates: str = "error") -> Ratings:
+    """``data`` as `Ratings`: a `Ratings` as it is, a DataFrame checked by `read_dataframe`."""
+    if isinstance(data, Ratings):
+        return data
+    return read_dataframe(data, columns=columns, rating_scale=rating_scale, duplicates=duplicates)
 
 
 def dataframe_columns(df, columns=None, *, name: str = "DataFrame", need=("user", "item", "rating")) -> dict:

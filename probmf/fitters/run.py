@@ -15,7 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from probmf.checkpoint import show_progress
+from probmf.data.io import to_ratings
 from probmf.data.ratings import Ratings
+from probmf.evaluate import fitted_of, run_fitter
+from probmf.metrics import plugin_sd
 
 
 class PointPredictor(NamedTuple):
@@ -56,10 +59,6 @@ def fit(model: str, train, *, rng_key=None, seed: int = 0, progress: bool | None
     ``config`` (unknown ones are an error). ``rng_key`` (or ``seed``) seeds it.
     ``progress``: a progress bar over the sweeps or epochs (None: in interactive sessions;
     `probmf.checkpoint.show_progress`)."""
-    from probmf.estimator import to_ratings  # the estimator builds on this module
-    from probmf.evaluate import fitted_of, run_fitter
-    from probmf.persistence import plugin_sd
-
     train: Ratings = to_ratings(train)
     key = jax.random.PRNGKey(seed) if rng_key is None else rng_key
     with show_progress(progress):
