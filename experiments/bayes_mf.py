@@ -46,8 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from probmf.data.splits import random_split
-from probmf.evaluate import evaluate_fold, fit_model, folds, score
+from probmf.evaluate import evaluate_fold, folds, score
 from probmf.fitters import FITTERS
+from probmf.fitters.run import fit_model
 from probmf.metrics import predict_ratings, rmse
 
 LEVELS = np.linspace(0.05, 0.95, 19)  # nominal central-interval levels for the calibration curve
@@ -122,7 +123,7 @@ def run(args) -> list[dict]:
                 options={kk: v for kk, v in opts.items() if kk != "rank"},
             )
             rows.append(row)
-            if hasattr(fitted, "predictive") and k in (10, ranks[-1]):
+            if fitted.posterior is not None and k in (10, ranks[-1]):
                 curves[(name, k)] = calibration(fitted, test)
             if bar:
                 bar.update()

@@ -43,7 +43,8 @@ from probmf.data import movielens
 from probmf.data.io import read_ratings
 from probmf.data.movielens import DATASETS, DatasetNotFoundError
 from probmf.data.synthetic import synthetic_preset
-from probmf.evaluate import fit_model, load_ratings
+from probmf.evaluate import load_ratings
+from probmf.fitters.run import fit_model
 from probmf.metrics import predict_ratings, rmse
 from probmf.recommend import title_of, titles_for
 
@@ -138,7 +139,8 @@ def run(args) -> dict:
     rank = args.rank if args.rank is not None else (3 if args.smoke else 10)
     min_ratings = args.min_ratings if args.min_ratings is not None else (5 if args.smoke else 20)
     given = {"rank": rank, **({"num_sweeps": 5} if args.smoke else {})}
-    params, options, seconds = fit_model("als", ratings, options=given, seed=args.seed)  # probmf.fitters.fit_als
+    predictor, options, seconds = fit_model("als", ratings, options=given, seed=args.seed)  # probmf.fitters.fit_als
+    params = predictor.params
 
     counts = np.bincount(ratings.items, minlength=ratings.num_items)
     shown = counts >= min_ratings

@@ -20,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from probmf.evaluate import evaluate_fold, fitter_options, folds, mean_row
+from probmf.evaluate import evaluate_fold, folds, mean_row
 from probmf.fitters import FITTERS
+from probmf.fitters.run import fitter_options
 
 # Table rows beyond the fitters at their defaults: name -> (fitter, options)
 VARIANTS = {"gibbs-implicit": ("gibbs", {"implicit": True})}

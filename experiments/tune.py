@@ -72,7 +72,8 @@ import numpy as np
 
 from probmf.data.movielens import load_split
 from probmf.data.splits import kfold, random_split
-from probmf.evaluate import FOLDS, evaluate_fold, fitter_options, folds, resolve_options
+from probmf.evaluate import FOLDS, evaluate_fold, folds
+from probmf.fitters.run import fitter_options, resolve_options
 
 GRIDS = {
     "als": [

@@ -67,7 +67,6 @@ from scipy.stats import norm
 
 import probmf
 from probmf.data import load_split_or_synthetic
-from probmf.fitters import fit_als, fit_gibbs, fit_optax, fit_svi
 from probmf.metrics import interval_scores, predict_ratings, rmse
 
 # %% tags=["parameters"]
@@ -102,35 +101,30 @@ users, items = jnp.asarray(test.users), jnp.asarray(test.items)
 
 # %%
 METHODS = {
-    "MLE (ALS)": lambda key, k: fit_als(key, train, rank=k, lam=0.0, lam_bias=0.0, num_sweeps=ALS_SWEEPS),
-    "MLE (Adam)": lambda key, k: fit_optax(key, train, rank=k, objective="mle", num_epochs=ADAM_EPOCHS),
-    "MAP (ALS)": lambda key, k: fit_als(key, train, rank=k, lam=LAM, lam_bias=LAM_BIAS, num_sweeps=ALS_SWEEPS),
-    "Bayes (Gibbs)": lambda key, k: fit_gibbs(key, train, rank=k, init_sweeps=ALS_SWEEPS, **GIBBS),
-    "Bayes (SVI)": lambda key, k: fit_svi(key, train, rank=k, **SVI),
+    "MLE (ALS)": ("als", dict(lam=0.0, lam_bias=0.0, num_sweeps=ALS_SWEEPS)),
+    "MLE (Adam)": ("optax", dict(objective="mle", num_epochs=ADAM_EPOCHS)),
+    "MAP (ALS)": ("als", dict(lam=LAM, lam_bias=LAM_BIAS, num_sweeps=ALS_SWEEPS)),
+    "Bayes (Gibbs)": ("gibbs", dict(init_sweeps=ALS_SWEEPS, **GIBBS)),
+    "Bayes (SVI)": ("svi", SVI),
 }
 
 
-def predictive(result):
-    """(mean, sd) of the predictive distribution of every test rating."""
-    if hasattr(result, "predictive"):  # a posterior: the mixture over its draws
-        mean, sd = result.predictive(users, items)
-        return np.asarray(mean, np.float64), np.asarray(sd, np.float64)
-    model = result if hasattr(result, "predict") else result.params
-    s = rmse(predict_ratings(model, train), train.values)  # plug-in: training RMS residual
-    mean = predict_ratings(model, test).astype(np.float64)
-    return mean, np.full(mean.shape, s)
+def predictive(predictor):
+    """(mean, sd) of the predictive distribution of every test rating: a posterior's mixture
+    over its draws, a point fit's N(r_hat, s^2) with s its clipped training RMS residual."""
+    mean, sd = predictor.predictive(users, items)
+    return np.asarray(mean, np.float64), np.asarray(sd, np.float64)
 
 
-def train_rmse(result):
-    model = result if hasattr(result, "predict") else result.params
-    return rmse(predict_ratings(model, train, clip=CLIP), train.values)
+def train_rmse(predictor):
+    return rmse(predict_ratings(predictor, train, clip=CLIP), train.values)
 
 
 rows, fits = [], {}
 key = jax.random.PRNGKey(SEED)
 for k in RANKS:
-    for name, fit in METHODS.items():
-        result = fit(key, k)
+    for name, (model, options) in METHODS.items():
+        result = probmf.fit(model, train, rng_key=key, rank=k, progress=False, **options).predictor
         mean, sd = predictive(result)
         fits[name, k] = (result, mean, sd)
         scores = interval_scores(mean, sd, test.values)

@@ -52,8 +52,8 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+import probmf
 from probmf.data import load_split_or_synthetic
-from probmf.fitters import fit_als, fit_autorec_i, fit_mlp, fit_residual
 from probmf.metrics import accuracy, predict_ratings, rmse
 
 # %% tags=["parameters"]
@@ -80,25 +80,26 @@ CLIP = (float(train.values.min()), float(train.values.max()))
 # %% [markdown]
 # ## Fitting
 #
-# Every fitter takes a PRNG key and the training ratings and returns a result that predicts;
-# `predict_ratings` handles cold pairs (a user or item without training ratings falls back to the
-# biases) and clips to the star range.
+# `probmf.fit(name, train, rng_key=..., **options)` runs any fitter and returns its predictor
+# (`predictor`) and its own result (`info`: traces, the fitted networks); `predict_ratings`
+# handles cold pairs (a user or item without training ratings falls back to the biases) and
+# clips to the star range.
 
 # %%
 key = jax.random.PRNGKey(SEED)
 FITTERS = {
-    "ALS (MAP)": lambda: fit_als(key, train, **ALS),
-    "embedding MLP": lambda: fit_mlp(key, train, **MLP),
-    "ALS + residual net": lambda: fit_residual(key, train, **RESIDUAL),
-    "AutoRec (items)": lambda: fit_autorec_i(key, train, **AUTOREC),
+    "ALS (MAP)": ("als", ALS),
+    "embedding MLP": ("mlp", MLP),
+    "ALS + residual net": ("residual", RESIDUAL),
+    "AutoRec (items)": ("autorec-i", AUTOREC),
 }
 fits, preds, seconds = {}, {}, {}
-for name, fit in FITTERS.items():
+for name, (model, options) in FITTERS.items():
     t0 = time.perf_counter()
-    result = fit()
+    result = probmf.fit(model, train, rng_key=key, progress=False, **options)
     seconds[name] = time.perf_counter() - t0
-    fits[name] = result
-    preds[name] = predict_ratings(result if hasattr(result, "predict") else result.params, test, clip=CLIP)
+    fits[name] = result.info
+    preds[name] = predict_ratings(result.predictor, test, clip=CLIP)
 
 global_mean_rmse = rmse(np.full(len(test), train.values.mean()), test.values)
 scores = {name: accuracy(p, test, train=train) for name, p in preds.items()}

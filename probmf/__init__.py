@@ -8,6 +8,7 @@ The curated API (``__all__``); each name is imported on first use, so ``import p
     Recommender, cross_validate                    raw ids and pandas (`probmf.estimator`)
     Ratings, read_ratings, read_dataframe          data in (`probmf.data`)
     MFParams, predict                              the model's parameters and forward pass
+    Predictor, PointPredictor                      what every fitted model answers
     Posterior                                      S draws and their predictive
     save_model, load_model                         safe persistence (no pickle)
 """
@@ -19,7 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "fit": "probmf.fitters.run",
     "FitResult": "probmf.fitters.run",
-    "PointPredictor": "probmf.fitters.run",
+    "Predictor": "probmf.predictor",
+    "PointPredictor": "probmf.predictor",
     "FITTERS": "probmf.fitters",
     "Recommender": "probmf.estimator",
     "cross_validate": "probmf.estimator",

@@ -16,11 +16,13 @@ import json
 import sys
 
 import jax
+import numpy as np
 
 from probmf.checkpoint import show_progress
 from probmf.data.io import read_new_user, read_pairs, read_ratings
-from probmf.evaluate import evaluate_fold, fit_model, folds, load_ratings, mean_row
+from probmf.evaluate import evaluate_fold, folds, load_ratings, mean_row
 from probmf.fitters import FITTERS
+from probmf.fitters.run import fit_model
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
@@ -216,12 +218,10 @@ def cmd_predict(args) -> int:
     users, items = read_pairs(args.pairs)
     p = predict_pairs(model, users, items, clip=not args.no_clip)
     if not args.json:
-        print("userId,movieId,prediction" + (",sd" if p.sd is not None else "") + ",known")
+        print("userId,movieId,prediction,sd,known")
     for k in range(len(users)):
-        row = {"userId": _py(users[k]), "movieId": _py(items[k]), "prediction": round(float(p.mean[k]), 4)}
-        if p.sd is not None:
-            row["sd"] = round(float(p.sd[k]), 4)
-        row["known"] = bool(p.known[k])
+        row = {"userId": _py(users[k]), "movieId": _py(items[k]), "prediction": round(float(p.mean[k]), 4),
+               "sd": _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
         print(json.dumps(row) if args.json else ",".join(str(v) for v in row.values()))
     return 0
 
@@ -260,9 +260,7 @@ def cmd_recommend(args) -> int:
     rec = recommend(model, scores, n=args.n, exclude=rated, strategy=args.strategy)
     for k in range(len(rec.items)):
         row = {"rank": k + 1, "movieId": _py(rec.items[k]), "score": round(float(rec.score[k]), 4),
-               "mean": round(float(rec.mean[k]), 4)}  # fmt: skip
-        if rec.sd is not None:
-            row["sd"] = round(float(rec.sd[k]), 4)
+               "mean": round(float(rec.mean[k]), 4), "sd": _round(rec.sd[k])}  # fmt: skip
         row["title"] = title_of(titles, rec.items[k])
         if not args.json:  # text: a title column only when there are titles; "?" for an item without one
             if titles is None:
@@ -288,15 +286,19 @@ def cmd_info(args) -> int:
         "num_items": len(model.item_ids),
         "rating_range": list(model.rating_range),
         "options": model.options,
+        "num_samples": int(model.fitted.num_samples),
     }
-    if hasattr(model.fitted, "posterior"):
-        info["num_samples"] = int(model.fitted.posterior.num_samples)
     print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
 
 
+def _round(x) -> float | None:
+    """x to 4 decimals; None (JSON null) for NaN, the sd of a point model saved without one."""
+    return round(float(x), 4) if np.isfinite(x) else None
+
+
 def _py(x):
-    return x.item() if hasattr(x, "item") else x
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _as_int(text: str):

@@ -23,7 +23,8 @@ from probmf.checkpoint import show_progress
 from probmf.data.io import dataframe_columns, to_ratings
 from probmf.data.ratings import UNKNOWN
 from probmf.data.splits import kfold
-from probmf.evaluate import evaluate_fold, fit_model, resolve_options
+from probmf.evaluate import evaluate_fold
+from probmf.fitters.run import fit_model, resolve_options
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.recommend import fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
@@ -85,8 +86,7 @@ class Recommender:
             if users.shape != items.shape or users.ndim != 1:
                 raise ValueError(f"users and items must be 1-d arrays of one length, got {users.shape}, {items.shape}")
         pred = predict_pairs(model, users, items, clip=clip)
-        sd = pred.sd if pred.sd is not None else np.full(len(users), np.nan, np.float32)
-        return pd.DataFrame({"user": users, "item": items, "mean": pred.mean, "sd": sd, "known": pred.known})
+        return pd.DataFrame({"user": users, "item": items, "mean": pred.mean, "sd": pred.sd, "known": pred.known})
 
     def recommend(
         self, users, n: int = 10, *, exclude_rated: bool = True, strategy: str = "mean", titles=None
@@ -110,7 +110,7 @@ class Recommender:
             scores = score_user(model, int(u), sub if strategy == "thompson" else None)
             exclude = model.rated(int(u)) if exclude_rated and u != UNKNOWN else ()
             rec = recommend(model, scores, n=n, exclude=exclude, strategy=strategy)
-            frames.append(_recommendations(raw, rec, u != UNKNOWN, names, model.noise_sd))
+            frames.append(_recommendations(raw, rec, u != UNKNOWN, names))
         return pd.concat(frames, ignore_index=True)
 
     def fold_in(self, data, *, n: int = 10, user="new", strategy: str = "mean") -> pd.DataFrame:
@@ -129,7 +129,7 @@ class Recommender:
         key = jax.random.PRNGKey(self.seed)
         scores, rated = fold_in(model, raw_items, values, rng_key=key if strategy == "thompson" else None)
         rec = recommend(model, scores, n=n, exclude=rated, strategy=strategy)
-        return _recommendations(user, rec, True, titles_for(None, model.dataset), model.noise_sd)
+        return _recommendations(user, rec, True, titles_for(None, model.dataset))
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path):
@@ -150,18 +150,16 @@ def _pair_columns(columns):
     return None if columns is None else list(columns)[:2]
 
 
-def _recommendations(user, rec, known: bool, titles, noise_sd) -> pd.DataFrame:
-    """One user's `probmf.recommend.Recommendation` as rows; a point estimate's sd is its
-    plug-in ``noise_sd`` (NaN for a model saved without it)."""
+def _recommendations(user, rec, known: bool, titles) -> pd.DataFrame:
+    """One user's `probmf.recommend.Recommendation` as rows."""
     n = len(rec.items)
-    sd = rec.sd if rec.sd is not None else np.full(n, np.nan if noise_sd is None else noise_sd)
     frame = pd.DataFrame({
         "user": np.repeat(np.asarray([user]), n),
         "rank": np.arange(1, n + 1),
         "item": rec.items,
         "score": rec.score,
         "mean": rec.mean,
-        "sd": sd,
+        "sd": rec.sd,
         "known": np.full(n, known),
     })  # fmt: skip
     if titles:

@@ -9,12 +9,10 @@ probmf_version, seed, options.
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from collections.abc import Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,53 +23,18 @@ from probmf.data.ratings import Ratings
 from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
-from probmf.fitters import FITTERS
-from probmf.metrics import accuracy, cold_mask, interval_scores, plugin_sd, predict_ratings, ranking, rmse
+from probmf.fitters.run import fit_model
+from probmf.metrics import accuracy, cold_mask, interval_scores, ranking, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
 FALLBACK_PRESET = {"ml-100k": "ml100k", "ml-1m": "ml1m", "ml-20m": "ml20m"}
 
 
-def fitter_options(model: str) -> dict:
-    """The keyword options of a fitter and their defaults."""
-    sig = inspect.signature(FITTERS[model])
-    return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def resolve_options(model: str, given: dict) -> dict:
-    """The fitter's defaults overridden by ``given``; an option the model lacks is an error."""
-    if model not in FITTERS:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(FITTERS)}")
-    options = fitter_options(model)
-    for name in given:
-        if name not in options:
-            raise ValueError(f"option {name!r} does not apply to model {model!r} (it takes {sorted(options)})")
-    return {**options, **given}
-
-
-def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
-    """Run the fitter ``model`` on ``train``: returns (its result, options used, seconds)."""
-    options = resolve_options(model, options)
-    t0 = time.perf_counter()
-    result = jax.block_until_ready(FITTERS[model](rng_key, train, **options))
-    return result, options, time.perf_counter() - t0
-
-
-def fitted_of(result):
-    """What predicts in a fitter's result: the result when it predicts by itself, else its
-    ``params`` (`MFParams`)."""
-    return result if hasattr(result, "predict") else result.params
-
-
-def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0):
-    """Fit ``model`` on ``train``: returns (fitted (`fitted_of`), options used, seconds)."""
-    result, options, seconds = run_fitter(model, train, options=options, rng_key=jax.random.PRNGKey(seed))
-    return fitted_of(result), options, seconds
-
-
 def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | None = None) -> dict:
-    """Accuracy and calibration of a fitted model on ``test`` (ids in train's id space).
+    """Accuracy and calibration of a `probmf.fitters.run.Predictor` on ``test`` (ids in
+    train's id space); a point fit's plug-in sd is the one it was wrapped with
+    (`probmf.fitters.run.predictor_of`, given the same ``clip``).
 
     ``clip``: True bounds predictions to the training rating range, False leaves them, or a
     (low, high) pair. One rule for every score: the clipped mean is what RMSE and MAE score
@@ -86,13 +49,10 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
     t0 = time.perf_counter()
     # One pass over the test pairs (and, for a posterior, over its draws) serves both
     # accuracy and calibration.
-    if hasattr(fitted, "predictive"):
-        mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items)))
-    else:
-        mean, sd = predict_ratings(fitted, test), None
+    mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items)))
     predict_seconds = time.perf_counter() - t0
     pred = np.clip(mean, *clip) if clip else mean
-    uncertainty = _uncertainty(fitted, train, test, pred, sd, clip)
+    uncertainty = _uncertainty(fitted, test, pred, sd)
     cold = cold_mask(test, train)
     return {
         "rank": int(fitted.rank),
@@ -132,7 +92,7 @@ def evaluate_fold(
         )
     if options.get("keep_draws") is False:
         options = {**options, "predict_pairs": (test.users, test.items)}
-    fitted, options, seconds = fit_model(model, train, options=options, seed=seed)
+    fitted, options, seconds = fit_model(model, train, options=options, seed=seed, clip=clip)
     options.pop("predict_pairs", None)
     return {
         "model": model,
@@ -144,27 +104,22 @@ def evaluate_fold(
     }
 
 
-def _uncertainty(fitted, train: Ratings, test: Ratings, mean, sd, clip) -> dict:
+def _uncertainty(fitted, test: Ratings, mean, sd) -> dict:
     """Interval coverage and NLL on the test ratings of N(mean, sd^2) ("scores"), the sd
-    used ("sd") and the draws' diagnostics: ``sd`` is the posterior predictive's when the
-    model has one, else (None given) the plug-in Gaussian's, the RMS training residual of the
-    model's predictions clipped as ``clip`` (a point estimate seen as a posterior with one
-    draw)."""
-    if sd is not None and getattr(fitted, "posterior", None) is None:  # running moments only
-        extra = {"num_samples": fitted.summary.num_samples, "r_hat_max": None, "ess_min": None}
-    elif sd is not None:
-        extra = {"num_samples": int(fitted.posterior.num_samples), **_convergence(fitted, test)}
-    else:
-        sd = np.full(len(test), plugin_sd(fitted, train, clip or None))
-        extra = {"num_samples": 1}
+    ("sd": the posterior predictive's, or a point fit's plug-in sd) and the draws'
+    diagnostics (none for a point fit; None for a posterior kept as running moments only)."""
+    extra = {"num_samples": int(fitted.num_samples)}
+    if fitted.posterior is not None:
+        extra.update(_convergence(fitted, test))
+    elif fitted.num_samples > 1:
+        extra.update(r_hat_max=None, ess_min=None)
     return {"scores": interval_scores(mean, sd, test.values), "sd": sd, **extra}
 
 
 def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
     """Split R-hat (max) and ESS (min) of the predictions at up to ``num_pairs`` test pairs
     spread over the test set (chains as the sampler ran them; one chain is split in two)."""
-    info = getattr(fitted, "info", None)
-    chains = len(info.step_size) if hasattr(info, "step_size") else 1
+    chains = fitted.num_chains
     if fitted.posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
         return {"r_hat_max": None, "ess_min": None}
     pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))

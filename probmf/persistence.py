@@ -1,18 +1,20 @@
 """Save and load fitted models safely: a folder with ``model.json`` and ``arrays.npz``.
 
-The format (version 1), documented for anyone reading a saved model by hand:
+The format (version 2), documented for anyone reading a saved model by hand:
 
-    model.json   {"format": "probmf-model", "format_version": 1, "probmf_version", "model",
+    model.json   {"format": "probmf-model", "format_version": 2, "probmf_version", "model",
                   "options", "rating_range", "dataset" (the data it was fitted on, or null),
                   "structure", "arrays": {key: [dtype, shape]}, "sha256": hex digest of arrays.npz}
     arrays.npz   every array of the fitted model, plus "user_ids" and "item_ids" (raw ids) and
                  "rated_indptr", "rated_items" (CSR of the training items of each user)
 
-``structure`` describes the fitted object as a tree of named tuples whose leaves are arrays
-(by key into ``arrays.npz``) or JSON scalars. Only the named-tuple types listed in `TYPES`
-are ever rebuilt, and arrays are read with ``allow_pickle=False``: loading a file runs no
-code from it. Loading checks the format version, the checksum, and every array's dtype and
-shape, and raises `ModelFileError` naming the file and what is wrong.
+``structure`` describes the fitted `probmf.fitters.run.Predictor` (a posterior result, or a
+`PointPredictor` holding a point fit and its plug-in sd) as a tree of named tuples whose
+leaves are arrays (by key into ``arrays.npz``) or JSON scalars. Version 1 files (a point fit
+stored bare, its plug-in sd as "noise_sd" in model.json, when kept) still load. Only the
+named-tuple types listed in `TYPES` are ever rebuilt, and arrays are read with
+``allow_pickle=False``: loading a file runs no code from it. Loading checks the format
+version, the checksum, and every array's dtype and shape, and raises `ModelFileError` naming the file and what is wrong.
 
 Saving is atomic: the folder is written under a temporary name beside the target and renamed
 into place; an existing model at the target is replaced only once the new one is complete.
@@ -26,7 +28,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
@@ -34,17 +35,19 @@ import numpy as np
 import probmf
 from probmf.data.movielens import sha256_file
 from probmf.data.ratings import IdMap
-from probmf.fitters import saved_types
-from probmf.metrics import plugin_sd
+from probmf.fitters import POSTERIOR_FITTERS, saved_types
 from probmf.model import MFParams
 from probmf.objectives import Priors
 from probmf.posterior import Posterior, PredictiveSummary, RowPrior
+from probmf.predictor import PointPredictor, Predictor
 
 FORMAT = "probmf-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # the format versions `load_model` reads
 # The only named tuples a model file may rebuild: the model's own and those of the
 # registered fitters (`probmf.fitters.saved_types`).
-TYPES = {t.__name__: t for t in (MFParams, Priors, Posterior, PredictiveSummary, RowPrior, *saved_types())}
+_MODEL_TYPES = (MFParams, Priors, Posterior, PredictiveSummary, RowPrior, PointPredictor)
+TYPES = {t.__name__: t for t in (*_MODEL_TYPES, *saved_types())}
 
 
 class ModelFileError(ValueError):
@@ -57,27 +60,24 @@ class FittedModel:
 
     Attributes:
       model: the fitter's name ("als", "gibbs", ...); options: the options it ran with.
-      fitted: `MFParams`, or a result that predicts by itself (``predict(users, items)``).
+      fitted: its `probmf.fitters.run.Predictor` (``predictive(users, items)``, ...).
       user_ids, item_ids: the training id maps.
       rating_range: (low, high) of the training ratings, for clipping.
       rated_indptr, rated_items: CSR of the items each user rated in training (dense
         indices; user i's are ``rated_items[rated_indptr[i]:rated_indptr[i+1]]``), so
         recommendations can leave them out; None when not kept.
       dataset: what it was fitted on ("ml-100k", a file name, ...), None when unknown.
-      noise_sd: a point estimate's plug-in predictive sd, the RMS of its clipped training
-        residuals (a point fit seen as a posterior with one draw); None for posteriors.
     """
 
     model: str
     options: dict
-    fitted: Any
+    fitted: Predictor
     user_ids: IdMap
     item_ids: IdMap
     rating_range: tuple[float, float]
     rated_indptr: np.ndarray | None = None
     rated_items: np.ndarray | None = None
     dataset: str | None = None
-    noise_sd: float | None = None
 
     def rated(self, user: int) -> np.ndarray:
         """Dense indices of the items dense user ``user`` rated in training."""
@@ -86,11 +86,12 @@ class FittedModel:
         return self.rated_items[self.rated_indptr[user] : self.rated_indptr[user + 1]]
 
     @classmethod
-    def from_training(cls, model: str, options: dict, fitted, train, dataset: str | None = None) -> FittedModel:
+    def from_training(
+        cls, model: str, options: dict, fitted: Predictor, train, dataset: str | None = None
+    ) -> FittedModel:
         """Wrap a fit on the `Ratings` ``train``, keeping its id maps, rating range and rated items."""
         csr = train.to_coo().tocsr()
         low, high = float(train.values.min()), float(train.values.max())
-        noise_sd = None if hasattr(fitted, "predictive") else plugin_sd(fitted, train, (low, high))
         return cls(
             model,
             options,
@@ -101,7 +102,6 @@ class FittedModel:
             csr.indptr.astype(np.int64),
             csr.indices.astype(np.int32),
             dataset,
-            noise_sd,
         )
 
 
@@ -130,7 +130,6 @@ def save_model(path, model: FittedModel) -> Path:
             "options": model.options,
             "rating_range": list(model.rating_range),
             "dataset": model.dataset,
-            "noise_sd": model.noise_sd,
             "structure": structure,
             "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
             "sha256": sha256_file(work / "arrays.npz"),
@@ -154,10 +153,10 @@ def load_model(path) -> FittedModel:
         raise ModelFileError(f"{meta_file}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{meta_file}: not a probmf model file")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in READS:
         raise ModelFileError(
-            f"{meta_file}: format version {meta.get('format_version')!r}; this probmf "
-            f"({probmf.__version__}) reads version {FORMAT_VERSION}"
+            f"{meta_file}: format version {version!r}; this probmf ({probmf.__version__}) reads versions {READS}"
         )
     if sha256_file(array_file) != meta.get("sha256"):
         raise ModelFileError(f"{array_file}: checksum mismatch, the file is corrupt or was changed")
@@ -179,6 +178,9 @@ def load_model(path) -> FittedModel:
         fitted = _decode(meta["structure"], arrays)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{meta_file}: bad structure ({err})") from None
+    if version == 1 and meta["model"] not in POSTERIOR_FITTERS:  # a bare point fit
+        noise_sd = meta.get("noise_sd")
+        fitted = PointPredictor(fitted, float("nan") if noise_sd is None else noise_sd)
     low, high = meta["rating_range"]
     return FittedModel(
         meta["model"],
@@ -190,7 +192,6 @@ def load_model(path) -> FittedModel:
         arrays.get("rated_indptr"),
         arrays.get("rated_items"),
         meta.get("dataset"),
-        meta.get("noise_sd"),  # absent from models saved before it was kept
     )
 
 
@@ -198,7 +199,7 @@ def load_model(path) -> FittedModel:
 
 
 def _encode(obj, arrays: dict, key: str):
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+    if isinstance(obj, tuple) and "_fields" in type(obj).__dict__:  # a named tuple
         name = type(obj).__name__
         if TYPES.get(name) is not type(obj):
             raise TypeError(f"cannot save a {name}: not one of probmf.persistence.TYPES")

@@ -60,12 +60,7 @@ def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True
         seen_u = np.diff(model.rated_indptr) > 0
         seen_i = np.bincount(model.rated_items, minlength=len(model.item_ids)) > 0
         known &= seen_u[np.maximum(users, 0)] & seen_i[np.maximum(items, 0)]
-    u, i = jnp.asarray(users), jnp.asarray(items)
-    if hasattr(model.fitted, "predictive"):
-        mean, sd = (np.asarray(a) for a in model.fitted.predictive(u, i))
-    else:
-        mean = np.asarray(model.fitted.predict(u, i))
-        sd = None if model.noise_sd is None else np.full(mean.shape, model.noise_sd, np.float32)
+    mean, sd = (np.asarray(a) for a in model.fitted.predictive(jnp.asarray(users), jnp.asarray(items)))
     if clip:
         mean = np.clip(mean, *model.rating_range)
     return Predictions(mean, sd, known)
@@ -99,7 +94,7 @@ def recommend(
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     mean, sd, draw = user_scores
-    if strategy != "mean" and sd is None:
+    if strategy != "mean" and draw is None:
         raise ValueError(
             f"strategy {strategy!r} needs a Bayesian model (gibbs, svi, nuts); {model.model!r} is a point estimate"
         )
@@ -109,18 +104,17 @@ def recommend(
     score = np.array(score, np.float64)
     score[np.asarray(list(exclude), np.int64)] = -np.inf
     top = np.argsort(-score, kind="stable")[: min(n, int(np.isfinite(score).sum()))]
-    return Recommendation(model.item_ids.raw[top], score[top], mean[top], None if sd is None else sd[top])
+    return Recommendation(model.item_ids.raw[top], score[top], mean[top], sd[top])
 
 
 def score_user(model: FittedModel, user: int, rng_key=None):
     """(mean, sd or None, one draw's means or None) over all M items for dense user ``user``."""
     m = len(model.item_ids)
     users, items = jnp.full((m,), user, jnp.int32), jnp.arange(m, dtype=jnp.int32)
-    fitted = model.fitted
-    if not hasattr(fitted, "predictive"):
-        return np.asarray(fitted.predict(users, items)), None, None
-    mean, sd = fitted.predictive(users, items)
-    posterior: Posterior = fitted.posterior
+    mean, sd = model.fitted.predictive(users, items)
+    posterior: Posterior | None = model.fitted.posterior
+    if posterior is None:
+        return np.asarray(mean), np.asarray(sd), None
     s = _draw_index(rng_key, posterior.num_samples)
     params, tau, priors = jax.tree.map(lambda a: a[s], (posterior.draws, posterior.tau, posterior.priors))
     draw = draw_predictive(params, tau, users, items, priors, posterior.seen)[0]
@@ -136,18 +130,19 @@ def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
         bad = np.asarray(raw_items)[items == UNKNOWN][0]
         raise ValueError(f"item {bad!r} is not known to the model; fold-in needs items it was trained on")
     r = np.asarray(ratings, np.float32)
-    fitted = model.fitted
-    if isinstance(fitted, MFParams):
-        lam, lam_b = _ridge(model, len(r))
-        x = _solve_row(fitted.U[items], fitted.c[items], fitted.mu, r, lam, lam_b)
-        mean = np.asarray(fitted.U @ x[:-1] + x[-1] + fitted.c + fitted.mu)
-        return (mean, None, None), items
-    if hasattr(fitted, "posterior"):
+    posterior: Posterior | None = model.fitted.posterior
+    if posterior is not None:
         key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-        preds = np.asarray(_fold_in_draws(key, fitted.posterior, jnp.asarray(items), jnp.asarray(r)))
-        noise = float(np.mean(1.0 / np.asarray(fitted.posterior.tau)))
+        preds = np.asarray(_fold_in_draws(key, posterior, jnp.asarray(items), jnp.asarray(r)))
+        noise = float(np.mean(1.0 / np.asarray(posterior.tau)))
         s = _draw_index(rng_key, preds.shape[0])
         return (preds.mean(0), np.sqrt(preds.var(0) + noise), preds[s]), items
+    params: MFParams | None = model.fitted.params if model.fitted.num_samples == 1 else None
+    if params is not None:
+        lam, lam_b = _ridge(model, len(r))
+        x = _solve_row(params.U[items], params.c[items], params.mu, r, lam, lam_b)
+        mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
+        return (mean, np.full(mean.shape, model.fitted.noise_sd, np.float32), None), items
     raise ValueError(f"fold-in is not available for model {model.model!r}")
 
 
@@ -314,7 +309,8 @@ def title_of(titles: dict | None, item) -> str | None:
     Integer ids and their decimal strings match each other (``17`` and ``"17"``)."""
     if not titles:
         return None
-    item = item.item() if hasattr(item, "item") else item
+    if isinstance(item, np.generic):
+        item = item.item()
     if isinstance(item, bytes):
         item = item.decode("utf-8", "replace")
     if item in titles:

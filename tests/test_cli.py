@@ -10,7 +10,6 @@ import pytest
 from probmf.cli import main
 from probmf.data.io import write_ratings
 from probmf.data.synthetic import synthetic_preset
-from probmf.model import predict_with_fallback as predict
 from probmf.persistence import load_model
 
 
@@ -20,10 +19,7 @@ def _rows(capsys):
 
 def _means(fitted, users, items) -> np.ndarray:
     """A fitted model's predicted means at dense (users, items), unclipped."""
-    users, items = jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)
-    if hasattr(fitted, "predictive"):
-        return np.asarray(fitted.predictive(users, items)[0])
-    return np.asarray(fitted.predict(users, items) if hasattr(fitted, "predict") else predict(fitted, users, items))
+    return np.asarray(fitted.predict(jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)))
 
 
 @pytest.mark.parametrize(
@@ -63,7 +59,7 @@ def test_fit_predict_recommend_round_trip(tmp_path, capsys, model, extra):
     # Every model reports an sd: a posterior's predictive sd, a point estimate's plug-in sd.
     assert all(r["sd"] > 0 for r in rows)
     if model != "gibbs":
-        assert {r["sd"] for r in rows} == {round(saved.noise_sd, 4)}
+        assert {r["sd"] for r in rows} == {round(saved.fitted.noise_sd, 4)}
 
     assert main(["recommend", "--model", str(out), "--user", "3", "-n", "4", "--json"]) == 0
     recs = _rows(capsys)

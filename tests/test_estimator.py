@@ -73,7 +73,7 @@ def test_raw_ids_are_never_read_as_dense_indices(frames):
     model = m.model_
     raw_u, raw_i = test["user_id"].to_numpy()[:20], test["item_id"].to_numpy()[:20]
     u, i = model.user_ids.index(raw_u), model.item_ids.index(raw_i)
-    expect = np.clip(np.asarray(predict_with_fallback(model.fitted, jnp.asarray(u), jnp.asarray(i))), 1, 5)
+    expect = np.clip(np.asarray(predict_with_fallback(model.fitted.params, jnp.asarray(u), jnp.asarray(i))), 1, 5)
     np.testing.assert_allclose(m.predict(raw_u, raw_i)["mean"], expect, rtol=1e-6)
     # The plug-in sd is the RMS training residual, the one `probmf evaluate` scores.
     train_ratings = probmf.read_dataframe(train)
@@ -86,7 +86,7 @@ def test_unknown_ids_get_the_fallback_and_known_false(frames):
     m = probmf.Recommender("als", rank=2, seed=0).fit(train)
     got = m.predict(pd.DataFrame({"user": [1003, 424242, 424242], "item": ["nope", "i3", "nope"]}))
     assert not got["known"].any()
-    fitted = m.model_.fitted
+    fitted = m.model_.fitted.params
     i3 = int(m.model_.item_ids.index(np.array(["i3"]))[0])
     assert got["mean"][1] == pytest.approx(float(np.clip(fitted.mu + fitted.c[i3], 1, 5)), rel=1e-6)
     assert got["mean"][2] == pytest.approx(float(np.clip(fitted.mu, 1, 5)), rel=1e-6)

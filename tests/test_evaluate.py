@@ -14,7 +14,8 @@ from probmf.cli import main
 from probmf.data.io import write_ratings
 from probmf.data.splits import random_split
 from probmf.data.synthetic import synthetic_preset, synthetic_ratings
-from probmf.evaluate import evaluate_fold, fit_model, mean_row, resolve_options
+from probmf.evaluate import evaluate_fold, mean_row
+from probmf.fitters.run import fit_model, resolve_options
 from probmf.metrics import cold_mask, interval_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_point_models_are_scored_with_the_plug_in_gaussian(model, options):
     train, test = random_split(ratings, 0.2, seed=1)
     row = evaluate_fold(model, train, test, options=options)
     fitted, _, _ = fit_model(model, train, options=options)  # the same seed: the same fit
-    W, U, b, c, mu = (np.asarray(a, np.float64) for a in fitted)
+    W, U, b, c, mu = (np.asarray(a, np.float64) for a in fitted.params)
     lo, hi = float(train.values.min()), float(train.values.max())
 
     def by_hand(r):

@@ -3,6 +3,8 @@
 known and unknown ids, beats the global mean on held-out ratings, and is deterministic for a
 fixed key (the estimator on raw ids gives the very same predictions)."""
 
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ import pytest
 import probmf
 from probmf.data.io import read_dataframe
 from probmf.data.synthetic import synthetic_ratings
-from probmf.evaluate import fit_model, fitter_options
 from probmf.fitters import FITTERS
+from probmf.fitters.run import fit_model, fitter_options
 from probmf.metrics import cold_mask, rmse
 from probmf.model import predict_with_fallback
 
@@ -79,6 +81,33 @@ def test_fitter_contract(split, name):
 def test_unknown_user_gets_the_item_side_prediction(split):
     """For an MF fit, a cold user's prediction is exactly mu + c_j (no factor, no user bias)."""
     train = split[0]
-    fitted, _, _ = fit_model("als", train, options=QUICK["als"])
+    fitted = fit_model("als", train, options=QUICK["als"])[0].params
     got = float(predict_with_fallback(fitted, jnp.array([-1]), jnp.array([2]))[0])
     assert got == pytest.approx(float(fitted.mu + fitted.c[2]), rel=1e-6)
+
+
+# The modules that consume fitted models; none may ask which fitter made one.
+CONSUMERS = ("evaluate", "metrics", "recommend", "cli", "persistence", "estimator", "fitters.run")
+
+
+@pytest.mark.parametrize("module", CONSUMERS)
+def test_consumers_never_dispatch_on_the_fitted_type(module):
+    """No ``hasattr``, no three-argument ``getattr`` and no ``isinstance`` against a fitted
+    type (`MFParams`, a result, a predictor or posterior) in the modules that use fitted
+    models: every predictor answers one interface (`probmf.fitters.run.Predictor`)."""
+    import ast
+    import importlib
+
+    from probmf.fitters import saved_types
+
+    fitted = {t.__name__ for t in saved_types()} | {"MFParams", "Posterior", "PointPredictor", "Predictor"}
+    source = importlib.import_module(f"probmf.{module}").__file__
+    found = []
+    for node in ast.walk(ast.parse(Path(source).read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        name, args = node.func.id, node.args
+        named = {n.id for a in args[1:] for n in ast.walk(a) if isinstance(n, ast.Name)}
+        if name == "hasattr" or (name == "getattr" and len(args) == 3) or (name == "isinstance" and named & fitted):
+            found.append(f"{module}.py:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found

@@ -17,11 +17,11 @@ import pytest
 import probmf.checkpoint
 from probmf.checkpoint import CheckpointError
 from probmf.data.synthetic import synthetic_preset
-from probmf.evaluate import fitter_options
 from probmf.fitters import autorec, mlp, optax_mf
 from probmf.fitters.autorec import fit_autorec_i
 from probmf.fitters.mlp import fit_mlp
 from probmf.fitters.optax_mf import fit_optax
+from probmf.fitters.run import fitter_options
 
 KEY = jax.random.PRNGKey(0)
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,14 +3,15 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from probmf.data.synthetic import synthetic_preset
-from probmf.evaluate import resolve_options
 from probmf.fitters import FITTERS
+from probmf.fitters.run import predictor_of, resolve_options
 from probmf.metrics import predict_ratings
-from probmf.persistence import FittedModel, ModelFileError, load_model, save_model
+from probmf.persistence import FORMAT_VERSION, FittedModel, ModelFileError, load_model, save_model
 
 QUICK = {
     "baseline": {},
@@ -34,8 +35,7 @@ def data():
 def _fit(model, ratings):
     options = resolve_options(model, QUICK[model])
     result = FITTERS[model](jax.random.PRNGKey(0), ratings, **options)
-    fitted = result if hasattr(result, "predict") else result.params
-    return FittedModel.from_training(model, options, fitted, ratings)
+    return FittedModel.from_training(model, options, predictor_of(model, result, ratings), ratings)
 
 
 @pytest.mark.parametrize("model", sorted(QUICK))
@@ -67,11 +67,28 @@ def test_format_version_and_shapes_are_checked(tmp_path, data):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="format version 99"):
         load_model(tmp_path / "m")
-    meta["format_version"] = 1
-    meta["arrays"]["fitted.W"][1] = [1, 1]
+    meta["format_version"] = FORMAT_VERSION
+    meta["arrays"]["fitted.fitted.W"][1] = [1, 1]
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(ModelFileError, match="fitted.W"):
+    with pytest.raises(ModelFileError, match="fitted.fitted.W"):
         load_model(tmp_path / "m")
+
+
+def test_a_version_1_point_model_loads_as_a_one_draw_predictor(tmp_path, data):
+    """Version 1 stored a point fit bare, its plug-in sd in model.json (or not at all)."""
+    saved = _fit("als", data)
+    save_model(tmp_path / "m", saved)
+    meta_file = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["format_version"], meta["structure"] = 1, meta["structure"]["fields"]["fitted"]
+    for noise_sd, want in ((0.75, 0.75), (None, np.nan)):
+        meta_file.write_text(json.dumps({**meta, "noise_sd": noise_sd}))
+        loaded = load_model(tmp_path / "m")
+        np.testing.assert_array_equal(loaded.fitted.params.W, saved.fitted.params.W)
+        users, items = jnp.arange(3), jnp.arange(3)
+        mean, sd = loaded.fitted.predictive(users, items)
+        np.testing.assert_array_equal(mean, saved.fitted.predict(users, items))
+        np.testing.assert_array_equal(sd, np.full(3, want, np.float32))
 
 
 def test_only_allow_listed_types_are_rebuilt(tmp_path, data):
@@ -88,7 +105,14 @@ def test_failed_save_keeps_the_previous_model(tmp_path, data):
     good = _fit("als", data)
     save_model(tmp_path / "m", good)
     before = (tmp_path / "m" / "arrays.npz").read_bytes()
-    bad = FittedModel("als", {}, good.fitted._replace(W=np.array([object()])), good.user_ids, good.item_ids, (1, 5))
+    bad = FittedModel(
+        "als",
+        {},
+        good.fitted._replace(fitted=good.fitted.params._replace(W=np.array([object()]))),
+        good.user_ids,
+        good.item_ids,
+        (1, 5),
+    )
     with pytest.raises(TypeError):
         save_model(tmp_path / "m", bad)
     assert (tmp_path / "m" / "arrays.npz").read_bytes() == before

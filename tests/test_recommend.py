@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probmf.data.synthetic import synthetic_preset
-from probmf.evaluate import fit_model
+from probmf.fitters.run import fit_model
 from probmf.persistence import FittedModel
 from probmf.recommend import TitlesFileError, fold_in, predict_pairs, read_titles, recommend, score_user, title_of
 
@@ -30,7 +30,7 @@ def test_predict_pairs_flags_unknown_ids(data):
     p = predict_pairs(m, raw_u, raw_i)
     np.testing.assert_array_equal(p.known, [True, False, False])
     # A point estimate's sd is its plug-in sd, the same for every pair.
-    assert np.all(p.sd == m.noise_sd) and m.noise_sd > 0 and np.all(np.isfinite(p.mean))
+    assert np.all(p.sd == m.fitted.noise_sd) and m.fitted.noise_sd > 0 and np.all(np.isfinite(p.mean))
     assert np.all((p.mean >= m.rating_range[0]) & (p.mean <= m.rating_range[1]))
 
 
@@ -62,7 +62,7 @@ def test_fold_in_reproduces_an_existing_users_als_row(data):
     (mean, sd, _), items = fold_in(m, data.item_ids.raw[data.items[sel]], data.values[sel])
     existing, _, _ = score_user(m, 7)
     np.testing.assert_allclose(mean, existing, atol=2e-3)
-    assert sd is None and set(items) == set(data.items[sel])
+    assert np.all(sd == m.fitted.noise_sd) and set(items) == set(data.items[sel])
 
 
 def test_fold_in_for_a_posterior_carries_uncertainty(data):

@@ -35,9 +35,9 @@ from probmf.data import movielens as ml
 from probmf.data.io import read_new_user, read_pairs
 from probmf.data.synthetic import synthetic_ratings
 from probmf.encoding import layout_for_rank, row_tiles
-from probmf.evaluate import fit_model
 from probmf.fitters import FITTERS, fit_als, fit_baseline, fit_optax
 from probmf.fitters.rows import normal_equations
+from probmf.fitters.run import fit_model
 from probmf.metrics import predict_ratings, rmse
 from probmf.model import predict_with_fallback
 
@@ -434,7 +434,7 @@ def _check_unpenalised_fit(model, fitted, train):
     fit_rmse, ridge_rmse = (rmse(predict_ratings(f, train), train.values) for f in (fitted, ridge))
     assert fit_rmse < ridge_rmse - 0.03, (fit_rmse, ridge_rmse)
     if model == "als":
-        W, U, b, c, mu = (np.asarray(a, np.float64) for a in fitted)
+        W, U, b, c, mu = (np.asarray(a, np.float64) for a in fitted.params)
         resid = train.values - (np.sum(W[train.users] * U[train.items], 1) + b[train.users] + c[train.items] + mu)
         grad = np.zeros((train.num_items, MLE_RANK + 1))
         np.add.at(grad, train.items, resid[:, None] * np.hstack([W[train.users], np.ones((len(train), 1))]))
@@ -490,7 +490,7 @@ def test_unknown_ids_fall_back_identically(model):
     not the last user's or item's (what a wrapped or clamped gather would give)."""
     fitted, train, test = _fit(model, "scale -10..10")
     n, m = train.num_users, train.num_items
-    predict = fitted.predict if hasattr(fitted, "predict") else functools.partial(predict_with_fallback, fitted)
+    predict = fitted.predict
 
     def probe(users, items):  # padded to the test set's length: its compiled prediction is reused
         u, i = np.zeros(len(test), np.int32), np.zeros(len(test), np.int32)

@@ -1,7 +1,9 @@
-"""Fitters: each maps (rng_key, train Ratings, **options) to a result that either carries
-``params`` (`MFParams`) or predicts by itself (``predict(users, items)``, and
-``predictive(users, items) -> (mean, sd)`` for posteriors), so prediction and metrics never
-depend on the fitter.
+"""Fitters: each maps (rng_key, train Ratings, **options) to a result of one of three kinds,
+named here: a posterior (`POSTERIOR_FITTERS`: the result predicts by itself, with
+``predictive(users, items) -> (mean, sd)``), a network (`NETWORK_FITTERS`: a point result
+with ``predict(users, items)``), or a matrix factorisation (the rest: the result carries
+``params``, an `MFParams`). `probmf.fitters.run.predictor_of` makes every one a `Predictor`,
+so prediction, metrics and persistence never depend on the fitter.
 
 The registry: `FITTERS` names every fitter; a fitter's module lists in ``SAVED_TYPES`` the
 named tuples its saved models hold, and `saved_types` collects them for `probmf.persistence`.
@@ -33,6 +35,9 @@ FITTERS = {
     "svi": fit_svi,
 }
 
+POSTERIOR_FITTERS = frozenset({"gibbs", "nuts", "svi"})
+NETWORK_FITTERS = frozenset({"mlp", "residual", "autorec-i", "autorec-u"})
+
 
 def saved_types() -> tuple[type, ...]:
     """Every named-tuple type a saved model of a registered fitter may hold (each fitter
@@ -43,6 +48,8 @@ def saved_types() -> tuple[type, ...]:
 
 __all__ = [
     "FITTERS",
+    "NETWORK_FITTERS",
+    "POSTERIOR_FITTERS",
     "ALSResult",
     "AutoRecResult",
     "GibbsResult",

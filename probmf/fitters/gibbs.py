@@ -188,9 +188,15 @@ class GibbsResult(NamedTuple):
     summary: PredictiveSummary | None = None
     num_factors: int = 0
 
+    num_chains = 1
+
     @property
     def rank(self) -> int:
         return self.posterior.rank if self.posterior is not None else self.num_factors
+
+    @property
+    def num_samples(self) -> int:
+        return int((self.posterior if self.posterior is not None else self.summary).num_samples)
 
     def predict(self, users, items):
         return self.predictive(users, items)[0]

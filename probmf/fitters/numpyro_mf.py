@@ -228,6 +228,14 @@ class NUTSResult(NamedTuple):
         return self.posterior.rank
 
     @property
+    def num_samples(self) -> int:
+        return int(self.posterior.num_samples)
+
+    @property
+    def num_chains(self) -> int:
+        return len(self.info.step_size)
+
+    @property
     def r_hat_max(self) -> float:
         return float(np.max(self.info.r_hat))
 
@@ -367,9 +375,15 @@ class SVIResult(NamedTuple):
     elbo: np.ndarray
     params: dict
 
+    num_chains = 1
+
     @property
     def rank(self) -> int:
         return self.posterior.rank
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.posterior.num_samples)
 
     def predict(self, users, items):
         return self.posterior.predict(users, items)

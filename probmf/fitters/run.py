@@ -1,56 +1,80 @@
 """One entry point for every fitter: ``probmf.fit(model, train, **config) -> FitResult``.
 
-A `FitResult`'s predictor answers the same two questions whatever fitted it:
-``predict(users, items) -> (n,)`` and ``predictive(users, items) -> (mean, sd)``, in dense
-indices of the training `Ratings` (-1: unknown). A posterior is its own predictor; a point
-estimate is wrapped as a posterior with one draw and a plug-in noise, N(r_hat, s^2) with s
-the RMS of its clipped training residuals, the sd ``probmf evaluate`` scores it with.
+A `FitResult`'s predictor answers the same questions whatever fitted it
+(`probmf.predictor.Predictor`): a posterior result is its own predictor, a point estimate is
+wrapped as a one-draw posterior with a plug-in noise (`probmf.predictor.PointPredictor`),
+the sd ``probmf evaluate`` scores it with. Which fitter gives which, the registry says
+(`probmf.fitters.POSTERIOR_FITTERS`, `probmf.fitters.NETWORK_FITTERS`).
 """
 
 from __future__ import annotations
 
+import inspect
+import time
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from probmf.checkpoint import show_progress
 from probmf.data.io import to_ratings
 from probmf.data.ratings import Ratings
-from probmf.evaluate import fitted_of, run_fitter
+from probmf.fitters import FITTERS, NETWORK_FITTERS, POSTERIOR_FITTERS
 from probmf.metrics import plugin_sd
-
-
-class PointPredictor(NamedTuple):
-    """A point estimate as a one-draw posterior: fitted is `MFParams` or a result with
-    ``predict(users, items)``; noise_sd the plug-in sd (ratings' units)."""
-
-    fitted: Any
-    noise_sd: float
-
-    @property
-    def rank(self) -> int:
-        return self.fitted.rank
-
-    def predict(self, users, items) -> jax.Array:
-        """Predicted means (n,); unknown rows (-1) from biases and mu."""
-        return self.fitted.predict(users, items)
-
-    def predictive(self, users, items) -> tuple[jax.Array, jax.Array]:
-        """(mean (n,), sd (n,)): the point prediction and the plug-in sd."""
-        mean = self.predict(users, items)
-        return mean, jnp.full(mean.shape, self.noise_sd, mean.dtype)
+from probmf.predictor import PointPredictor, Predictor
 
 
 class FitResult(NamedTuple):
-    """predictor: ``predict`` and ``predictive`` for every fitter (module docstring); info:
-    the fitter's own result (traces, diagnostics, the draws); config: the options it ran
-    with, defaults filled in; seconds: wall time of the fit."""
+    """predictor: a `Predictor`; info: the fitter's own result (traces, diagnostics, the
+    draws); config: the options it ran with, defaults filled in; seconds: wall time of the fit."""
 
-    predictor: Any
+    predictor: Predictor
     info: Any
     config: dict
     seconds: float
+
+
+def fitter_options(model: str) -> dict:
+    """The keyword options of a fitter and their defaults."""
+    sig = inspect.signature(FITTERS[model])
+    return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def resolve_options(model: str, given: dict) -> dict:
+    """The fitter's defaults overridden by ``given``; an option the model lacks is an error."""
+    if model not in FITTERS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(FITTERS)}")
+    options = fitter_options(model)
+    for name in given:
+        if name not in options:
+            raise ValueError(f"option {name!r} does not apply to model {model!r} (it takes {sorted(options)})")
+    return {**options, **given}
+
+
+def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
+    """Run the fitter ``model`` on ``train``: returns (its result, options used, seconds)."""
+    options = resolve_options(model, options)
+    t0 = time.perf_counter()
+    result = jax.block_until_ready(FITTERS[model](rng_key, train, **options))
+    return result, options, time.perf_counter() - t0
+
+
+def predictor_of(model: str, result, train: Ratings, clip=True) -> Predictor:
+    """The `Predictor` of fitter ``model``'s ``result`` on ``train``: a posterior result as it
+    is; a point fit (its ``params``, or the result when it predicts by itself) as a
+    `PointPredictor` whose plug-in sd is over ``train`` with predictions clipped as ``clip``
+    (True: to the training range; False: not; or a (low, high) pair)."""
+    if model in POSTERIOR_FITTERS:
+        return result
+    fitted = result if model in NETWORK_FITTERS else result.params
+    if clip is True:
+        clip = (float(train.values.min()), float(train.values.max()))
+    return PointPredictor(fitted, plugin_sd(fitted, train, clip or None))
+
+
+def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0, clip=True) -> tuple:
+    """Fit ``model`` on ``train``: returns (its `Predictor` (`predictor_of`), options used, seconds)."""
+    result, options, seconds = run_fitter(model, train, options=options, rng_key=jax.random.PRNGKey(seed))
+    return predictor_of(model, result, train, clip), options, seconds
 
 
 def fit(model: str, train, *, rng_key=None, seed: int = 0, progress: bool | None = None, **config) -> FitResult:
@@ -63,8 +87,4 @@ def fit(model: str, train, *, rng_key=None, seed: int = 0, progress: bool | None
     key = jax.random.PRNGKey(seed) if rng_key is None else rng_key
     with show_progress(progress):
         result, options, seconds = run_fitter(model, train, options=config, rng_key=key)
-    fitted = fitted_of(result)
-    if not hasattr(fitted, "predictive"):
-        scale = (float(train.values.min()), float(train.values.max()))
-        fitted = PointPredictor(fitted, plugin_sd(fitted, train, scale))
-    return FitResult(fitted, result, options, seconds)
+    return FitResult(predictor_of(model, result, train), result, options, seconds)
