@@ -155,7 +155,7 @@ def test_the_example_on_movielens_u1(ml100k_dir, tmp_path, monkeypatch):
     assert top.groupby("user").size().to_dict() == {196: 10, 1: 10}
     one = m.predict([196], [242])
     u, i = m.model_.user_ids.index(np.array([196])), m.model_.item_ids.index(np.array([242]))
-    fitted = m.model_.fitted
+    fitted = m.model_.fitted.params
     np.testing.assert_allclose(
         one["mean"], np.clip(predict_with_fallback(fitted, jnp.asarray(u), jnp.asarray(i)), 1, 5)
     )
