@@ -36,12 +36,13 @@ from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.encoding import encode, layout_for_rank
 from probmf.fitters import autorec
 from probmf.fitters.als import als_run, check_als_options, make_priors
-from probmf.fitters.gibbs import Hyperpriors, gibbs_sweep, implicit_operators, init_state
+from probmf.fitters.gibbs import gibbs_sweep, implicit_operators, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
 from probmf.fitters.numpyro_mf import svi_trainer
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.fitters.run import fitter_options
 from probmf.model import init_params
+from probmf.objectives import Hyperpriors
 from probmf.sharding import device_mesh, replicated, split_along
 
 

@@ -15,7 +15,7 @@ i.e. L2 (Frobenius) regularised least squares, the objective ALS minimises. For 
 sigma the MAP point is the same as for sigma = 1 with ridge strength lam * sigma^2, so the
 fitters work with sigma = 1 and ridge units throughout. ``lam`` and ``lam_bias`` may be
 scalars or per-row arrays (e.g. ALS-WR's lam * n_i), given separately per side as
-`Priors`.
+`Priors`. The Bayesian fitters' hyper-prior constants are `Hyperpriors`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,33 @@ class Priors(NamedTuple):
     @classmethod
     def uniform(cls, lam: float, lam_bias: float) -> Priors:
         return cls(lam, lam, lam_bias, lam_bias)
+
+
+class Hyperpriors(NamedTuple):
+    """The constants of the Bayesian model's priors: one set for every Bayesian fitter (the
+    Gibbs sampler, NUTS, SVI), defaults BPMF's (Salakhutdinov and Mnih, 2008).
+
+    beta0, nu0_extra: (mu, Lam) ~ Normal-Wishart(0, beta0, W0 = I, nu0 = k + nu0_extra) for
+      the factor rows (Gibbs; NUTS/SVI's "wishart"); nu0 must stay > k - 1.
+    a_tau, b_tau: tau ~ Gamma(shape, rate), the noise precision.
+    a_bias, b_bias: each side's bias precision ~ Gamma(shape, rate).
+    a_implicit, b_implicit: the implicit-feedback scale c ~ Gamma(shape, rate) (Gibbs).
+    a_lam, b_lam: each factor dimension's precision ~ Gamma(shape, rate) (NUTS/SVI's "gamma", ARD).
+    lam, lam_bias: the fixed factor and bias precisions of NUTS/SVI's "fixed" (= `Priors.uniform`).
+    """
+
+    beta0: float = 2.0
+    nu0_extra: float = 0.0
+    a_tau: float = 1.0
+    b_tau: float = 1.0
+    a_bias: float = 1.0
+    b_bias: float = 1.0
+    a_implicit: float = 1.0
+    b_implicit: float = 1.0
+    a_lam: float = 1.0
+    b_lam: float = 1.0
+    lam: float = 2.0
+    lam_bias: float = 2.0
 
 
 def sum_squared_error(params: MFParams, users, items, ratings) -> jax.Array:

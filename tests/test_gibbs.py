@@ -375,8 +375,9 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit):
     scale, a degree of freedom, a prior mean) moves some of them. Tight hyper-priors keep
     float32 away from heavy tails."""
     from probmf.data.ratings import IdMap, Ratings
-    from probmf.fitters.gibbs import GibbsState, Hyperpriors, ImplicitSide, gibbs_sweep, implicit_operators, with_values
+    from probmf.fitters.gibbs import GibbsState, ImplicitSide, gibbs_sweep, implicit_operators, with_values
     from probmf.model import MFParams, predict
+    from probmf.objectives import Hyperpriors
 
     users = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 5, 5, 1, 3, 5])
     items = np.array([0, 1, 3, 1, 2, 0, 2, 4, 3, 4, 0, 1, 4, 2, 3, 4, 0, 1])

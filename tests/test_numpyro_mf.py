@@ -25,7 +25,6 @@ from probmf.evaluate import evaluate_fold
 from probmf.fitters import FITTERS
 from probmf.fitters.gibbs import fit_gibbs
 from probmf.fitters.numpyro_mf import (
-    ModelPriors,
     default_batch_size,
     fit_nuts,
     fit_svi,
@@ -36,7 +35,7 @@ from probmf.fitters.numpyro_mf import (
 )
 from probmf.metrics import interval_scores
 from probmf.model import MFParams, init_params
-from probmf.objectives import Priors, map_loss
+from probmf.objectives import Hyperpriors, Priors, map_loss
 from probmf.posterior import Posterior
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def test_fixed_variant_log_density_is_minus_map_loss(tiny):
     so differences between parameter settings are equal and so is the constant."""
     r = tiny
     users, items, values = jnp.asarray(r.users), jnp.asarray(r.items), jnp.asarray(r.values)
-    priors = ModelPriors(lam=3.0, lam_bias=0.7)
+    priors = Hyperpriors(lam=3.0, lam_bias=0.7)
     kwargs = dict(num_users=r.num_users, num_items=r.num_items, rank=2, mu=3.4, hyper="fixed", priors=priors)
     tau = 2.5
     logp, map_ = [], []
@@ -282,7 +281,8 @@ def test_mf_log_joint_is_numpyros_log_density_of_mf_model(tiny, hyper):
         z.update(lam_w=jnp.array([0.1, -0.3, 0.7]), lam_u=jnp.array([0.2, 0.0, -0.5]), lam_b=jnp.float32(0.3))
         z["lam_c"] = jnp.float32(-0.2)
         positive += ["lam_w", "lam_u", "lam_b", "lam_c"]
-    priors = ModelPriors(lam=3.0, lam_bias=0.7, a_lam=1.5, b_lam=0.8, a_tau=2.0, b_tau=1.3)
+    # Every constant off its default, the bias precisions' apart from the factors': a mix-up fails.
+    priors = Hyperpriors(lam=3.0, lam_bias=0.7, a_lam=1.5, b_lam=0.8, a_bias=2.5, b_bias=0.6, a_tau=2.0, b_tau=1.3)
     kwargs = dict(num_users=r.num_users, num_items=r.num_items, rank=3, mu=3.4, hyper=hyper, priors=priors)
     x = {k: jnp.exp(v) if k in positive else v for k, v in z.items()}
     expected = float(log_density(mf_model, (users, items, values), {**kwargs, "num_ratings": 300}, x)[0])

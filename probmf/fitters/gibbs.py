@@ -63,6 +63,7 @@ from probmf.fitters.als import fit_als
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.linalg import IMPLS, cholesky, solve_lower
 from probmf.model import MFParams, predict_with_fallback
+from probmf.objectives import Hyperpriors
 from probmf.posterior import (
     Posterior,
     PredictiveSummary,
@@ -75,19 +76,6 @@ from probmf.posterior import (
 from probmf.sharding import check_devices, device_mesh
 
 LIKELIHOODS = ("gaussian", "rounded")
-
-
-class Hyperpriors(NamedTuple):
-    """Fixed hyper-prior constants (BPMF's defaults: beta0 = 2, W0 = I, nu0 = k)."""
-
-    beta0: float = 2.0
-    nu0_extra: float = 0.0  # nu0 = k + nu0_extra (must keep nu0 > k - 1)
-    a_tau: float = 1.0
-    b_tau: float = 1.0
-    a_bias: float = 1.0
-    b_bias: float = 1.0
-    a_implicit: float = 1.0
-    b_implicit: float = 1.0
 
 
 class GibbsState(NamedTuple):

@@ -8,9 +8,11 @@ with the factor priors chosen by ``hyper``:
   "fixed"    w_i ~ N(0, I/lam), u_j ~ N(0, I/lam), lam_b = lam_c = lam_bias: the PMF-MAP
              priors of `probmf.objectives` (log density = -map_loss + const at fixed tau);
   "gamma"    w_i ~ N(0, diag(lam_w)^-1), lam_w[d] ~ Gamma(a_lam, b_lam) per dimension (ARD),
-             u_j likewise with lam_u; lam_b, lam_c ~ Gamma(a_lam, b_lam);
+             u_j likewise with lam_u; lam_b, lam_c ~ Gamma(a_bias, b_bias);
   "wishart"  BPMF's (mu_w, Lam_w) ~ Normal-Wishart(0, beta0, I, k), w_i ~ N(mu_w, Lam_w^-1),
-             u_j likewise, as `probmf.fitters.gibbs` samples it.
+             u_j likewise, as `probmf.fitters.gibbs` samples it; lam_b, lam_c as "gamma".
+
+The constants are `probmf.objectives.Hyperpriors`, the Gibbs sampler's.
 
 The ratings plate takes a minibatch: the model is called with B ratings and
 ``num_ratings = n``, and their log-likelihood is scaled by n / B (an unbiased estimate of
@@ -43,7 +45,8 @@ from numpyro.infer.initialization import init_to_median
 from probmf.checkpoint import check_every, fit_checkpoint, run_steps
 from probmf.data.ratings import Ratings
 from probmf.diagnostics import prediction_diagnostics
-from probmf.model import MFParams
+from probmf.model import MFParams, predict
+from probmf.objectives import Hyperpriors
 from probmf.posterior import Posterior, RowPrior, seen_rows
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
@@ -51,25 +54,7 @@ HYPERS = ("fixed", "gamma", "wishart")
 GUIDES = ("normal", "lowrank")
 
 
-class ModelPriors(NamedTuple):
-    """Constants of the priors (the Gibbs sampler's defaults where it has them).
-
-    lam, lam_bias: the fixed precisions of the "fixed" variant.
-    a_lam, b_lam: Gamma(shape, rate) hyperprior of every precision of the "gamma" variant.
-    beta0: Normal-Wishart scale of the "wishart" variant (nu0 = rank, W0 = I).
-    a_tau, b_tau: Gamma(shape, rate) prior of the noise precision tau.
-    """
-
-    lam: float = 2.0
-    lam_bias: float = 2.0
-    a_lam: float = 1.0
-    b_lam: float = 1.0
-    beta0: float = 2.0
-    a_tau: float = 1.0
-    b_tau: float = 1.0
-
-
-DEFAULT_PRIORS = ModelPriors()
+DEFAULT_PRIORS = Hyperpriors()  # the Gibbs sampler's too: one set of constants
 
 
 def mf_model(
@@ -83,7 +68,7 @@ def mf_model(
     mu,
     hyper: str = "gamma",
     num_ratings=None,
-    priors: ModelPriors = DEFAULT_PRIORS,
+    priors: Hyperpriors = DEFAULT_PRIORS,
 ):
     """The Bayesian biased MF model (module docstring) over one minibatch of ratings.
 
@@ -95,7 +80,7 @@ def mf_model(
       hyper: "fixed", "gamma" or "wishart" (factor and bias priors).
       num_ratings: n, the size of the full data; the likelihood is scaled by n / B
         (None: the batch is all the data).
-      priors: `ModelPriors` constants.
+      priors: `Hyperpriors` constants.
 
     Sites: W (N, k), U (M, k), b (N,), c (M,), tau (); hyper-parameters lam_w, lam_u (k,),
     lam_b, lam_c () for "gamma"; mu_w, Lam_w, mu_u, Lam_u, lam_b, lam_c for "wishart";
@@ -108,19 +93,20 @@ def mf_model(
     elif hyper == "gamma":
         lam_w = numpyro.sample("lam_w", dist.Gamma(p.a_lam, p.b_lam).expand([rank]).to_event(1))
         lam_u = numpyro.sample("lam_u", dist.Gamma(p.a_lam, p.b_lam).expand([rank]).to_event(1))
-        lam_b = numpyro.sample("lam_b", dist.Gamma(p.a_lam, p.b_lam))
-        lam_c = numpyro.sample("lam_c", dist.Gamma(p.a_lam, p.b_lam))
+        lam_b = numpyro.sample("lam_b", dist.Gamma(p.a_bias, p.b_bias))
+        lam_c = numpyro.sample("lam_c", dist.Gamma(p.a_bias, p.b_bias))
     elif hyper == "wishart":
-        lam_b = numpyro.sample("lam_b", dist.Gamma(p.a_lam, p.b_lam))
-        lam_c = numpyro.sample("lam_c", dist.Gamma(p.a_lam, p.b_lam))
+        lam_b = numpyro.sample("lam_b", dist.Gamma(p.a_bias, p.b_bias))
+        lam_c = numpyro.sample("lam_c", dist.Gamma(p.a_bias, p.b_bias))
     else:
         raise ValueError(f"hyper must be one of {HYPERS}, got {hyper!r}")
 
     def factor_prior(side, lam_diag):
         if hyper != "wishart":
             return dist.Normal(jnp.zeros(rank), lam_diag**-0.5).to_event(1)
-        # (m, Lam) ~ NW(0, beta0, I, nu0 = k): Lam ~ Wishart(k, I), m ~ N(0, (beta0 Lam)^-1).
-        lam = numpyro.sample(f"Lam_{side}", dist.Wishart(float(rank), scale_matrix=jnp.eye(rank)))
+        # (m, Lam) ~ NW(0, beta0, I, nu0): Lam ~ Wishart(nu0, I), m ~ N(0, (beta0 Lam)^-1).
+        nu0 = float(rank + p.nu0_extra)
+        lam = numpyro.sample(f"Lam_{side}", dist.Wishart(nu0, scale_matrix=jnp.eye(rank)))
         m = numpyro.sample(f"mu_{side}", dist.MultivariateNormal(jnp.zeros(rank), precision_matrix=p.beta0 * lam))
         return dist.MultivariateNormal(m, precision_matrix=lam)
 
@@ -135,7 +121,7 @@ def mf_model(
     tau = numpyro.sample("tau", dist.Gamma(p.a_tau, p.b_tau))
 
     batch = users.shape[0]
-    mean = jnp.sum(W[users] * U[items], axis=-1) + b[users] + c[items] + mu
+    mean = predict(MFParams(W, U, b, c, mu), users, items)
     scale = 1.0 if num_ratings is None else num_ratings / batch
     with numpyro.handlers.scale(scale=scale), numpyro.plate("ratings", batch):
         numpyro.sample("r", dist.Normal(mean, tau**-0.5), obs=ratings)
@@ -152,7 +138,7 @@ def init_small_factors(site=None, *, scale: float = 0.1):
     return init_to_median(site)
 
 
-def _posterior_from_samples(samples: dict, mu: float, hyper: str, seen: tuple, priors: ModelPriors = DEFAULT_PRIORS):
+def _posterior_from_samples(samples: dict, mu: float, hyper: str, seen: tuple, priors: Hyperpriors = DEFAULT_PRIORS):
     """`Posterior` from the model's sites, each with a leading sample axis: W, U, b, c, tau,
     and the hyper-parameters that give each draw's prior of a row with no training rating
     (``seen``: (users (N,), items (M,)) bool rows with training ratings)."""
@@ -428,7 +414,9 @@ def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper=
     if hyper == "gamma":
         names = ("lam_w", "lam_u", "lam_b", "lam_c")
         lam, log_lam = {n: jnp.exp(z[n]) for n in names}, {n: z[n] for n in names}
-        log_p = sum(log_gamma(n, p.a_lam, p.b_lam) for n in names)
+        shape_rate = {"lam_w": (p.a_lam, p.b_lam), "lam_u": (p.a_lam, p.b_lam), "lam_b": (p.a_bias, p.b_bias),
+                      "lam_c": (p.a_bias, p.b_bias)}  # fmt: skip
+        log_p = sum(log_gamma(n, *shape_rate[n]) for n in names)
     elif hyper == "fixed":
         lam = {"lam_w": p.lam, "lam_u": p.lam, "lam_b": p.lam_bias, "lam_c": p.lam_bias}
         log_lam = {n: np.log(v) for n, v in lam.items()}
@@ -444,7 +432,7 @@ def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper=
             - 0.5 * x.size * _LOG_2PI
         )  # fmt: skip
     log_p = log_p + log_gamma("tau", p.a_tau, p.b_tau)
-    mean = jnp.sum(z["W"][users] * z["U"][items], axis=-1) + z["b"][users] + z["c"][items] + mu
+    mean = predict(MFParams(z["W"], z["U"], z["b"], z["c"], mu), users, items)
     scale = 1.0 if num_ratings is None else num_ratings / users.shape[0]
     log_lik = scale * jnp.sum(0.5 * z["tau"] - 0.5 * _LOG_2PI - 0.5 * jnp.exp(z["tau"]) * jnp.square(ratings - mean))
     return log_lik + log_p
@@ -650,7 +638,7 @@ def fit_svi(
     return trainer.finish(state)
 
 
-def _meanfield_init(rng_key, sites: dict, *, init_scale: float, priors: ModelPriors) -> dict:
+def _meanfield_init(rng_key, sites: dict, *, init_scale: float, priors: Hyperpriors) -> dict:
     """Initial {site: (loc, log scale)} of the hand-written path, as `make_guide` starts
     AutoNormal: factor means ~ N(0, init_scale^2); every other site at the median of 15 draws
     from its prior given the sites before it (NumPyro's ``init_to_median``, in log space for
@@ -665,9 +653,10 @@ def _meanfield_init(rng_key, sites: dict, *, init_scale: float, priors: ModelPri
         return lambda key, shape: jax.random.gamma(key, a, shape) / b
 
     loc = {}
-    for name in ("lam_w", "lam_u", "lam_b", "lam_c"):
+    for name, a, b in (("lam_w", p.a_lam, p.b_lam), ("lam_u", p.a_lam, p.b_lam), ("lam_b", p.a_bias, p.b_bias),
+                       ("lam_c", p.a_bias, p.b_bias)):  # fmt: skip
         if name in sites:
-            loc[name] = jnp.log(median(name, gamma(p.a_lam, p.b_lam)))
+            loc[name] = jnp.log(median(name, gamma(a, b)))
     loc["tau"] = jnp.log(median("tau", gamma(p.a_tau, p.b_tau)))
     for name, lam_name in (("b", "lam_b"), ("c", "lam_c")):
         sd = jnp.exp(-0.5 * loc[lam_name]) if lam_name in loc else p.lam_bias**-0.5
