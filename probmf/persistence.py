@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 import probmf
-from probmf.data.movielens import sha256_file
+from probmf.data.archive import sha256_file
 from probmf.data.ratings import IdMap
 from probmf.fitters import POSTERIOR_FITTERS, saved_types
 from probmf.model import MFParams

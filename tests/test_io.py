@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probmf.data import IdMap, Ratings, RatingsFileError, read_ratings, write_ratings
-from probmf.data.io import _UNIT_SEP, _ReplacingReader
+from probmf.data.io.parse import _ReplacingReader
+from probmf.data.io.sniff import _UNIT_SEP
 
 
 def _write(tmp_path, name, text, encoding="utf-8"):

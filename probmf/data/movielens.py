@@ -9,25 +9,25 @@ A dataset folder ``<name>`` (the unzipped GroupLens archive) is looked for, in o
 and otherwise downloaded from ``https://files.grouplens.org/datasets/movielens/<name>.zip``
 into the cache. A download is used only when its SHA-256 matches the pinned value below;
 archives without a pinned value are never downloaded. Extraction refuses members that would
-land outside the target folder and links.
+land outside the target folder and links (`probmf.data.archive`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
-from probmf.data.io import RatingsFileError, _text_encoding, read_ratings
+from probmf.data.archive import UnsafeArchiveError, _safe_extract, sha256_file
+from probmf.data.io import RatingsFileError, read_ratings
+from probmf.data.io.sniff import _text_encoding
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.data.synthetic import synthetic_preset
@@ -119,10 +119,6 @@ _SHA256 = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A MovieLens dataset is neither on disk nor downloadable; the message says how to get it."""
-
-
-class UnsafeArchiveError(ValueError):
-    """A zip archive holds a member that would be written outside the target folder, or a link."""
 
 
 # ---- public loaders ----------------------------------------------------------------------
@@ -336,15 +332,6 @@ def _fetch(url: str, dest: Path) -> None:
         shutil.copyfileobj(response, out, 1 << 20)
 
 
-def sha256_file(file: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(name: str, spec: _Spec, cache: Path) -> Path:
     """Fetch and verify ``<name>.zip`` into ``cache`` and unpack it as ``cache/<name>``."""
     url = URL.format(name=name)
@@ -391,38 +378,3 @@ def _extract(archive: Path, spec: _Spec, target: Path) -> None:
         os.replace(unpacked, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _safe_extract(zf: zipfile.ZipFile, dest) -> None:
-    """Extract every member of ``zf`` under ``dest``, refusing unsafe members before writing.
-
-    Raises:
-      UnsafeArchiveError: a member is a link or special file, or its path (absolute, or with
-        ``..``) resolves outside ``dest``.
-    """
-    root = os.path.realpath(dest)
-    where = zf.filename or "zip archive"
-    plan = []
-    for info in zf.infolist():
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise UnsafeArchiveError(f"{where}: member {info.filename!r} is a symbolic link; refusing to extract")
-        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise UnsafeArchiveError(f"{where}: member {info.filename!r} is not a regular file; refusing to extract")
-        target = os.path.realpath(os.path.join(root, info.filename))
-        inside = os.path.commonpath([root, target]) == root and (target != root or info.is_dir())
-        if not inside:
-            raise UnsafeArchiveError(
-                f"{where}: member {info.filename!r} would be written outside {root}; refusing to extract"
-            )
-        plan.append((info, target))
-    for info, target in plan:
-        if info.is_dir():
-            os.makedirs(target, exist_ok=True)
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            with zf.open(info) as src, open(target, "xb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-        except FileExistsError:
-            raise UnsafeArchiveError(f"{where}: member {info.filename!r} appears twice") from None
