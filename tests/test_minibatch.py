@@ -198,7 +198,7 @@ def _never(*args, **kwargs):
 
 @pytest.mark.skipif(len(jax.devices()) > 1, reason="needs a process with one device")
 def test_more_devices_than_available_raise_before_training(tiny, monkeypatch):
-    monkeypatch.setattr(optax_mf, "train_minibatch", _never)
+    monkeypatch.setattr(optax_mf, "minibatch_program", _never)
     monkeypatch.setattr(mlp, "fit_als", _never)
     monkeypatch.setattr(autorec, "fit_baseline", _never)
     for fit in (fit_optax, fit_mlp, mlp.fit_residual, fit_autorec_i):
@@ -207,7 +207,7 @@ def test_more_devices_than_available_raise_before_training(tiny, monkeypatch):
 
 
 def test_a_batch_size_the_devices_do_not_divide_raises_before_compiling(tiny, monkeypatch):
-    monkeypatch.setattr(optax_mf, "train_minibatch", _never)
+    monkeypatch.setattr(optax_mf, "minibatch_program", _never)
     monkeypatch.setattr(mlp, "fit_als", _never)
     monkeypatch.setattr(autorec, "fit_baseline", _never)
     with pytest.raises(ValueError, match=r"batch_size=1000 does not divide by devices=3.* e\.g\. 999 or 1002"):

@@ -195,6 +195,6 @@ def test_bad_options_raise_before_compiling(small, bad, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("trained before validating options")
 
-    monkeypatch.setattr(optax_mf, "train_minibatch", fail)
+    monkeypatch.setattr(optax_mf, "minibatch_program", fail)
     with pytest.raises(ValueError, match=next(iter(bad)).replace("lam", "lambda").split("_")[0]):
         fit_optax(KEY, small[0], **bad)

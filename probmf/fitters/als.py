@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from probmf.checkpoint import fit_checkpoint, run_steps
+from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, RowTiles, encode, layout_for_rank
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.model import MFParams, init_params
 from probmf.objectives import Priors, penalty
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import check_devices, device_mesh
 
 _JITTER_REL = 1e-5
@@ -174,6 +175,73 @@ def make_priors(counts_user, counts_item, *, lam: float, lam_bias: float, weight
     return Priors(lam * counts_user**alpha, lam * counts_item**alpha, jnp.float32(lam_bias), jnp.float32(lam_bias))
 
 
+class ALSConfig(NamedTuple):
+    """ALS's options, defaults chosen by cross-validation on the ML-100K training folds
+    (``experiments/tune.py``): rank 10, lam 1.5 with weight_exponent 0.5, lam_bias 3.
+
+    rank: k >= 0; rank 0 is the biases-only model.
+    lam: factor ridge strength; row i gets lam * n_i ** weight_exponent.
+    lam_bias: bias ridge strength.
+    weight_exponent: alpha in lam * n_i^alpha: 0 plain L2, 1 ALS-WR (Zhou et al. 2008).
+    num_sweeps: ALS sweeps (each updates users, then items).
+    solver: "cholesky" (exact), "cg" (batched CG, ``cg_iters`` iterations, no LAPACK) or
+      "auto" (cholesky up to rank 32, CG above, where LAPACK's per-matrix calls dominate).
+    init_scale: sd of the initial factors.
+    """
+
+    rank: int = 10
+    lam: float = 1.5
+    lam_bias: float = 3.0
+    weight_exponent: float = 0.5
+    num_sweeps: int = 15
+    solver: str = "auto"
+    cg_iters: int = 10
+    init_scale: float = 0.1
+
+    def validate(self) -> ALSConfig:
+        """Self, or a ValueError naming the option out of range (before anything compiles)."""
+        check_als_options(rank=self.rank, lam=self.lam, lam_bias=self.lam_bias, num_sweeps=self.num_sweeps,
+                          solver=self.solver, cg_iters=self.cg_iters)  # fmt: skip
+        return self
+
+
+def prepare_als(rng_key, train: Ratings, config: ALSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The ALS `Program`: state (params, trace (num_sweeps,) objective per sweep, NaN until
+    run); a chunk runs `als_run`; finish gives the `ALSResult` (warning about a sweep that
+    could not be taken on). ``config`` must be validated."""
+    if len(train) == 0:
+        raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    mesh = device_mesh(check_devices(run.devices))
+    rank, num_sweeps = config.rank, config.num_sweeps
+    solver = config.solver if config.solver != "auto" else ("cholesky" if rank <= 32 else "cg")
+    data = encode(train, layout_for_rank(rank), mesh=mesh)
+    mu = float(np.mean(train.values, dtype=np.float64))
+    params = init_params(rng_key, train.num_users, train.num_items, rank, scale=config.init_scale, mu=mu)
+    priors = make_priors(data.by_user.counts, data.by_item.counts, lam=config.lam, lam_bias=config.lam_bias,
+                         weight_exponent=config.weight_exponent)  # fmt: skip
+
+    def run_chunk(state, first, num):
+        params, info = als_run(state[0], data, priors, num_sweeps=num, solver=solver, cg_iters=config.cg_iters)
+        trace = np.array(state[1])
+        trace[first : first + num] = np.asarray(info.objective)
+        return params, trace
+
+    def finish(state) -> ALSResult:
+        params, trace = state
+        stuck = np.flatnonzero(np.isnan(trace))
+        if stuck.size:
+            warnings.warn(
+                f"ALS sweep {stuck[0] + 1} of {num_sweeps} gave non-finite values (overflow?); returning the "
+                "parameters of the last finite sweep. Rescale the ratings or raise lambda.",
+                RuntimeWarning,
+                stacklevel=4,  # finish < run_program < fit_als < the caller
+            )
+        return ALSResult(params, trace, priors)
+
+    state = (params, np.full(num_sweeps, np.nan, np.float32))
+    return Program(state, run_chunk, finish, num_sweeps, desc="ALS sweeps")
+
+
 def fit_als(
     rng_key,
     train: Ratings,
@@ -190,22 +258,13 @@ def fit_als(
     checkpoint: str | None = None,
     checkpoint_every: int = 5,
 ) -> ALSResult:
-    """Fit the biased MF model by ALS (MAP; lam = lam_bias = 0 gives the MLE).
-
-    Defaults were chosen by cross-validation on the ML-100K training folds
-    (``experiments/tune.py``): rank 10, lam 1.5 with weight_exponent 0.5, lam_bias 3.
+    """Fit the biased MF model by ALS (MAP; lam = lam_bias = 0 gives the MLE): `prepare_als`
+    run by `probmf.program.run_program`.
 
     Args:
       rng_key: PRNG key for the factor initialisation.
       train: training `Ratings` (every id known).
-      rank: k >= 0; rank 0 is the biases-only model.
-      lam: factor ridge strength; row i gets lam * n_i ** weight_exponent.
-      lam_bias: bias ridge strength.
-      weight_exponent: alpha in lam * n_i^alpha: 0 plain L2, 1 ALS-WR (Zhou et al. 2008).
-      num_sweeps: ALS sweeps (each updates users, then items).
-      solver: "cholesky" (exact), "cg" (batched CG, ``cg_iters`` iterations, no LAPACK) or
-        "auto" (cholesky up to rank 32, CG above, where LAPACK's per-matrix calls dominate).
-      init_scale: sd of the initial factors.
+      rank .. init_scale: `ALSConfig`.
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the parameters in every ``checkpoint_every`` sweeps and
         resume from (`probmf.checkpoint`); None: no checkpoints.
@@ -220,41 +279,11 @@ def fit_als(
       >>> result.params.W.shape, result.trace.shape
       ((60, 3), (5,))
     """
-    options = {"rank": rank, "lam": lam, "lam_bias": lam_bias, "weight_exponent": weight_exponent,
-               "num_sweeps": num_sweeps, "solver": solver, "cg_iters": cg_iters, "init_scale": init_scale,
-               "devices": devices}  # fmt: skip
-    check_als_options(rank=rank, lam=lam, lam_bias=lam_bias, num_sweeps=num_sweeps, solver=solver, cg_iters=cg_iters)
-    mesh = device_mesh(check_devices(devices))
-    if len(train) == 0:
-        raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
-    ckpt = fit_checkpoint(checkpoint, checkpoint_every, "als", rng_key, train, options)
-    if solver == "auto":
-        solver = "cholesky" if rank <= 32 else "cg"
-    data = encode(train, layout_for_rank(rank), mesh=mesh)
-    mu = float(np.mean(train.values, dtype=np.float64))
-    params = init_params(rng_key, train.num_users, train.num_items, rank, scale=init_scale, mu=mu)
-    priors = make_priors(
-        data.by_user.counts, data.by_item.counts, lam=lam, lam_bias=lam_bias, weight_exponent=weight_exponent
-    )
-
-    def run_chunk(state, first, num):
-        params, info = als_run(state[0], data, priors, num_sweeps=num, solver=solver, cg_iters=cg_iters)
-        trace = np.array(state[1])
-        trace[first : first + num] = np.asarray(info.objective)
-        return params, trace
-
-    params, trace = run_steps(
-        run_chunk, (params, np.full(num_sweeps, np.nan, np.float32)), num_sweeps, ckpt, desc="ALS sweeps"
-    )
-    stuck = np.flatnonzero(np.isnan(trace))
-    if stuck.size:
-        warnings.warn(
-            f"ALS sweep {stuck[0] + 1} of {num_sweeps} gave non-finite values (overflow?); returning the parameters "
-            "of the last finite sweep. Rescale the ratings or raise lambda.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return ALSResult(params, trace, priors)
+    config = ALSConfig(rank, lam, lam_bias, weight_exponent, num_sweeps, solver, cg_iters, init_scale).validate()
+    run = RunOptions(check_devices(devices), checkpoint, checkpoint_every)
+    program = prepare_als(rng_key, train, config, run)
+    options = {**config._asdict(), "devices": devices}
+    return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "als", rng_key, train, options))
 
 
 def check_als_options(*, rank, lam, lam_bias, num_sweeps, solver, cg_iters) -> None:

@@ -61,6 +61,7 @@ import optax
 from jax import lax
 
 from probmf import checkpoint as ckpt
+from probmf.program import Program, run_program
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 
@@ -225,7 +226,27 @@ def run_epochs(
     checkpoint: ckpt.Checkpoint | None = None,
     place: Callable | None = None,
 ) -> LoopState:
-    """Up to ``num_epochs`` epochs of ``epoch_step``, early stopping, and checkpoints.
+    """Up to ``num_epochs`` epochs of ``epoch_step``, early stopping, and checkpoints: the
+    `epoch_program` run by `probmf.program.run_program` (the arguments are its own)."""
+    program = epoch_program(
+        epoch_step, params, opt_state, num_epochs, rng, score_fn=score_fn, patience=patience, place=place
+    )
+    return run_program(program, checkpoint)
+
+
+def epoch_program(
+    epoch_step: Callable,
+    params,
+    opt_state,
+    num_epochs: int,
+    rng: np.random.Generator,
+    *,
+    score_fn: Callable | None = None,
+    patience: int | None = None,
+    place: Callable | None = None,
+) -> Program:
+    """The `Program` of up to ``num_epochs`` epochs of ``epoch_step`` with early stopping;
+    its state is a `LoopState`, and it finishes as the final `LoopState`.
 
     Args:
       epoch_step: ``(params, opt_state, epoch, rng) -> (params, opt_state, loss)``: one epoch,
@@ -235,10 +256,9 @@ def run_epochs(
       rng: the host shuffle generator (PCG64, e.g. ``np.random.default_rng(seed)``).
       score_fn: ``params -> float`` validation RMSE after each epoch (None: no validation).
       patience: stop after this many epochs without a lower score (None: never stop).
-      checkpoint: from `probmf.checkpoint.checkpoint_for` (None: no checkpoints).
       place: puts a pytree of arrays where the epoch runs (default: `jnp.asarray` each leaf).
     Returns:
-      The final `LoopState`; its arrays are placed by ``place``.
+      The program; its finished `LoopState`'s arrays are placed by ``place``.
     """
     place = place or _to_device
     state = LoopState(
@@ -281,11 +301,11 @@ def run_epochs(
         )  # fmt: skip
         return new
 
-    state = ckpt.run_steps(
-        run_chunk, state, int(num_epochs), checkpoint, finished=lambda s: bool(s.stopped), desc="epochs"
-    )
-    best = None if state.best_params is None else place(state.best_params)
-    return state._replace(params=place(state.params), opt_state=place(state.opt_state), best_params=best)
+    def finish(state: LoopState) -> LoopState:
+        best = None if state.best_params is None else place(state.best_params)
+        return state._replace(params=place(state.params), opt_state=place(state.opt_state), best_params=best)
+
+    return Program(state, run_chunk, finish, int(num_epochs), finished=lambda s: bool(s.stopped), desc="epochs")
 
 
 def check_loop_options(*, batch_size, devices, checkpoint, checkpoint_every) -> None:
@@ -304,7 +324,15 @@ def check_loop_options(*, batch_size, devices, checkpoint, checkpoint_every) -> 
     ckpt.check_every(checkpoint_every)
 
 
-def train_minibatch(
+def train_minibatch(rng_key, loss_fn: Callable, params, train_arrays: tuple, *, checkpoint=None, **options):
+    """Minimise ``loss_fn`` over ``train_arrays`` by minibatch steps: `minibatch_program`
+    (the same arguments) run by `probmf.program.run_program`, saving to ``checkpoint``
+    (`probmf.checkpoint.checkpoint_for`; None: no checkpoints; the result is the same either
+    way). Returns its `MinibatchResult`."""
+    return run_program(minibatch_program(rng_key, loss_fn, params, train_arrays, **options), checkpoint)
+
+
+def minibatch_program(
     rng_key,
     loss_fn: Callable,
     params,
@@ -318,10 +346,10 @@ def train_minibatch(
     patience: int | None = None,
     epoch_fn: Callable | None = None,
     devices: int = 1,
-    checkpoint: ckpt.Checkpoint | None = None,
     rating_range: tuple[float, float] | None = None,
-) -> MinibatchResult:
-    """Minimise ``loss_fn`` over ``train_arrays`` by minibatch steps of ``optimizer``.
+) -> Program:
+    """The `Program` that minimises ``loss_fn`` over ``train_arrays`` by minibatch steps of
+    ``optimizer``, one epoch a step.
 
     Args:
       rng_key: PRNG key; seeds the host shuffles (one permutation per epoch).
@@ -338,14 +366,12 @@ def train_minibatch(
       epoch_fn: a prebuilt `make_epoch(loss_fn, optimizer)`, to share its compilation.
       devices: D >= 1 devices, data parallel (module docstring); the batch size used,
         min(B, n rounded up to a multiple of D), must divide by D.
-      checkpoint: save and resume the epochs there (`probmf.checkpoint.checkpoint_for`; None: no
-        checkpoints); the result is the same either way.
       rating_range: (lo, hi), the training ratings' range (`rating_range`): the predictions are
         clipped to it before the validation RMSE (the clipping rule, module docstring); every
         rating model passes it. None: unclipped, for targets that are not ratings.
     Returns:
-      `MinibatchResult(params, state, trace, best_epoch)`; ``trace.val_rmse`` holds the clipped
-      validation RMSE.
+      The program; it finishes as `MinibatchResult(params, state, trace, best_epoch)`, whose
+      ``trace.val_rmse`` holds the clipped validation RMSE.
     """
     n = int(train_arrays[0].shape[0])
     if n == 0:
@@ -385,7 +411,7 @@ def train_minibatch(
         state, loss = epoch(MinibatchState(params, opt_state), data, batches, weights)
         return state.params, state.opt_state, loss
 
-    loop = run_epochs(
+    epochs = epoch_program(
         epoch_step,
         params,
         optimizer.init(params),
@@ -393,11 +419,15 @@ def train_minibatch(
         rng,
         score_fn=None if val_rmse is None else lambda p: val_rmse(p, val_arrays),
         patience=patience,
-        checkpoint=checkpoint,
         place=None if mesh is None else functools.partial(replicated, mesh),
     )
-    state, done = MinibatchState(loop.params, loop.opt_state), int(loop.epochs_run)
-    trace = MinibatchTrace(loop.train_loss[:done].copy(), loop.val_rmse[:done].copy())
-    if val_rmse is None:
-        return MinibatchResult(state.params, state, trace, done - 1)
-    return MinibatchResult(loop.best_params, state, trace, int(loop.best_epoch))
+
+    def finish(loop: LoopState) -> MinibatchResult:
+        loop = epochs.finish(loop)
+        state, done = MinibatchState(loop.params, loop.opt_state), int(loop.epochs_run)
+        trace = MinibatchTrace(loop.train_loss[:done].copy(), loop.val_rmse[:done].copy())
+        if val_rmse is None:
+            return MinibatchResult(state.params, state, trace, done - 1)
+        return MinibatchResult(loop.best_params, state, trace, int(loop.best_epoch))
+
+    return epochs._replace(finish=finish)

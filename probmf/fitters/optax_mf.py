@@ -34,9 +34,10 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.als import make_priors
-from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, rating_range, train_minibatch
+from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, minibatch_program, rating_range
 from probmf.model import MFParams, init_params, predict
 from probmf.objectives import Priors, penalty
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import device_mesh
 
 OBJECTIVES = ("map", "mle")
@@ -80,6 +81,100 @@ def make_optimizer(
     return {"adam": optax.adam, "sgd": optax.sgd, "adagrad": optax.adagrad}[name](lr)
 
 
+class OptaxConfig(NamedTuple):
+    """The optax fitter's options.
+
+    rank: k >= 0 (0: biases only).
+    objective: "map" (L2 / Gaussian priors) or "mle" (no prior; lam ignored).
+    lam: factor ridge; row i gets lam * n_i ** weight_exponent (n_i its fitted ratings).
+    lam_bias: bias ridge.
+    weight_exponent: 0 plain L2, 1 ALS-WR style scaling of the factor ridge.
+    optimizer: "adam", "sgd" or "adagrad".
+    learning_rate: > 0; schedule "constant" or "cosine" (decay to 0 over all steps).
+    batch_size: ratings per step (the last partial batch is masked, not dropped).
+    num_epochs: most passes over the fitted ratings.
+    validation_fraction: share of ``train`` held out for early stopping (0: none, run all
+      epochs and return the last); scored by the RMSE of the predictions clipped to the
+      training rating range.
+    patience: epochs without a better validation RMSE before stopping.
+    init_scale: sd of the initial factors.
+    """
+
+    rank: int = 10
+    objective: str = "map"
+    lam: float = 1.5
+    lam_bias: float = 3.0
+    weight_exponent: float = 0.5
+    optimizer: str = "adam"
+    learning_rate: float = 0.01
+    schedule: str = "cosine"
+    batch_size: int = 1024
+    num_epochs: int = 40
+    validation_fraction: float = 0.0
+    patience: int = 5
+    init_scale: float = 0.1
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> OptaxConfig:
+        """Self, or a ValueError naming the option out of range (``run``'s too)."""
+        check_optax_options(**self._asdict(), devices=run.devices, checkpoint=run.checkpoint,
+                            checkpoint_every=run.checkpoint_every)  # fmt: skip
+        return self
+
+
+def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The optax `Program` (`probmf.fitters.minibatch.minibatch_program`, one epoch a step):
+    validation split, initial parameters and priors from ``rng_key``; it finishes as the
+    `OptaxResult`. ``config`` must be validated."""
+    c = config
+    if len(train) == 0:
+        raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
+    device_mesh(run.devices)  # enough devices?
+    key_init, key_split, key_shuffle = jax.random.split(rng_key, 3)
+    val = None
+    fit = train
+    if c.validation_fraction > 0 and len(train) >= 2:
+        seed = int(jax.random.randint(key_split, (), 0, np.iinfo(np.int32).max))
+        fit, held = random_split(train, c.validation_fraction, seed=seed)
+        if len(held) > 0 and len(fit) > 0:
+            val = (jnp.asarray(held.users), jnp.asarray(held.items), jnp.asarray(held.values))
+        else:
+            fit = train
+    n = len(fit)
+    mu = float(np.mean(fit.values, dtype=np.float64))
+    params = init_params(key_init, train.num_users, train.num_items, c.rank, scale=c.init_scale, mu=mu)
+    if c.objective == "map":
+        n_u = jnp.asarray(np.bincount(fit.users, minlength=train.num_users), jnp.float32)
+        n_i = jnp.asarray(np.bincount(fit.items, minlength=train.num_items), jnp.float32)
+        priors = make_priors(n_u, n_i, lam=c.lam, lam_bias=c.lam_bias, weight_exponent=c.weight_exponent)
+    else:
+        priors = Priors(*(jnp.float32(0.0),) * 4)
+
+    def loss_fn(p, batch, weights):
+        return mf_objective(p, batch, weights, priors=priors, num_ratings=n)
+
+    steps = c.num_epochs * -(-n // min(c.batch_size, n))
+    program = minibatch_program(
+        key_shuffle,
+        loss_fn,
+        params,
+        (fit.users, fit.items, fit.values),
+        optimizer=make_optimizer(c.optimizer, c.learning_rate, schedule=c.schedule, total_steps=steps),
+        batch_size=c.batch_size,
+        num_epochs=c.num_epochs,
+        val_arrays=val,
+        predict_fn=predict,
+        patience=c.patience if val is not None else None,
+        devices=run.devices,
+        rating_range=rating_range(train.values),
+    )
+
+    def finish(state) -> OptaxResult:
+        result = program.finish(state)
+        return OptaxResult(result.params, result.trace, result.best_epoch, priors)
+
+    return program._replace(finish=finish)
+
+
 def fit_optax(
     rng_key,
     train: Ratings,
@@ -101,25 +196,13 @@ def fit_optax(
     checkpoint: str | None = None,
     checkpoint_every: int = 1,
 ) -> OptaxResult:
-    """Fit the biased MF model by minibatch gradient descent on the MLE or MAP objective.
+    """Fit the biased MF model by minibatch gradient descent on the MLE or MAP objective:
+    `prepare_optax` run by `probmf.program.run_program`.
 
     Args:
       rng_key: PRNG key (initialisation, validation split, shuffles).
       train: training `Ratings` (every id known).
-      rank: k >= 0 (0: biases only).
-      objective: "map" (L2 / Gaussian priors) or "mle" (no prior; lam ignored).
-      lam: factor ridge; row i gets lam * n_i ** weight_exponent (n_i its fitted ratings).
-      lam_bias: bias ridge.
-      weight_exponent: 0 plain L2, 1 ALS-WR style scaling of the factor ridge.
-      optimizer: "adam", "sgd" or "adagrad".
-      learning_rate: > 0; schedule "constant" or "cosine" (decay to 0 over all steps).
-      batch_size: ratings per step (the last partial batch is masked, not dropped).
-      num_epochs: most passes over the fitted ratings.
-      validation_fraction: share of ``train`` held out for early stopping (0: none, run all
-        epochs and return the last); scored by the RMSE of the predictions clipped to the
-        training rating range.
-      patience: epochs without a better validation RMSE before stopping.
-      init_scale: sd of the initial factors.
+      rank .. init_scale: `OptaxConfig`.
       devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
         divide by D. The result equals the 1-device fit up to float rounding.
       checkpoint: folder to save the epochs in and resume from (None: no checkpoints); the
@@ -135,68 +218,12 @@ def fit_optax(
       >>> res.params.W.shape, res.trace.train_loss.shape
       ((60, 2), (3,))
     """
-    options = dict(
-        rank=rank,
-        objective=objective,
-        lam=lam,
-        lam_bias=lam_bias,
-        weight_exponent=weight_exponent,
-        optimizer=optimizer,
-        learning_rate=learning_rate,
-        schedule=schedule,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        validation_fraction=validation_fraction,
-        patience=patience,
-        init_scale=init_scale,
-        devices=devices,
-        checkpoint_every=checkpoint_every,
-    )
-    check_optax_options(**options, checkpoint=checkpoint)
-    if len(train) == 0:
-        raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
-    device_mesh(devices)  # enough devices?
-    ckpt = fit_checkpoint(checkpoint, checkpoint_every, "optax", rng_key, train, options)
-    key_init, key_split, key_shuffle = jax.random.split(rng_key, 3)
-    val = None
-    fit = train
-    if validation_fraction > 0 and len(train) >= 2:
-        seed = int(jax.random.randint(key_split, (), 0, np.iinfo(np.int32).max))
-        fit, held = random_split(train, validation_fraction, seed=seed)
-        if len(held) > 0 and len(fit) > 0:
-            val = (jnp.asarray(held.users), jnp.asarray(held.items), jnp.asarray(held.values))
-        else:
-            fit = train
-    n = len(fit)
-    mu = float(np.mean(fit.values, dtype=np.float64))
-    params = init_params(key_init, train.num_users, train.num_items, rank, scale=init_scale, mu=mu)
-    if objective == "map":
-        n_u = jnp.asarray(np.bincount(fit.users, minlength=train.num_users), jnp.float32)
-        n_i = jnp.asarray(np.bincount(fit.items, minlength=train.num_items), jnp.float32)
-        priors = make_priors(n_u, n_i, lam=lam, lam_bias=lam_bias, weight_exponent=weight_exponent)
-    else:
-        priors = Priors(*(jnp.float32(0.0),) * 4)
-
-    def loss_fn(p, batch, weights):
-        return mf_objective(p, batch, weights, priors=priors, num_ratings=n)
-
-    steps = num_epochs * -(-n // min(batch_size, n))
-    result = train_minibatch(
-        key_shuffle,
-        loss_fn,
-        params,
-        (fit.users, fit.items, fit.values),
-        optimizer=make_optimizer(optimizer, learning_rate, schedule=schedule, total_steps=steps),
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        val_arrays=val,
-        predict_fn=predict,
-        patience=patience if val is not None else None,
-        devices=devices,
-        checkpoint=ckpt,
-        rating_range=rating_range(train.values),
-    )
-    return OptaxResult(result.params, result.trace, result.best_epoch, priors)
+    config = OptaxConfig(rank, objective, lam, lam_bias, weight_exponent, optimizer, learning_rate, schedule,
+                         batch_size, num_epochs, validation_fraction, patience, init_scale)  # fmt: skip
+    run = RunOptions(devices, checkpoint, checkpoint_every)
+    program = prepare_optax(rng_key, train, config.validate(run), run)
+    options = {**config._asdict(), "devices": devices, "checkpoint_every": checkpoint_every}
+    return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "optax", rng_key, train, options))
 
 
 def check_optax_options(
