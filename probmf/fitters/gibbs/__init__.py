@@ -1,0 +1,82 @@
+"""Bayesian MF by blocked Gibbs sampling (BPMF, Salakhutdinov & Mnih 2008), biases included.
+
+Model: r_ij ~ N(w_i.u_j + b_i + c_j + mu, 1/tau), tau ~ Gamma(a_tau, b_tau);
+w_i ~ N(mu_w, Lam_w^-1) with (mu_w, Lam_w) ~ Normal-Wishart(mu0 = 0, beta0, W0 = I, nu0 = k),
+u_j likewise with its own hyper-parameters; b_i ~ N(0, 1/lam_b), c_j ~ N(0, 1/lam_c) with
+lam_b, lam_c ~ Gamma(a_bias, b_bias); mu fixed at the training mean.
+
+Every conditional is conjugate, so a sweep draws each block exactly. The modules:
+  `kernel`    the sampler's state and one sweep: Normal-Wishart and Gamma hyper-parameter
+              draws, the batched row draws, tau; the cold-row priors of a state;
+  `rounded`   the rounded (ordered-probit) likelihood, ``likelihood="rounded"``: latent
+              ratings drawn from truncated normals each sweep;
+  `implicit`  implicit feedback, ``implicit=True`` (SVD++ in both directions): per-row prior
+              means F Y and the exact draw of Y;
+  `chain`     the driver: `fit_gibbs`, checkpointed chunks of sweeps (`gibbs_chunk`), the kept
+              draws and/or running predictive moments (`GibbsResult`).
+A chain depends only on (key, sweep, row), whatever the blocks, devices or checkpoint chunks.
+"""
+
+from probmf.fitters.gibbs.chain import (
+    LIKELIHOODS,
+    SAVED_TYPES,
+    GibbsChain,
+    GibbsResult,
+    fit_gibbs,
+    gibbs_chunk,
+    init_chain,
+)
+from probmf.fitters.gibbs.implicit import (
+    MAX_IMPLICIT_COLUMNS,
+    ImplicitOperator,
+    ImplicitSide,
+    implicit_operator,
+    implicit_operators,
+    sample_implicit,
+)
+from probmf.fitters.gibbs.kernel import (
+    GibbsInfo,
+    GibbsState,
+    _block_prior,
+    _sample_rows,
+    gibbs_sweep,
+    init_state,
+    row_priors,
+    sample_normal_wishart,
+)
+from probmf.fitters.gibbs.rounded import (
+    Latent,
+    rounding_intervals,
+    truncated_from_uniform,
+    truncated_standard_normal,
+    with_values,
+)
+
+__all__ = [
+    "LIKELIHOODS",
+    "MAX_IMPLICIT_COLUMNS",
+    "SAVED_TYPES",
+    "GibbsChain",
+    "GibbsInfo",
+    "GibbsResult",
+    "GibbsState",
+    "ImplicitOperator",
+    "ImplicitSide",
+    "Latent",
+    "_block_prior",
+    "_sample_rows",
+    "fit_gibbs",
+    "gibbs_chunk",
+    "gibbs_sweep",
+    "implicit_operator",
+    "implicit_operators",
+    "init_chain",
+    "init_state",
+    "rounding_intervals",
+    "row_priors",
+    "sample_implicit",
+    "sample_normal_wishart",
+    "truncated_from_uniform",
+    "truncated_standard_normal",
+    "with_values",
+]

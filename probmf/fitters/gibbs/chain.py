@@ -1,0 +1,227 @@
+"""The Gibbs chain driver: `fit_gibbs`, its checkpointed run of sweeps and what it keeps.
+
+Randomness depends only on (key, sweep, row): sweep s draws with ``fold_in(key, s)``
+(`probmf.fitters.gibbs.kernel` draws the rows), so a chain is the same whatever the
+blocks, the number of devices or the checkpoint chunks.
+Kept draws are stored in full (`Posterior`) and/or, for test pairs known at fit time, as
+running moments of the predictive (`PredictiveSummary`), which never stores a draw. Each
+kept draw also keeps its cold-row priors, N(mu_w, Lam_w^-1) and N(0, 1/lam_b) (items
+likewise), so a user or item with no training rating is predicted under that draw's prior
+(`probmf.posterior.draw_predictive`), never as a zero vector.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from probmf.checkpoint import fit_checkpoint, run_steps
+from probmf.data.ratings import Ratings
+from probmf.encoding import Encoded, encode, layout_for_rank
+from probmf.fitters.als import fit_als
+from probmf.fitters.gibbs.implicit import implicit_operators
+from probmf.fitters.gibbs.kernel import GibbsInfo, GibbsState, gibbs_sweep, init_state, row_priors
+from probmf.fitters.gibbs.rounded import Latent, rounding_intervals
+from probmf.linalg import IMPLS
+from probmf.objectives import Hyperpriors
+from probmf.posterior import (
+    Posterior,
+    PredictiveSummary,
+    draw_predictive,
+    moments_init,
+    moments_update,
+    seen_rows,
+)
+from probmf.sharding import check_devices, device_mesh
+
+LIKELIHOODS = ("gaussian", "rounded")
+
+
+class GibbsResult(NamedTuple):
+    """``posterior``: the kept draws (None with ``keep_draws=False``); ``trace``: per sweep
+    (num_warmup + num_samples * thin,); ``summary``: running predictive moments at the pairs
+    given at fit time (None without them); ``num_factors``: the rank k (for a summary only)."""
+
+    posterior: Posterior | None
+    trace: GibbsInfo
+    summary: PredictiveSummary | None = None
+    num_factors: int = 0
+
+    num_chains = 1
+
+    @property
+    def rank(self) -> int:
+        return self.posterior.rank if self.posterior is not None else self.num_factors
+
+    @property
+    def num_samples(self) -> int:
+        return int((self.posterior if self.posterior is not None else self.summary).num_samples)
+
+    def predict(self, users, items):
+        return self.predictive(users, items)[0]
+
+    def predictive(self, users, items):
+        if self.posterior is not None:
+            return self.posterior.predictive(users, items)
+        return self.summary.predictive(users, items)
+
+
+# The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
+SAVED_TYPES = (GibbsResult, GibbsInfo)
+
+
+class GibbsChain(NamedTuple):
+    """Everything a run carries between sweeps (and saves in a checkpoint): the sampler's
+    state, the kept draws so far (slot d holds kept draw d), the predictive moments at the
+    summary pairs, and the per-sweep trace."""
+
+    state: GibbsState
+    draws: Posterior | None  # (num_samples, ...) leaves
+    moments: tuple | None  # (count, mean (P,), m2 (P,), noise) as in `probmf.posterior.moments_update`
+    trace: GibbsInfo  # (total sweeps,)
+
+
+def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool, num_pairs: int | None) -> GibbsChain:
+    """An empty `GibbsChain` for ``total`` sweeps keeping ``num_samples`` draws."""
+    draws = None
+    if keep_draws:
+        like = Posterior(state.params, state.tau, priors=row_priors(state))
+        draws = jax.tree.map(lambda a: jnp.zeros((num_samples,) + a.shape, a.dtype), like)
+    moments = None if num_pairs is None else moments_init(num_pairs)
+    nan = jnp.full((total,), jnp.nan, jnp.float32)
+    return GibbsChain(state, draws, moments, GibbsInfo(nan, nan))
+
+
+@functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "impl"))
+def gibbs_chunk(
+    rng_key, chain: GibbsChain, data: Encoded, hyper: Hyperpriors, pairs, first, latent=None, levels=None, ops=None,
+    seen=None, *, num, num_warmup, thin, impl="lapack",
+) -> GibbsChain:  # fmt: skip
+    """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
+    then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
+    (users (P,), items (P,)) of the summary, or None; ``latent``, ``levels``: the rounded
+    likelihood's `Latent` and rating levels (None: Gaussian); ``seen``: (users (N,), items
+    (M,)) bool rows with training ratings (the others are cold in the summary)."""
+
+    def sweep(chain: GibbsChain, s):
+        state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyper, impl, latent, ops)
+        after = s - num_warmup
+        kept = (after >= 0) & ((after + 1) % thin == 0)
+        draws, moments = chain.draws, chain.moments
+        priors = row_priors(state, impl) if draws is not None or moments is not None else None
+        if draws is not None:
+            # Sweeps between kept draws write the slot of the next kept draw, which overwrites them.
+            slot = jnp.clip(after // thin, 0, draws.tau.shape[0] - 1)
+            draw = Posterior(state.params, state.tau, priors=priors)
+            draws = jax.tree.map(lambda d, x: lax.dynamic_update_index_in_dim(d, x, slot, 0), draws, draw)
+        if moments is not None:
+            pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels)
+            moments = moments_update(moments, pred, var, kept.astype(jnp.float32))
+        trace = jax.tree.map(lambda t, v: t.at[s].set(v), chain.trace, info)
+        return GibbsChain(state, draws, moments, trace), None
+
+    return lax.scan(sweep, chain, first + jnp.arange(num))[0]
+
+
+def fit_gibbs(
+    rng_key,
+    train: Ratings,
+    *,
+    rank: int = 10,
+    num_warmup: int | None = None,
+    num_samples: int | None = None,
+    thin: int = 1,
+    init_sweeps: int = 10,
+    likelihood: str = "gaussian",
+    implicit: bool = False,
+    keep_draws: bool = True,
+    predict_pairs: tuple | None = None,
+    linalg: str = "lapack",
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 50,
+) -> GibbsResult:
+    """Sample the posterior of the biased MF model by blocked Gibbs (BPMF).
+
+    The chain starts from ALS's MAP estimate (``init_sweeps`` sweeps, defaults otherwise)
+    and its residual precision, burns in ``num_warmup`` sweeps and keeps ``num_samples``
+    draws, one every ``thin`` sweeps (None: 50 and 200, or 200 and 800 with ``implicit``, whose
+    predictions mix more slowly).
+
+    Args:
+      likelihood: "gaussian", or "rounded" (ratings are rounded latent Gaussians; see
+        `probmf.fitters.gibbs.rounded`).
+      implicit: implicit feedback in both directions (SVD++-like; see `probmf.fitters.gibbs.implicit`):
+        which items each user rated, and which users rated each item, in ``train``. Needs
+        at most `MAX_IMPLICIT_COLUMNS` users and items.
+      keep_draws: store every kept draw (S x (N + M)(k + 1) floats); False keeps only the
+        running predictive moments at ``predict_pairs``, for data whose draws would not fit.
+      predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean
+        and variance are accumulated during sampling (`PredictiveSummary`).
+      linalg: "lapack" or "jax" (no LAPACK calls; `probmf.linalg`).
+      devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
+      checkpoint: folder to save the chain in every ``checkpoint_every`` sweeps and resume
+        from (`probmf.checkpoint`); None: no checkpoints.
+    Returns:
+      `GibbsResult(posterior, trace, summary, num_factors)`; ``predict``/``predictive``
+      average over the draws (or read the summary).
+    """
+    if num_warmup is None:
+        num_warmup = 200 if implicit else 50
+    if num_samples is None:
+        num_samples = 800 if implicit else 200
+    for name, v, low in (("rank", rank, 1), ("num_samples", num_samples, 1), ("thin", thin, 1),
+                         ("num_warmup", num_warmup, 0), ("init_sweeps", init_sweeps, 1),
+                         ("checkpoint_every", checkpoint_every, 1)):  # fmt: skip
+        if int(v) != v or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if likelihood == "rounded" and devices != 1:
+        raise ValueError("the rounded likelihood runs on one device (devices=1)")
+    if linalg not in IMPLS:
+        raise ValueError(f"linalg must be one of {IMPLS}, got {linalg!r}")
+    if not keep_draws and predict_pairs is None:
+        raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
+    if not isinstance(implicit, bool):
+        raise ValueError(f"implicit must be True or False, got {implicit!r}")
+    pairs = None if predict_pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in predict_pairs)
+    mesh = device_mesh(check_devices(devices))
+    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw.
+    ops = implicit_operators(train) if implicit else None
+    key_init, key_run = jax.random.split(rng_key)
+    # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
+    solver = "cg" if linalg == "jax" else "auto"
+    init = fit_als(key_init, train, rank=rank, num_sweeps=init_sweeps, solver=solver, devices=devices)
+    # The rounded likelihood writes each sweep's latent ratings through the tiles' slots.
+    data = encode(train, layout_for_rank(rank), mesh=mesh, with_slots=likelihood == "rounded")
+    latent = levels = None
+    if likelihood == "rounded":
+        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
+        latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
+    mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
+    total = num_warmup + num_samples * thin
+    chain = init_chain(
+        init_state(init.params, 1.0 / max(mse, 1e-6), implicit), total, num_samples, keep_draws,
+        None if pairs is None else pairs[0].shape[0],
+    )  # fmt: skip
+    options = {"rank": rank, "num_warmup": num_warmup, "num_samples": num_samples, "thin": thin,
+               "init_sweeps": init_sweeps, "likelihood": likelihood, "implicit": implicit, "keep_draws": keep_draws,
+               "linalg": linalg, "devices": devices}  # fmt: skip
+    ckpt = fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *(pairs or ()))
+
+    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
+
+    def run_chunk(chain, first, num):
+        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,
+                           num_warmup=num_warmup, thin=thin, impl=linalg)  # fmt: skip
+
+    chain = run_steps(run_chunk, chain, total, ckpt, desc="Gibbs sweeps")
+    summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
+    draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
+    return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(rank))
