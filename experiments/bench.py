@@ -38,9 +38,9 @@ from probmf.fitters import autorec
 from probmf.fitters.als import als_run, check_als_options, make_priors
 from probmf.fitters.gibbs import gibbs_sweep, implicit_operators, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
-from probmf.fitters.numpyro_mf import svi_trainer
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.fitters.run import fitter_options
+from probmf.fitters.svi import svi_trainer
 from probmf.model import init_params
 from probmf.objectives import Hyperpriors
 from probmf.sharding import device_mesh, replicated, split_along

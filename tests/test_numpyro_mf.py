@@ -23,16 +23,11 @@ from probmf.data.synthetic import synthetic_preset, synthetic_ratings
 from probmf.diagnostics import prediction_diagnostics, prediction_draws, to_inference_data
 from probmf.evaluate import evaluate_fold
 from probmf.fitters import FITTERS
+from probmf.fitters.bayes_model import mf_model
 from probmf.fitters.gibbs import fit_gibbs
-from probmf.fitters.numpyro_mf import (
-    default_batch_size,
-    fit_nuts,
-    fit_svi,
-    make_guide,
-    meanfield_elbo,
-    mf_log_joint,
-    mf_model,
-)
+from probmf.fitters.meanfield import meanfield_elbo, mf_log_joint
+from probmf.fitters.nuts import fit_nuts
+from probmf.fitters.svi import default_batch_size, fit_svi, make_guide
 from probmf.metrics import interval_scores
 from probmf.model import MFParams, init_params
 from probmf.objectives import Hyperpriors, Priors, map_loss
@@ -335,7 +330,7 @@ import os, signal, sys
 import jax
 import probmf.checkpoint as ckpt
 from probmf.data.synthetic import synthetic_ratings
-from probmf.fitters.numpyro_mf import fit_svi
+from probmf.fitters.svi import fit_svi
 
 saves, real_save = [], ckpt.save
 
@@ -388,7 +383,7 @@ _DEVICES_RUN = """
 import json
 import jax, numpy as np
 from probmf.data.synthetic import synthetic_ratings
-from probmf.fitters.numpyro_mf import fit_svi
+from probmf.fitters.svi import fit_svi
 
 assert jax.device_count() == 4
 ratings, _ = synthetic_ratings(num_users=30, num_items=20, num_ratings=300, rank=2, noise=0.5, seed=7)

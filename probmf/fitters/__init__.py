@@ -15,11 +15,13 @@ import sys
 from probmf.fitters.als import ALSResult, als_run, als_sweep, fit_als
 from probmf.fitters.autorec import AutoRecResult, fit_autorec, fit_autorec_i, fit_autorec_u
 from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.bayes_model import mf_model
 from probmf.fitters.gibbs import GibbsResult, fit_gibbs
 from probmf.fitters.mlp import MLPResult, ResidualResult, fit_mlp, fit_residual
-from probmf.fitters.numpyro_mf import NUTSResult, SVIResult, fit_nuts, fit_svi, mf_model
+from probmf.fitters.nuts import NUTSResult, fit_nuts
 from probmf.fitters.optax_mf import OptaxResult, fit_optax
 from probmf.fitters.svd import SVDResult, fit_svd, truncated_svd
+from probmf.fitters.svi import SVIResult, fit_svi
 
 FITTERS = {
     "baseline": fit_baseline,
