@@ -40,6 +40,7 @@ from probmf.fitters.gibbs import gibbs_sweep, implicit_operators, init_state
 from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
 from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
 from probmf.fitters.run import fitter_options
+from probmf.fitters.sparse_rows import rows_csr
 from probmf.fitters.svi import svi_trainer
 from probmf.model import init_params
 from probmf.objectives import Hyperpriors
@@ -172,7 +173,7 @@ def setup_autorec_i(rng_key, train, args):
         "lam", "dropout", "learning_rate", "num_epochs", "patience", "val_fraction")},
         hidden=hidden, batch_size=batch_size, devices=args.devices)  # fmt: skip
     mesh = device_mesh(args.devices)
-    csr, width, max_len = autorec.rows_csr(train, item_based=True)
+    csr, width, max_len = rows_csr(train, item_based=True)
     need, have = autorec_memory_bytes(width, hidden, batch_size, max_len), _available_memory_bytes()
     if need > 0.8 * have:
         raise SystemExit(

@@ -12,16 +12,15 @@ from probmf.fitters import FITTERS
 from probmf.fitters.autorec import (
     AutoRecParams,
     apply,
-    densify,
     fit_autorec,
     fit_autorec_i,
     fit_autorec_u,
     init,
     loss,
-    rows_csr,
     run_epoch,
 )
 from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.sparse_rows import densify, rows_csr
 from probmf.metrics import predict_ratings, rmse
 from probmf.model import predict_with_fallback
 

@@ -12,6 +12,7 @@ from probmf.data.synthetic import synthetic_ratings
 from probmf.fitters import autorec as autorec_mod
 from probmf.fitters import mlp as mlp_mod
 from probmf.fitters import optax_mf as optax_mod
+from probmf.fitters import residual as residual_mod
 from probmf.fitters.minibatch import clipped_rmse, rating_range, train_minibatch
 
 KEY = jax.random.PRNGKey(0)
@@ -80,12 +81,12 @@ def test_optax_early_stopping_clips_to_the_training_range(train, monkeypatch):
 @pytest.mark.parametrize("fit", ["mlp", "residual"])
 def test_neural_early_stopping_clips_to_the_training_range(train, monkeypatch, fit):
     calls = []
-    _recording(monkeypatch, mlp_mod, calls)
+    _recording(monkeypatch, mlp_mod if fit == "mlp" else residual_mod, calls)
     kw = dict(hidden=(4,), num_epochs=2, batch_size=256, refit=False)
     if fit == "mlp":
         mlp_mod.fit_mlp(KEY, train, rank=2, **kw)
     else:
-        mlp_mod.fit_residual(KEY, train, num_folds=2, **kw)
+        residual_mod.fit_residual(KEY, train, num_folds=2, **kw)
     assert calls == [rating_range(train.values)]
 
 

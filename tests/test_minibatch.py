@@ -17,7 +17,7 @@ import pytest
 import probmf.checkpoint
 from probmf.checkpoint import CheckpointError
 from probmf.data.synthetic import synthetic_preset
-from probmf.fitters import autorec, mlp, optax_mf
+from probmf.fitters import autorec, optax_mf, residual
 from probmf.fitters.autorec import fit_autorec_i
 from probmf.fitters.mlp import fit_mlp
 from probmf.fitters.optax_mf import fit_optax
@@ -199,20 +199,20 @@ def _never(*args, **kwargs):
 @pytest.mark.skipif(len(jax.devices()) > 1, reason="needs a process with one device")
 def test_more_devices_than_available_raise_before_training(tiny, monkeypatch):
     monkeypatch.setattr(optax_mf, "minibatch_program", _never)
-    monkeypatch.setattr(mlp, "fit_als", _never)
+    monkeypatch.setattr(residual, "fit_als", _never)
     monkeypatch.setattr(autorec, "fit_baseline", _never)
-    for fit in (fit_optax, fit_mlp, mlp.fit_residual, fit_autorec_i):
+    for fit in (fit_optax, fit_mlp, residual.fit_residual, fit_autorec_i):
         with pytest.raises(ValueError, match="XLA_FLAGS=--xla_force_host_platform_device_count=2"):
             fit(KEY, tiny, devices=2)
 
 
 def test_a_batch_size_the_devices_do_not_divide_raises_before_compiling(tiny, monkeypatch):
     monkeypatch.setattr(optax_mf, "minibatch_program", _never)
-    monkeypatch.setattr(mlp, "fit_als", _never)
+    monkeypatch.setattr(residual, "fit_als", _never)
     monkeypatch.setattr(autorec, "fit_baseline", _never)
     with pytest.raises(ValueError, match=r"batch_size=1000 does not divide by devices=3.* e\.g\. 999 or 1002"):
         fit_optax(KEY, tiny, devices=3, batch_size=1000)
-    for fit in (fit_mlp, mlp.fit_residual, fit_autorec_i):
+    for fit in (fit_mlp, residual.fit_residual, fit_autorec_i):
         with pytest.raises(ValueError, match="batch_size=6 does not divide by devices=4"):
             fit(KEY, tiny, devices=4, batch_size=6)
     for bad in ({"devices": 0}, {"devices": 1.5}, {"checkpoint_every": 0}, {"checkpoint": 3}):

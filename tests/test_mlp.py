@@ -12,21 +12,14 @@ from probmf.data.splits import random_split
 from probmf.data.synthetic import synthetic_ratings
 from probmf.fitters import FITTERS
 from probmf.fitters import mlp as mlp_mod
+from probmf.fitters import residual as residual_mod
 from probmf.fitters.als import fit_als
-from probmf.fitters.mlp import (
-    Dense,
-    Hyper,
-    MLPParams,
-    apply,
-    fit_mlp,
-    fit_residual,
-    init,
-    mlp_objective,
-    residual_objective,
-    tower,
-)
+from probmf.fitters.holdout import validation_split
+from probmf.fitters.mlp import Hyper, MLPParams, apply, fit_mlp, init, mlp_objective
+from probmf.fitters.residual import fit_residual, residual_objective
 from probmf.metrics import predict_ratings, rmse
 from probmf.model import predict
+from probmf.nn import Dense, tower
 
 KEY = jax.random.PRNGKey(0)
 FAST = dict(num_epochs=4, batch_size=256)
@@ -89,15 +82,15 @@ def test_gradients_of_the_objectives():
         f = lambda P, Q, b, c, layers: mlp_objective(MLPParams(P, Q, b, c, params.mu, layers), batch, mask, hyper=hyper)  # noqa: E731, E501
         check_grads(f, tuple(params._replace(mu=None)[:4]) + (params.layers,), order=1, modes=["rev"], eps=1e-6)
 
-        net = mlp_mod.NetParams(
+        net = residual_mod.NetParams(
             E=jnp.asarray(rng.normal(size=(6, 2))),
             F=jnp.asarray(rng.normal(size=(5, 2))),
             layers=(
-                Dense(jnp.asarray(rng.normal(size=(4 + mlp_mod._NUM_FEATURES, 3))), jnp.zeros(3)),
+                Dense(jnp.asarray(rng.normal(size=(4 + residual_mod._NUM_FEATURES, 3))), jnp.zeros(3)),
                 Dense(jnp.ones((3, 1)), jnp.zeros(1)),
             ),
         )
-        x = jnp.asarray(rng.normal(size=(4, mlp_mod._NUM_FEATURES)))
+        x = jnp.asarray(rng.normal(size=(4, residual_mod._NUM_FEATURES)))
         g = lambda p: residual_objective(p, batch[:6] + (x,), jnp.ones(4), hyper=hyper)  # noqa: E731
         check_grads(g, (f64(net),), order=1, modes=["rev"], eps=1e-6)
 
@@ -135,7 +128,7 @@ def test_residual_never_worse_than_its_base_on_validation(data):
     train, _ = data
     lo, hi = float(train.values.min()), float(train.values.max())
     # the hold-out fit_residual makes: its key is the second of four split from fold_in(key, 1)
-    fit, val = mlp_mod._split(jax.random.split(jax.random.fold_in(KEY, 1), 4)[1], train, 0.1)
+    fit, val = validation_split(jax.random.split(jax.random.fold_in(KEY, 1), 4)[1], train, 0.1)
     vu, vi = jnp.asarray(val.users), jnp.asarray(val.items)
 
     def clipped_rmse(pred):
@@ -180,14 +173,14 @@ def test_deterministic_and_no_retrace(data):
         a = fit(KEY, train, **options, **FAST)
         compiled = _compiled()
         a.predict(u, i)
-        predict_cache = (mlp_mod._mlp_predict._cache_size(), mlp_mod._residual_predict._cache_size())
+        predict_cache = (mlp_mod._mlp_predict._cache_size(), residual_mod._residual_predict._cache_size())
         b = fit(KEY, train, **options, **FAST)
         c = fit(jax.random.PRNGKey(1), train, **options, **FAST)
         # No new compilation of any epoch, nor of prediction, for a second and third fit.
         assert _compiled() == compiled
         np.testing.assert_array_equal(a.predict(u, i), b.predict(u, i))
         assert not np.allclose(a.predict(u, i), c.predict(u, i))
-        assert (mlp_mod._mlp_predict._cache_size(), mlp_mod._residual_predict._cache_size()) == predict_cache
+        assert (mlp_mod._mlp_predict._cache_size(), residual_mod._residual_predict._cache_size()) == predict_cache
 
 
 @pytest.mark.parametrize(
@@ -211,7 +204,8 @@ def test_bad_options_raise_before_compiling(data, fitter, options, monkeypatch):
         raise AssertionError("compiled before validating options")
 
     monkeypatch.setattr(mlp_mod, "train_minibatch", boom)
-    monkeypatch.setattr(mlp_mod, "fit_als", boom)
+    monkeypatch.setattr(residual_mod, "train_minibatch", boom)
+    monkeypatch.setattr(residual_mod, "fit_als", boom)
     with pytest.raises(ValueError):
         fitter(KEY, data[0], **options)
 

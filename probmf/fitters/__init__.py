@@ -17,9 +17,10 @@ from probmf.fitters.autorec import AutoRecResult, fit_autorec, fit_autorec_i, fi
 from probmf.fitters.baseline import fit_baseline
 from probmf.fitters.bayes_model import mf_model
 from probmf.fitters.gibbs import GibbsResult, fit_gibbs
-from probmf.fitters.mlp import MLPResult, ResidualResult, fit_mlp, fit_residual
+from probmf.fitters.mlp import MLPResult, fit_mlp
 from probmf.fitters.nuts import NUTSResult, fit_nuts
 from probmf.fitters.optax_mf import OptaxResult, fit_optax
+from probmf.fitters.residual import ResidualResult, fit_residual
 from probmf.fitters.svd import SVDResult, fit_svd, truncated_svd
 from probmf.fitters.svi import SVIResult, fit_svi
 

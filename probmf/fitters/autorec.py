@@ -11,10 +11,12 @@ and the objective counts observed cells only (O_r: the observed entries of r):
 
 A missing cell enters the input as 0 and never the loss. Training is minibatch Adam on J
 with input dropout (denoising); every epoch is one jitted `lax.scan` over fixed-size batches
-of rows, each densified on the fly from CSR arrays on the device, so memory is
-O(batch x width), never the num_users x num_items matrix. The epoch with the lowest RMSE
-on a validation split carved from the training ratings is kept (the RMSE of the predictions
-clipped to the training rating range, as every score in the project).
+of rows, each densified on the fly from CSR arrays on the device (`probmf.fitters.sparse_rows`),
+so memory is O(batch x width), never the num_users x num_items matrix. The epoch with the
+lowest RMSE on a validation split carved from the training ratings is kept (the RMSE of the
+predictions clipped to the training rating range, as every score in the project).
+`fit_autorec_i` and `fit_autorec_u`, the registered fitters, are `fit_autorec` with
+``item_based`` True and False, each with its own defaults.
 
 The prediction for (user i, item j) is entry i of h(r_j) (item-based), r_j built from all
 training ratings. A pair whose user or item is unknown (-1) or has no training rating falls
@@ -36,7 +38,9 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.holdout import warm_pairs
 from probmf.fitters.minibatch import LoopState, check_loop_options, clipped_rmse, rating_range, run_epochs
+from probmf.fitters.sparse_rows import RowsCSR, densify, pair_plan, rows_csr
 from probmf.model import MFParams, predict_with_fallback
 from probmf.sharding import device_mesh, replicated, split_along
 
@@ -53,15 +57,6 @@ class AutoRecParams(NamedTuple):
     b1: jax.Array
     W2: jax.Array
     b2: jax.Array
-
-
-class RowsCSR(NamedTuple):
-    """The input vectors as CSR device arrays: row r holds ``indices[indptr[r]:indptr[r+1]]``
-    (columns, int32) with ratings ``values`` (float32)."""
-
-    indptr: jax.Array
-    indices: jax.Array
-    values: jax.Array
 
 
 class AutoRecResult(NamedTuple):
@@ -99,7 +94,7 @@ class AutoRecResult(NamedTuple):
         ratings gets the baseline's prediction."""
         users, items = np.asarray(users), np.asarray(items)
         rows, cols = (items, users) if self.item_based else (users, items)
-        warm = _warm(rows, cols, self.seen_rows, self.seen_cols)
+        warm = warm_pairs(rows, cols, self.seen_rows, self.seen_cols)
         fallback = predict_with_fallback(self.baseline, jnp.asarray(users), jnp.asarray(items))
         pred = reconstruct_pairs(self.params, self.inputs, rows, cols, warm, max_len=self.max_len)
         return jnp.where(jnp.asarray(warm), pred, fallback)
@@ -141,50 +136,6 @@ def loss(params: AutoRecParams, x, mask, *, lam, keep=None, sse_weight=1.0) -> j
     return sse_weight * jnp.sum(err * err) + 0.5 * lam * (jnp.sum(params.W1**2) + jnp.sum(params.W2**2))
 
 
-# ---- sparse inputs ------------------------------------------------------------------------
-def rows_csr(train: Ratings, *, item_based: bool) -> tuple[RowsCSR, int, int]:
-    """The input vectors of ``train`` as CSR device arrays, the width and the longest row."""
-    csr = train.to_csr()
-    if item_based:
-        csr = csr.T.tocsr()
-    csr.sort_indices()
-    lengths = np.diff(csr.indptr)
-    max_len = max(int(lengths.max()) if lengths.size else 0, 1)
-    arrays = RowsCSR(
-        jnp.asarray(csr.indptr, jnp.int32),
-        # One padding entry keeps every gather index valid even with no ratings.
-        jnp.asarray(np.append(csr.indices, 0), jnp.int32),
-        jnp.asarray(np.append(csr.data, 0.0), jnp.float32),
-    )
-    return arrays, csr.shape[1], max_len
-
-
-def densify(csr: RowsCSR, rows: jax.Array, width: int, max_len: int) -> tuple[jax.Array, jax.Array]:
-    """Dense ratings x (B, width) and observed mask (B, width) of ``rows`` (int (B,); -1: an
-    empty padding row). Gathers B x max_len CSR slots, then scatters into the batch."""
-    valid = rows >= 0
-    r = jnp.where(valid, rows, 0)
-    start = csr.indptr[r]
-    length = jnp.where(valid, csr.indptr[r + 1] - start, 0)
-    slot = jnp.arange(max_len)
-    ok = slot[None, :] < length[:, None]
-    pos = jnp.where(ok, start[:, None] + slot, 0)
-    # Slots past a row's end go to an extra column that is cut off: no reliance on clamping.
-    cols = jnp.where(ok, csr.indices[pos], width)
-    # One scatter per row (vmapped): its batch axis stays a batch axis, so a batch split across
-    # devices is densified where it lies.
-    x = jax.vmap(lambda c, v: jnp.zeros(width + 1, jnp.float32).at[c].set(v))(cols, jnp.where(ok, csr.values[pos], 0.0))
-    mask = jax.vmap(lambda c, v: jnp.zeros(width + 1, bool).at[c].set(v))(cols, ok)
-    return x[:, :width], mask[:, :width]
-
-
-def _warm(rows, cols, seen_rows, seen_cols) -> np.ndarray:
-    """bool (n,): the row and column are in range and have training ratings."""
-    ok_r = (rows >= 0) & (rows < seen_rows.size)
-    ok_c = (cols >= 0) & (cols < seen_cols.size)
-    return ok_r & ok_c & seen_rows[np.where(ok_r, rows, 0)] & seen_cols[np.where(ok_c, cols, 0)]
-
-
 # ---- training -----------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("width", "max_len"))
 def run_epoch(params, opt_state, csr: RowsCSR, batches, rng_key, hyper, *, width: int, max_len: int):
@@ -213,21 +164,6 @@ def run_epoch(params, opt_state, csr: RowsCSR, batches, rng_key, hyper, *, width
     return params, opt_state, values
 
 
-def _pair_plan(rows: np.ndarray, warm: np.ndarray, batch_size: int):
-    """Host-side plan to reconstruct each distinct warm row once: (S, B) row batches (-1 pad),
-    and for every pair its batch and position in it (batch -1: not reconstructed)."""
-    uniq, inverse = np.unique(np.where(warm, rows, -1), return_inverse=True)
-    if uniq.size and uniq[0] == -1:
-        uniq, inverse = uniq[1:], inverse - 1
-    num_batches = max(-(-uniq.size // batch_size), 1)
-    batches = np.full(num_batches * batch_size, -1, np.int32)
-    batches[: uniq.size] = uniq
-    inverse = inverse.reshape(-1)
-    pair_batch = np.where(inverse >= 0, inverse // batch_size, -1).astype(np.int32)
-    pair_pos = np.where(inverse >= 0, inverse % batch_size, 0).astype(np.int32)
-    return batches.reshape(num_batches, batch_size), pair_batch, pair_pos
-
-
 @functools.partial(jax.jit, static_argnames=("width", "max_len"))
 def _reconstruct_planned(params, csr: RowsCSR, batches, pair_batch, pair_pos, cols, *, width: int, max_len: int):
     """h(r_row)[col] for every pair, reconstructing one (B, width) batch of rows per scan step."""
@@ -244,18 +180,10 @@ def _reconstruct_planned(params, csr: RowsCSR, batches, pair_batch, pair_pos, co
 def reconstruct_pairs(params, csr: RowsCSR, rows, cols, warm, *, max_len: int, batch_size: int = 256) -> jax.Array:
     """(n,) entry ``cols[k]`` of the reconstruction of row ``rows[k]``; 0 where not ``warm``."""
     rows, cols, warm = np.asarray(rows), np.asarray(cols), np.asarray(warm, bool)
-    batches, pair_batch, pair_pos = _pair_plan(rows, warm, batch_size)
+    batches, pair_batch, pair_pos = pair_plan(rows, warm, batch_size)
     safe_cols = np.where(warm, cols, 0).astype(np.int32)
-    return _reconstruct_planned(
-        params,
-        csr,
-        jnp.asarray(batches),
-        jnp.asarray(pair_batch),
-        jnp.asarray(pair_pos),
-        jnp.asarray(safe_cols),
-        width=int(params.b2.shape[0]),
-        max_len=max_len,
-    )
+    plan = (jnp.asarray(a) for a in (batches, pair_batch, pair_pos, safe_cols))
+    return _reconstruct_planned(params, csr, *plan, width=int(params.b2.shape[0]), max_len=max_len)
 
 
 def fit_autorec(
@@ -314,18 +242,10 @@ def fit_autorec(
       (8, (2,))
     """
     check_autorec_options(
-        hidden=hidden,
-        lam=lam,
-        dropout=dropout,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        patience=patience,
-        val_fraction=val_fraction,
-        devices=devices,
-        checkpoint=checkpoint,
+        hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate, batch_size=batch_size,
+        num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, devices=devices, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
-    )
+    )  # fmt: skip
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     mesh = device_mesh(devices)
@@ -368,8 +288,8 @@ def fit_autorec(
     v_rows, v_cols = (val.items, val.users) if item_based else (val.users, val.items)
     seen_r = np.bincount(fit_part.items if item_based else fit_part.users, minlength=num_rows) > 0
     seen_c = np.bincount(fit_part.users if item_based else fit_part.items, minlength=width) > 0
-    v_warm = _warm(v_rows, v_cols, seen_r, seen_c)
-    plan = tuple(jnp.asarray(a) for a in _pair_plan(v_rows, v_warm, 256))
+    v_warm = warm_pairs(v_rows, v_cols, seen_r, seen_c)
+    plan = tuple(jnp.asarray(a) for a in pair_plan(v_rows, v_warm, 256))
     plan += (jnp.asarray(np.where(v_warm, v_cols, 0).astype(np.int32)),)
     v_truth, v_idx = jnp.asarray(val.values[v_warm]), jnp.asarray(np.flatnonzero(v_warm))
     bounds = rating_range(train.values)
@@ -429,83 +349,33 @@ def _result(params, train, inputs, max_len, baseline, item_based, trace, best_ep
 
 
 def fit_autorec_i(
-    rng_key,
-    train: Ratings,
-    *,
-    hidden: int = 500,
-    lam: float = 150.0,
-    dropout: float = 0.5,
-    learning_rate: float = 2.5e-4,
-    batch_size: int = 64,
-    num_epochs: int = 400,
-    patience: int = 60,
-    val_fraction: float = 0.1,
-    refit: bool = True,
-    lam_bias: float = 3.0,
-    devices: int = 1,
-    checkpoint: str | None = None,
-    checkpoint_every: int = 1,
-) -> AutoRecResult:
+    rng_key, train: Ratings, *, hidden: int = 500, lam: float = 150.0, dropout: float = 0.5,
+    learning_rate: float = 2.5e-4, batch_size: int = 64, num_epochs: int = 400, patience: int = 60,
+    val_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
+    checkpoint: str | None = None, checkpoint_every: int = 1,
+) -> AutoRecResult:  # fmt: skip
     """Item-based AutoRec (I-AutoRec); see `fit_autorec` (``devices``, ``checkpoint``,
     ``checkpoint_every`` as there)."""
     return fit_autorec(
-        rng_key,
-        train,
-        item_based=True,
-        hidden=hidden,
-        lam=lam,
-        dropout=dropout,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        patience=patience,
-        val_fraction=val_fraction,
-        refit=refit,
-        lam_bias=lam_bias,
-        devices=devices,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-    )
+        rng_key, train, item_based=True, hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, refit=refit,
+        lam_bias=lam_bias, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
 
 
 def fit_autorec_u(
-    rng_key,
-    train: Ratings,
-    *,
-    hidden: int = 500,
-    lam: float = 100.0,
-    dropout: float = 0.5,
-    learning_rate: float = 1e-3,
-    batch_size: int = 64,
-    num_epochs: int = 200,
-    patience: int = 20,
-    val_fraction: float = 0.1,
-    refit: bool = True,
-    lam_bias: float = 3.0,
-    devices: int = 1,
-    checkpoint: str | None = None,
-    checkpoint_every: int = 1,
-) -> AutoRecResult:
+    rng_key, train: Ratings, *, hidden: int = 500, lam: float = 100.0, dropout: float = 0.5,
+    learning_rate: float = 1e-3, batch_size: int = 64, num_epochs: int = 200, patience: int = 20,
+    val_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
+    checkpoint: str | None = None, checkpoint_every: int = 1,
+) -> AutoRecResult:  # fmt: skip
     """User-based AutoRec (U-AutoRec); see `fit_autorec` (defaults not tuned separately;
     ``devices``, ``checkpoint``, ``checkpoint_every`` as there)."""
     return fit_autorec(
-        rng_key,
-        train,
-        item_based=False,
-        hidden=hidden,
-        lam=lam,
-        dropout=dropout,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        patience=patience,
-        val_fraction=val_fraction,
-        refit=refit,
-        lam_bias=lam_bias,
-        devices=devices,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-    )
+        rng_key, train, item_based=False, hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, refit=refit,
+        lam_bias=lam_bias, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
 
 
 def check_autorec_options(
