@@ -60,20 +60,20 @@ def test_early_stopping_rmse_is_that_of_the_clipped_predictions():
         )  # fmt: skip
 
 
-def _recording(monkeypatch, module, calls: list):
-    real = module.train_minibatch
+def _recording(monkeypatch, module, calls: list, name="train_minibatch"):
+    real = getattr(module, name)
 
     def record(*args, **kwargs):
         if kwargs.get("val_arrays") is not None:
             calls.append(kwargs.get("rating_range"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, "train_minibatch", record)
+    monkeypatch.setattr(module, name, record)
 
 
 def test_optax_early_stopping_clips_to_the_training_range(train, monkeypatch):
     calls = []
-    _recording(monkeypatch, optax_mod, calls)
+    _recording(monkeypatch, optax_mod, calls, "minibatch_program")
     optax_mod.fit_optax(KEY, train, rank=2, num_epochs=2, batch_size=256, validation_fraction=0.2)
     assert calls == [rating_range(train.values)]
 

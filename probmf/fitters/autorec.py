@@ -38,8 +38,9 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.epochs import LoopState, run_epochs
 from probmf.fitters.holdout import warm_pairs
-from probmf.fitters.minibatch import LoopState, check_loop_options, clipped_rmse, rating_range, run_epochs
+from probmf.fitters.minibatch import check_loop_options, clipped_rmse, rating_range
 from probmf.fitters.sparse_rows import RowsCSR, densify, pair_plan, rows_csr
 from probmf.model import MFParams, predict_with_fallback
 from probmf.sharding import device_mesh, replicated, split_along
