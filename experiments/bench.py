@@ -3,7 +3,9 @@
     python experiments/bench.py --preset ml20m --model als --rank 10 --iters 5 --json
 
 One iteration is one ALS or Gibbs sweep (users then items), or one optax, SVI or AutoRec
-epoch (for ``autorec-i``, ``--rank`` is the number of hidden units). Prints one JSON line
+epoch (for ``autorec-i``, ``--rank`` is the number of hidden units). For als, optax, gibbs
+and svi it is one step of the fitter's own `probmf.program.Program` (``run_chunk``), the code
+`probmf.fit` runs; set-up is the program's (for gibbs, with its ALS start). Prints one JSON line
 (``--json``) or a short table row per run and appends the JSON to ``--out``.
 Fields: model, rank, preset, n_ratings, num_users, num_items, setup_seconds (encoding),
 compile_seconds, seconds_per_iter (median of the timed iterations after compile),
@@ -16,7 +18,6 @@ fitters), solver (als), linalg and implicit (gibbs). ``--smoke``: tiny data, for
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import os
@@ -33,17 +34,14 @@ import optax
 
 import probmf
 from probmf.data.synthetic import PRESETS, synthetic_preset
-from probmf.encoding import encode, layout_for_rank
 from probmf.fitters import autorec
-from probmf.fitters.als import als_run, check_als_options, make_priors
-from probmf.fitters.gibbs import gibbs_sweep, implicit_operators, init_state
-from probmf.fitters.minibatch import MinibatchState, make_epoch, padded_index
-from probmf.fitters.optax_mf import check_optax_options, make_optimizer, mf_objective
+from probmf.fitters.als import ALSConfig, prepare_als
+from probmf.fitters.gibbs import GibbsConfig, prepare_gibbs
+from probmf.fitters.optax_mf import OptaxConfig, prepare_optax
 from probmf.fitters.run import fitter_options
 from probmf.fitters.sparse_rows import rows_csr
 from probmf.fitters.svi import svi_trainer
-from probmf.model import init_params
-from probmf.objectives import Hyperpriors
+from probmf.program import RunOptions
 from probmf.sharding import device_mesh, replicated, split_along
 
 
@@ -51,97 +49,53 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def setup_als(rng_key, train, args):
-    """Returns (state, step) where step(state) -> state runs one jitted ALS sweep."""
-    defaults = fitter_options("als")
-    lam = defaults["lam"] if args.lam is None else args.lam
-    check_als_options(rank=args.rank, lam=lam, lam_bias=1.0, num_sweeps=1, solver=args.solver, cg_iters=10)
+def _als(rng_key, train, args, run):
     solver = args.solver if args.solver != "auto" else ("cholesky" if args.rank <= 32 else "cg")
     args.solver_used = solver
-    data = encode(train, layout_for_rank(args.rank), mesh=device_mesh(args.devices))
-    params = init_params(rng_key, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    priors = make_priors(
-        data.by_user.counts,
-        data.by_item.counts,
-        lam=lam,
-        lam_bias=defaults["lam_bias"],
-        weight_exponent=defaults["weight_exponent"],
-    )
-
-    def step(p):
-        return als_run(p, data, priors, num_sweeps=1, solver=solver)[0]
-
-    return params, step
+    lam = {} if args.lam is None else {"lam": args.lam}
+    config = ALSConfig(rank=args.rank, num_sweeps=args.iters + 1, solver=solver, **lam).validate()
+    return prepare_als(rng_key, train, config, run)
 
 
-def setup_optax(rng_key, train, args):
-    """Returns (state, step) where step(state) -> state runs one epoch of the optax fitter
-    (host shuffle + one jitted scan over the batches), at the fitter's default options."""
-    defaults = fitter_options("optax")
-    lam = defaults["lam"] if args.lam is None else args.lam
-    batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
-    options = {**defaults, "rank": args.rank, "lam": lam, "batch_size": batch_size, "devices": args.devices}
-    check_optax_options(**options)
-    args.batch_used = batch_size
-    mesh = device_mesh(args.devices)
-    key_init, key_shuffle = jax.random.split(rng_key)
-    n = len(train)
-    params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    n_u = jnp.asarray(np.bincount(train.users, minlength=train.num_users), jnp.float32)
-    n_i = jnp.asarray(np.bincount(train.items, minlength=train.num_items), jnp.float32)
-    priors = make_priors(n_u, n_i, lam=lam, lam_bias=defaults["lam_bias"], weight_exponent=defaults["weight_exponent"])
-    num_batches, weights = padded_index(n, batch_size)
-    optimizer = make_optimizer(
-        defaults["optimizer"],
-        defaults["learning_rate"],
-        schedule=defaults["schedule"],
-        total_steps=num_batches * defaults["num_epochs"],
-    )
-    epoch = make_epoch(functools.partial(mf_objective, priors=priors, num_ratings=n), optimizer)
-    data = replicated(mesh, tuple(jnp.asarray(a) for a in (train.users, train.items, train.values)))
-    weights = split_along(mesh, jnp.asarray(weights), 1)
-    rng = np.random.default_rng(args.seed)
-    index = np.zeros(num_batches * batch_size, np.int32)
-
-    def step(state):
-        index[:n] = rng.permutation(n)
-        batches = split_along(mesh, jnp.asarray(index.reshape(num_batches, batch_size)), 1)
-        return epoch(state, data, batches, weights)[0]
-
-    return replicated(mesh, MinibatchState(params, optimizer.init(params))), step
+def _optax(rng_key, train, args, run):
+    options = {k: v for k, v in (("lam", args.lam), ("batch_size", args.batch_size)) if v is not None}
+    config = OptaxConfig(rank=args.rank, **options).validate(run)
+    args.batch_used = config.batch_size
+    return prepare_optax(rng_key, train, config, run)
 
 
-def setup_gibbs(rng_key, train, args):
-    """Returns (state, step) where step(state) -> state runs one jitted Gibbs sweep (with
-    ``--implicit``, set-up includes the implicit-feedback eigendecompositions)."""
-    data = encode(train, layout_for_rank(args.rank), mesh=device_mesh(args.devices))
-    key_init, key_run = jax.random.split(rng_key)
-    params = init_params(key_init, train.num_users, train.num_items, args.rank, mu=float(train.values.mean()))
-    ops = implicit_operators(train) if args.implicit else None
-    sweep = jax.jit(lambda key, s: gibbs_sweep(key, s, data, Hyperpriors(), impl=args.linalg, ops=ops)[0])
-
-    def step(state):
-        key, s = state
-        key, key_sweep = jax.random.split(key)
-        return key, sweep(key_sweep, s)
-
-    return (key_run, init_state(params, 1.0, args.implicit)), step
+def _gibbs(rng_key, train, args, run):
+    config = GibbsConfig(rank=args.rank, num_warmup=0, num_samples=args.iters + 1, implicit=args.implicit,
+                         linalg=args.linalg).validate(run)  # fmt: skip
+    return prepare_gibbs(rng_key, train, config, run)
 
 
-def setup_svi(rng_key, train, args):
-    """Returns (state, step) where step(state) -> state runs one epoch of `fit_svi` at its
-    default options (host shuffle + one jitted scan over the batches), on ``--devices``."""
-    options = {"rank": args.rank, "devices": args.devices}
+def _svi(rng_key, train, args, run):
+    options = {"rank": args.rank, "devices": run.devices}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
     trainer = svi_trainer(rng_key, train, **options)
     args.batch_used = trainer.batch
-    epochs = itertools.count()
+    return trainer.program
+
+
+# Each builds the fitter's own `probmf.program.Program` at its default options (but for the
+# command line's); the benchmark times its ``run_chunk``, one step at a time.
+PROGRAMS = {"als": _als, "optax": _optax, "gibbs": _gibbs, "svi": _svi}
+
+
+def setup_program(rng_key, train, args):
+    """Returns (state, step) where step(state) -> state runs the next step (sweep or epoch)
+    of ``args.model``'s program: exactly what `probmf.fit` runs."""
+    program = PROGRAMS[args.model](rng_key, train, args, RunOptions(devices=args.devices))
+    if args.iters + 1 > program.num_steps:
+        raise SystemExit(f"--iters {args.iters}: {args.model} runs {program.num_steps} steps; use fewer")
+    steps = itertools.count()
 
     def step(state):
-        return trainer.run_epochs(state, next(epochs) % trainer.num_epochs, 1)
+        return program.run_chunk(state, next(steps), 1)
 
-    return trainer.state, step
+    return program.state, step
 
 
 def _available_memory_bytes() -> int:
@@ -205,7 +159,7 @@ def setup_autorec_i(rng_key, train, args):
     return replicated(mesh, (params, optax.adam(lr).init(params))), step
 
 
-SETUPS = {"als": setup_als, "optax": setup_optax, "gibbs": setup_gibbs, "svi": setup_svi, "autorec-i": setup_autorec_i}
+SETUPS = {**dict.fromkeys(PROGRAMS, setup_program), "autorec-i": setup_autorec_i}
 
 
 def run(args) -> dict:

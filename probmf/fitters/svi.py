@@ -32,6 +32,7 @@ from probmf.fitters.bayes_model import (
 )
 from probmf.fitters.meanfield import _meanfield_program
 from probmf.posterior import Posterior, seen_rows
+from probmf.program import Program
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 GUIDES = ("normal", "lowrank")
@@ -109,6 +110,11 @@ class SVITrainer(NamedTuple):
     batch: int
     steps: int
     mesh: Any
+
+    @property
+    def program(self) -> Program:
+        """This run as a `probmf.program.Program` (one epoch a step)."""
+        return Program(self.state, self.run_epochs, self.finish, self.num_epochs, desc="SVI epochs")
 
 
 def _check_svi_options(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank,

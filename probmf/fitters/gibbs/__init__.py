@@ -21,10 +21,12 @@ from probmf.fitters.gibbs.chain import (
     LIKELIHOODS,
     SAVED_TYPES,
     GibbsChain,
+    GibbsConfig,
     GibbsResult,
     fit_gibbs,
     gibbs_chunk,
     init_chain,
+    prepare_gibbs,
 )
 from probmf.fitters.gibbs.implicit import (
     MAX_IMPLICIT_COLUMNS,
@@ -66,6 +68,8 @@ __all__ = [
     "_block_prior",
     "_sample_rows",
     "fit_gibbs",
+    "prepare_gibbs",
+    "GibbsConfig",
     "gibbs_chunk",
     "gibbs_sweep",
     "implicit_operator",

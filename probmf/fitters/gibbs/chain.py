@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from probmf.checkpoint import fit_checkpoint, run_steps
+from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, encode, layout_for_rank
 from probmf.fitters.als import fit_als
@@ -37,6 +37,7 @@ from probmf.posterior import (
     moments_update,
     seen_rows,
 )
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import check_devices, device_mesh
 
 LIKELIHOODS = ("gaussian", "rounded")
@@ -128,6 +129,85 @@ def gibbs_chunk(
     return lax.scan(sweep, chain, first + jnp.arange(num))[0]
 
 
+class GibbsConfig(NamedTuple):
+    """The Gibbs sampler's options (`fit_gibbs` documents each); ``num_warmup`` and
+    ``num_samples`` None are 50 and 200, or 200 and 800 with ``implicit`` (`validate` fills
+    them in)."""
+
+    rank: int = 10
+    num_warmup: int | None = None
+    num_samples: int | None = None
+    thin: int = 1
+    init_sweeps: int = 10
+    likelihood: str = "gaussian"
+    implicit: bool = False
+    keep_draws: bool = True
+    predict_pairs: tuple | None = None
+    linalg: str = "lapack"
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
+        """The config with its defaults filled in, or a ValueError naming the bad option."""
+        c = self._replace(
+            num_warmup=(200 if self.implicit else 50) if self.num_warmup is None else self.num_warmup,
+            num_samples=(800 if self.implicit else 200) if self.num_samples is None else self.num_samples,
+        )
+        for name, v, low in (("rank", c.rank, 1), ("num_samples", c.num_samples, 1), ("thin", c.thin, 1),
+                             ("num_warmup", c.num_warmup, 0), ("init_sweeps", c.init_sweeps, 1),
+                             ("checkpoint_every", run.checkpoint_every, 1)):  # fmt: skip
+            if int(v) != v or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        if c.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
+        if c.likelihood == "rounded" and run.devices != 1:
+            raise ValueError("the rounded likelihood runs on one device (devices=1)")
+        if c.linalg not in IMPLS:
+            raise ValueError(f"linalg must be one of {IMPLS}, got {c.linalg!r}")
+        if not c.keep_draws and c.predict_pairs is None:
+            raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
+        if not isinstance(c.implicit, bool):
+            raise ValueError(f"implicit must be True or False, got {c.implicit!r}")
+        return c
+
+
+def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The Gibbs `Program`: the ALS start, the encoded data and the chain (`GibbsChain`);
+    a chunk runs `gibbs_chunk`; it finishes as the `GibbsResult`. ``config`` must be
+    validated (`GibbsConfig.validate`)."""
+    c = config
+    pairs = None if c.predict_pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in c.predict_pairs)
+    mesh = device_mesh(check_devices(run.devices))
+    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw.
+    ops = implicit_operators(train) if c.implicit else None
+    key_init, key_run = jax.random.split(rng_key)
+    # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
+    solver = "cg" if c.linalg == "jax" else "auto"
+    init = fit_als(key_init, train, rank=c.rank, num_sweeps=c.init_sweeps, solver=solver, devices=run.devices)
+    # The rounded likelihood writes each sweep's latent ratings through the tiles' slots.
+    data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded")
+    latent = levels = None
+    if c.likelihood == "rounded":
+        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
+        latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
+    mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
+    total = c.num_warmup + c.num_samples * c.thin
+    chain = init_chain(
+        init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit), total, c.num_samples, c.keep_draws,
+        None if pairs is None else pairs[0].shape[0],
+    )  # fmt: skip
+    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
+
+    def run_chunk(chain, first, num):
+        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,
+                           num_warmup=c.num_warmup, thin=c.thin, impl=c.linalg)  # fmt: skip
+
+    def finish(chain: GibbsChain) -> GibbsResult:
+        summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
+        draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
+        return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank))
+
+    return Program(chain, run_chunk, finish, total, desc="Gibbs sweeps")
+
+
 def fit_gibbs(
     rng_key,
     train: Ratings,
@@ -146,7 +226,8 @@ def fit_gibbs(
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
 ) -> GibbsResult:
-    """Sample the posterior of the biased MF model by blocked Gibbs (BPMF).
+    """Sample the posterior of the biased MF model by blocked Gibbs (BPMF): `prepare_gibbs`
+    run by `probmf.program.run_program`.
 
     The chain starts from ALS's MAP estimate (``init_sweeps`` sweeps, defaults otherwise)
     and its residual precision, burns in ``num_warmup`` sweeps and keeps ``num_samples``
@@ -171,57 +252,11 @@ def fit_gibbs(
       `GibbsResult(posterior, trace, summary, num_factors)`; ``predict``/``predictive``
       average over the draws (or read the summary).
     """
-    if num_warmup is None:
-        num_warmup = 200 if implicit else 50
-    if num_samples is None:
-        num_samples = 800 if implicit else 200
-    for name, v, low in (("rank", rank, 1), ("num_samples", num_samples, 1), ("thin", thin, 1),
-                         ("num_warmup", num_warmup, 0), ("init_sweeps", init_sweeps, 1),
-                         ("checkpoint_every", checkpoint_every, 1)):  # fmt: skip
-        if int(v) != v or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    if likelihood == "rounded" and devices != 1:
-        raise ValueError("the rounded likelihood runs on one device (devices=1)")
-    if linalg not in IMPLS:
-        raise ValueError(f"linalg must be one of {IMPLS}, got {linalg!r}")
-    if not keep_draws and predict_pairs is None:
-        raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
-    if not isinstance(implicit, bool):
-        raise ValueError(f"implicit must be True or False, got {implicit!r}")
-    pairs = None if predict_pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in predict_pairs)
-    mesh = device_mesh(check_devices(devices))
-    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw.
-    ops = implicit_operators(train) if implicit else None
-    key_init, key_run = jax.random.split(rng_key)
-    # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
-    solver = "cg" if linalg == "jax" else "auto"
-    init = fit_als(key_init, train, rank=rank, num_sweeps=init_sweeps, solver=solver, devices=devices)
-    # The rounded likelihood writes each sweep's latent ratings through the tiles' slots.
-    data = encode(train, layout_for_rank(rank), mesh=mesh, with_slots=likelihood == "rounded")
-    latent = levels = None
-    if likelihood == "rounded":
-        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
-        latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
-    mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
-    total = num_warmup + num_samples * thin
-    chain = init_chain(
-        init_state(init.params, 1.0 / max(mse, 1e-6), implicit), total, num_samples, keep_draws,
-        None if pairs is None else pairs[0].shape[0],
-    )  # fmt: skip
-    options = {"rank": rank, "num_warmup": num_warmup, "num_samples": num_samples, "thin": thin,
-               "init_sweeps": init_sweeps, "likelihood": likelihood, "implicit": implicit, "keep_draws": keep_draws,
-               "linalg": linalg, "devices": devices}  # fmt: skip
-    ckpt = fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *(pairs or ()))
-
-    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
-
-    def run_chunk(chain, first, num):
-        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,
-                           num_warmup=num_warmup, thin=thin, impl=linalg)  # fmt: skip
-
-    chain = run_steps(run_chunk, chain, total, ckpt, desc="Gibbs sweeps")
-    summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
-    draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
-    return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(rank))
+    run = RunOptions(devices, checkpoint, checkpoint_every)
+    config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, keep_draws,
+                         predict_pairs, linalg).validate(run)  # fmt: skip
+    program = prepare_gibbs(rng_key, train, config, run)
+    options = {**config._asdict(), "devices": devices}
+    pairs = options.pop("predict_pairs")
+    pairs = () if pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in pairs)
+    return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *pairs))
