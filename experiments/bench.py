@@ -124,7 +124,7 @@ def setup_autorec_i(rng_key, train, args):
     hidden = args.rank
     batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
     autorec.check_autorec_options(**{k: defaults[k] for k in (
-        "lam", "dropout", "learning_rate", "num_epochs", "patience", "val_fraction")},
+        "lam", "dropout", "learning_rate", "num_epochs", "patience", "validation_fraction")},
         hidden=hidden, batch_size=batch_size, devices=args.devices)  # fmt: skip
     mesh = device_mesh(args.devices)
     csr, width, max_len = rows_csr(train, item_based=True)

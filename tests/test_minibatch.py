@@ -164,7 +164,7 @@ def rel(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 for name, fit, options, pred in [
     ("optax", fit_optax, dict(rank=3, num_epochs=4, batch_size=128), lambda r: predict(r.params, u, i)),
-    ("autorec-i", fit_autorec_i, dict(hidden=16, num_epochs=3, batch_size=16, val_fraction=0.0),
+    ("autorec-i", fit_autorec_i, dict(hidden=16, num_epochs=3, batch_size=16, validation_fraction=0.0),
      lambda r: r.predict(u, i)),
 ]:
     one, four = (fit(jax.random.PRNGKey(0), train, devices=d, **options) for d in (1, 4))

@@ -199,7 +199,7 @@ def fit_autorec(
     batch_size: int = 64,
     num_epochs: int = 400,
     patience: int = 60,
-    val_fraction: float = 0.1,
+    validation_fraction: float = 0.1,
     refit: bool = True,
     lam_bias: float = 3.0,
     devices: int = 1,
@@ -222,7 +222,7 @@ def fit_autorec(
       learning_rate: Adam step size.
       batch_size: rows per step; num_epochs, patience: stop after ``patience`` epochs
         without a better validation RMSE and restore the best epoch's weights.
-      val_fraction: share of the training ratings held out for early stopping (0: none;
+      validation_fraction: share of the training ratings held out for early stopping (0: none;
         all ``num_epochs`` run).
       refit: after early stopping, retrain on all training ratings for the chosen number of
         epochs (False: keep the best epoch's weights, fitted without the validation part).
@@ -244,16 +244,16 @@ def fit_autorec(
     """
     check_autorec_options(
         hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate, batch_size=batch_size,
-        num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, devices=devices, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
+        num_epochs=num_epochs, patience=patience, validation_fraction=validation_fraction, devices=devices,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     mesh = device_mesh(devices)
     options = dict(
         item_based=item_based, hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate,
-        batch_size=batch_size, num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, refit=refit,
-        lam_bias=lam_bias, devices=devices, checkpoint_every=checkpoint_every,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, validation_fraction=validation_fraction,
+        refit=refit, lam_bias=lam_bias, devices=devices, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     name = "autorec-i" if item_based else "autorec-u"
     ckpt, refit_ckpt = (
@@ -263,9 +263,9 @@ def fit_autorec(
     key_init, key_split, key_shuffle, key_drop = jax.random.split(rng_key, 4)
     baseline = fit_baseline(key_init, train, lam_bias=lam_bias).params
     inputs, width, max_len = rows_csr(train, item_based=item_based)
-    if val_fraction > 0 and len(train) >= 10:
+    if validation_fraction > 0 and len(train) >= 10:
         split_seed = int(jax.random.randint(key_split, (), 0, 2**31 - 1))
-        fit_part, val = random_split(train, val_fraction, seed=split_seed)
+        fit_part, val = random_split(train, validation_fraction, seed=split_seed)
     else:
         fit_part, val = train, None
     csr, _, fit_max_len = rows_csr(fit_part, item_based=item_based)
@@ -352,35 +352,35 @@ def _result(params, train, inputs, max_len, baseline, item_based, trace, best_ep
 def fit_autorec_i(
     rng_key, train: Ratings, *, hidden: int = 500, lam: float = 150.0, dropout: float = 0.5,
     learning_rate: float = 2.5e-4, batch_size: int = 64, num_epochs: int = 400, patience: int = 60,
-    val_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
+    validation_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
     checkpoint: str | None = None, checkpoint_every: int = 1,
 ) -> AutoRecResult:  # fmt: skip
     """Item-based AutoRec (I-AutoRec); see `fit_autorec` (``devices``, ``checkpoint``,
     ``checkpoint_every`` as there)."""
     return fit_autorec(
         rng_key, train, item_based=True, hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate,
-        batch_size=batch_size, num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, refit=refit,
-        lam_bias=lam_bias, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, validation_fraction=validation_fraction,
+        refit=refit, lam_bias=lam_bias, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
     )  # fmt: skip
 
 
 def fit_autorec_u(
     rng_key, train: Ratings, *, hidden: int = 500, lam: float = 100.0, dropout: float = 0.5,
     learning_rate: float = 1e-3, batch_size: int = 64, num_epochs: int = 200, patience: int = 20,
-    val_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
+    validation_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
     checkpoint: str | None = None, checkpoint_every: int = 1,
 ) -> AutoRecResult:  # fmt: skip
     """User-based AutoRec (U-AutoRec); see `fit_autorec` (defaults not tuned separately;
     ``devices``, ``checkpoint``, ``checkpoint_every`` as there)."""
     return fit_autorec(
         rng_key, train, item_based=False, hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate,
-        batch_size=batch_size, num_epochs=num_epochs, patience=patience, val_fraction=val_fraction, refit=refit,
-        lam_bias=lam_bias, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        batch_size=batch_size, num_epochs=num_epochs, patience=patience, validation_fraction=validation_fraction,
+        refit=refit, lam_bias=lam_bias, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
     )  # fmt: skip
 
 
 def check_autorec_options(
-    *, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, val_fraction, devices=1,
+    *, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, validation_fraction, devices=1,
     checkpoint=None, checkpoint_every=1,
 ) -> None:  # fmt: skip
     """Reject out-of-range options before anything is compiled."""
@@ -395,6 +395,6 @@ def check_autorec_options(
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     if not (np.isfinite(dropout) and 0 <= dropout < 1):
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if not (np.isfinite(val_fraction) and 0 <= val_fraction < 1):
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not (np.isfinite(validation_fraction) and 0 <= validation_fraction < 1):
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
     check_loop_options(batch_size=batch_size, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every)

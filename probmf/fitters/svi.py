@@ -21,7 +21,7 @@ import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 
-from probmf.checkpoint import check_every, fit_checkpoint, run_steps
+from probmf.checkpoint import check_every, fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.fitters.bayes_model import (
     _check_common,
@@ -32,7 +32,7 @@ from probmf.fitters.bayes_model import (
 )
 from probmf.fitters.meanfield import _meanfield_program
 from probmf.posterior import Posterior, seen_rows
-from probmf.program import Program
+from probmf.program import Program, run_program
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 GUIDES = ("normal", "lowrank")
@@ -257,9 +257,7 @@ def fit_svi(
     if checkpoint is not None:
         _device_data(train)  # the data's own errors first
         ckpt = fit_checkpoint(checkpoint, checkpoint_every, "svi", rng_key, train, options)
-    trainer = svi_trainer(rng_key, train, **options)
-    state = run_steps(trainer.run_epochs, trainer.state, trainer.num_epochs, ckpt, desc="SVI epochs")
-    return trainer.finish(state)
+    return run_program(svi_trainer(rng_key, train, **options).program, ckpt)
 
 
 @functools.lru_cache(maxsize=8)

@@ -100,8 +100,8 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
 
 @functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "impl"))
 def gibbs_chunk(
-    rng_key, chain: GibbsChain, data: Encoded, hyper: Hyperpriors, pairs, first, latent=None, levels=None, ops=None,
-    seen=None, *, num, num_warmup, thin, impl="lapack",
+    rng_key, chain: GibbsChain, data: Encoded, hyperpriors: Hyperpriors, pairs, first, latent=None, levels=None,
+    ops=None, seen=None, *, num, num_warmup, thin, impl="lapack",
 ) -> GibbsChain:  # fmt: skip
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
     then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
@@ -110,7 +110,7 @@ def gibbs_chunk(
     (M,)) bool rows with training ratings (the others are cold in the summary)."""
 
     def sweep(chain: GibbsChain, s):
-        state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyper, impl, latent, ops)
+        state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, impl, latent, ops)
         after = s - num_warmup
         kept = (after >= 0) & ((after + 1) % thin == 0)
         draws, moments = chain.draws, chain.moments

@@ -115,7 +115,7 @@ def _block_prior(lam_factor, mu_factor, lam_bias):
     return P, jnp.concatenate([mu_factor, jnp.zeros((1,))])
 
 
-def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | None, hyper: Hyperpriors, impl):
+def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | None, hyperpriors: Hyperpriors, impl):
     """Draw one side's hyper-parameters (and implicit vectors) given its rows [X, xb] (N, k+1).
 
     Without implicit feedback: (mu, Lam) Normal-Wishart and lam_b Gamma, as in BPMF. With it,
@@ -126,32 +126,31 @@ def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | N
     """
     key_nw, key_bias, key_implicit = keys
     n, k = X.shape
-    nu0 = k + hyper.nu0_extra
+    nu0 = k + hyperpriors.nu0_extra
     if side is None:
-        mu, lam = sample_normal_wishart(key_nw, X, hyper.beta0, nu0, impl)
-        lam_b = _sample_gamma(key_bias, hyper.a_bias + n / 2.0, hyper.b_bias + 0.5 * jnp.sum(xb * xb))
+        mu, lam = sample_normal_wishart(key_nw, X, hyperpriors.beta0, nu0, impl)
+        lam_b = _sample_gamma(key_bias, hyperpriors.a_bias + n / 2.0, hyperpriors.b_bias + 0.5 * jnp.sum(xb * xb))
         return mu, lam, lam_b, _block_prior(lam, mu, lam_b)[1], None
     key_c, key_y = jax.random.split(key_implicit)
     T = jnp.concatenate([X, xb[:, None]], axis=1)
     num_cols = side.Y.shape[0]
     R = T - op.apply(side.Y, n)
     S = side.c * (side.Y.T @ side.Y)
-    mu, lam = sample_normal_wishart(key_nw, R[:, :k], hyper.beta0, nu0, impl, extra=(S[:k, :k], num_cols))
-    lam_b = _sample_gamma(
-        key_bias, hyper.a_bias + (n + num_cols) / 2.0, hyper.b_bias + 0.5 * (jnp.sum(R[:, k] ** 2) + S[k, k])
-    )
+    mu, lam = sample_normal_wishart(key_nw, R[:, :k], hyperpriors.beta0, nu0, impl, extra=(S[:k, :k], num_cols))
+    h = hyperpriors
+    lam_b = _sample_gamma(key_bias, h.a_bias + (n + num_cols) / 2.0, h.b_bias + 0.5 * (jnp.sum(R[:, k] ** 2) + S[k, k]))
     P, m = _block_prior(lam, mu, lam_b)
     # Y before c: from the start Y = 0, c | Y would be ~C(k+1)/2 and shrink Y so hard that c
     # took some 500 sweeps to come down to its posterior (ML-100K).
     Y = sample_implicit(key_y, T - m, P, side.c, op, impl)
     quad = jnp.sum((Y @ P) * Y)
-    c = _sample_gamma(key_c, hyper.a_implicit + num_cols * (k + 1) / 2.0, hyper.b_implicit + 0.5 * quad)
+    c = _sample_gamma(key_c, hyperpriors.a_implicit + num_cols * (k + 1) / 2.0, hyperpriors.b_implicit + 0.5 * quad)
     return mu, lam, lam_b, m + op.apply(Y, n), ImplicitSide(Y, c)
 
 
 def gibbs_sweep(
-    rng_key, state: GibbsState, data: Encoded, hyper: Hyperpriors, impl: str = "lapack", latent: Latent | None = None,
-    ops: tuple | None = None,
+    rng_key, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, impl: str = "lapack",
+    latent: Latent | None = None, ops: tuple | None = None,
 ) -> tuple[GibbsState, GibbsInfo]:  # fmt: skip
     """One full sweep of the blocked Gibbs sampler (see the module docstring); ``impl``:
     "lapack" or "jax" linear algebra (`probmf.linalg`); ``latent``: the rounded likelihood's
@@ -164,17 +163,17 @@ def gibbs_sweep(
     side_w, side_u = state.implicit or (None, None)
     op_w, op_u = ops or (None, None)
     mu_w, lam_w, lam_b, mean_w, side_w = _side_prior(
-        (keys[0], keys[2], jax.random.fold_in(rng_key, 1)), W, b, side_w, op_w, hyper, impl
+        (keys[0], keys[2], jax.random.fold_in(rng_key, 1)), W, b, side_w, op_w, hyperpriors, impl
     )
     mu_u, lam_u, lam_c, mean_u, side_u = _side_prior(
-        (keys[1], keys[3], jax.random.fold_in(rng_key, 2)), U, c, side_u, op_u, hyper, impl
+        (keys[1], keys[3], jax.random.fold_in(rng_key, 2)), U, c, side_u, op_u, hyperpriors, impl
     )
     W, b, _ = _sample_rows(keys[4], W, b, U, c, mu, data.by_user, state.tau, _block_prior(lam_w, mu_w, lam_b)[0],
                            mean_w, impl)  # fmt: skip
     U, c, sse = _sample_rows(keys[5], U, c, W, b, mu, data.by_item, state.tau, _block_prior(lam_u, mu_u, lam_c)[0],
                              mean_u, impl)  # fmt: skip
     n = jnp.sum(data.by_user.counts)
-    tau = _sample_gamma(keys[6], hyper.a_tau + n / 2.0, hyper.b_tau + 0.5 * sse)
+    tau = _sample_gamma(keys[6], hyperpriors.a_tau + n / 2.0, hyperpriors.b_tau + 0.5 * sse)
     implicit = None if ops is None else (side_w, side_u)
     state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c, implicit)
     return state, GibbsInfo(tau=tau, train_rmse=jnp.sqrt(sse / n))
