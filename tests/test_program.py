@@ -47,7 +47,9 @@ def _compiles(caplog, fn):
     return sum("Compiling" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("name", sorted(PROGRAMS))
+# The sampler programs (gibbs, svi; ~25 s of compiling here) run with the slow checks.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("gibbs", "svi") else n
+                                  for n in sorted(PROGRAMS)])  # fmt: skip
 def test_chunks_compile_once_and_equal_the_fit(train, name, caplog):
     prepare, options, fit, rtol = PROGRAMS[name]
     program = prepare(KEY, train, options)
