@@ -32,7 +32,7 @@ FALLBACK_PRESET = {"ml-100k": "ml100k", "ml-1m": "ml1m", "ml-20m": "ml20m"}
 
 
 def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | None = None) -> dict:
-    """Accuracy and calibration of a `probmf.fitters.run.Predictor` on ``test`` (ids in
+    """Accuracy and calibration of a `probmf.predictor.Predictor` on ``test`` (ids in
     train's id space); a point fit's plug-in sd is the one it was wrapped with
     (`probmf.fitters.run.predictor_of`, given the same ``clip``).
 

@@ -8,7 +8,7 @@ The format (version 2), documented for anyone reading a saved model by hand:
     arrays.npz   every array of the fitted model, plus "user_ids" and "item_ids" (raw ids) and
                  "rated_indptr", "rated_items" (CSR of the training items of each user)
 
-``structure`` describes the fitted `probmf.fitters.run.Predictor` (a posterior result, or a
+``structure`` describes the fitted `probmf.predictor.Predictor` (a posterior result, or a
 `PointPredictor` holding a point fit and its plug-in sd) as a tree of named tuples whose
 leaves are arrays (by key into ``arrays.npz``) or JSON scalars. Version 1 files (a point fit
 stored bare, its plug-in sd as "noise_sd" in model.json, when kept) still load. Only the
@@ -60,7 +60,7 @@ class FittedModel:
 
     Attributes:
       model: the fitter's name ("als", "gibbs", ...); options: the options it ran with.
-      fitted: its `probmf.fitters.run.Predictor` (``predictive(users, items)``, ...).
+      fitted: its `probmf.predictor.Predictor` (``predictive(users, items)``, ...).
       user_ids, item_ids: the training id maps.
       rating_range: (low, high) of the training ratings, for clipping.
       rated_indptr, rated_items: CSR of the items each user rated in training (dense
