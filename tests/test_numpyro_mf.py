@@ -48,7 +48,7 @@ def test_fixed_variant_log_density_is_minus_map_loss(tiny):
     r = tiny
     users, items, values = jnp.asarray(r.users), jnp.asarray(r.items), jnp.asarray(r.values)
     priors = Hyperpriors(lam=3.0, lam_bias=0.7)
-    kwargs = dict(num_users=r.num_users, num_items=r.num_items, rank=2, mu=3.4, hyper="fixed", priors=priors)
+    kwargs = dict(num_users=r.num_users, num_items=r.num_items, rank=2, mu=3.4, hyper="fixed", hyperpriors=priors)
     tau = 2.5
     logp, map_ = [], []
     for seed in (0, 1):
@@ -278,11 +278,11 @@ def test_mf_log_joint_is_numpyros_log_density_of_mf_model(tiny, hyper):
         positive += ["lam_w", "lam_u", "lam_b", "lam_c"]
     # Every constant off its default, the bias precisions' apart from the factors': a mix-up fails.
     priors = Hyperpriors(lam=3.0, lam_bias=0.7, a_lam=1.5, b_lam=0.8, a_bias=2.5, b_bias=0.6, a_tau=2.0, b_tau=1.3)
-    kwargs = dict(num_users=r.num_users, num_items=r.num_items, rank=3, mu=3.4, hyper=hyper, priors=priors)
+    kwargs = dict(num_users=r.num_users, num_items=r.num_items, rank=3, mu=3.4, hyper=hyper, hyperpriors=priors)
     x = {k: jnp.exp(v) if k in positive else v for k, v in z.items()}
     expected = float(log_density(mf_model, (users, items, values), {**kwargs, "num_ratings": 300}, x)[0])
     expected += sum(float(jnp.sum(z[k])) for k in positive)
-    got = mf_log_joint(z, users, items, values, mu=3.4, num_ratings=300, hyper=hyper, priors=priors)
+    got = mf_log_joint(z, users, items, values, mu=3.4, num_ratings=300, hyper=hyper, hyperpriors=priors)
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 

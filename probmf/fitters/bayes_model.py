@@ -58,7 +58,7 @@ def mf_model(
     mu,
     hyper: str = "gamma",
     num_ratings=None,
-    priors: Hyperpriors = DEFAULT_PRIORS,
+    hyperpriors: Hyperpriors = DEFAULT_PRIORS,
 ):
     """The Bayesian biased MF model (module docstring) over one minibatch of ratings.
 
@@ -70,13 +70,13 @@ def mf_model(
       hyper: "fixed", "gamma" or "wishart" (factor and bias priors).
       num_ratings: n, the size of the full data; the likelihood is scaled by n / B
         (None: the batch is all the data).
-      priors: `Hyperpriors` constants.
+      hyperpriors: `Hyperpriors` constants (`probmf.objectives`).
 
     Sites: W (N, k), U (M, k), b (N,), c (M,), tau (); hyper-parameters lam_w, lam_u (k,),
     lam_b, lam_c () for "gamma"; mu_w, Lam_w, mu_u, Lam_u, lam_b, lam_c for "wishart";
     observed r (B,).
     """
-    p = priors
+    p = hyperpriors
     if hyper == "fixed":
         lam_w = lam_u = jnp.full((rank,), p.lam)
         lam_b = lam_c = p.lam_bias
@@ -128,7 +128,9 @@ def init_small_factors(site=None, *, scale: float = 0.1):
     return init_to_median(site)
 
 
-def _posterior_from_samples(samples: dict, mu: float, hyper: str, seen: tuple, priors: Hyperpriors = DEFAULT_PRIORS):
+def _posterior_from_samples(
+    samples: dict, mu: float, hyper: str, seen: tuple, hyperpriors: Hyperpriors = DEFAULT_PRIORS
+):
     """`Posterior` from the model's sites, each with a leading sample axis: W, U, b, c, tau,
     and the hyper-parameters that give each draw's prior of a row with no training rating
     (``seen``: (users (N,), items (M,)) bool rows with training ratings)."""
@@ -140,9 +142,9 @@ def _posterior_from_samples(samples: dict, mu: float, hyper: str, seen: tuple, p
         if hyper == "wishart":
             mean, cov = samples[f"mu_{side}"], jnp.linalg.inv(samples[f"Lam_{side}"])
         else:
-            lam = jnp.broadcast_to(samples[f"lam_{side}"] if hyper == "gamma" else priors.lam, (S, k))
+            lam = jnp.broadcast_to(samples[f"lam_{side}"] if hyper == "gamma" else hyperpriors.lam, (S, k))
             mean, cov = jnp.zeros((S, k)), jax.vmap(jnp.diag)(1.0 / lam)
-        lam_bias = samples[bias] if hyper != "fixed" else jnp.full((S,), priors.lam_bias)
+        lam_bias = samples[bias] if hyper != "fixed" else jnp.full((S,), hyperpriors.lam_bias)
         return RowPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), 1.0 / lam_bias)
 
     draws = MFParams(samples["W"], samples["U"], samples["b"], samples["c"], mus)

@@ -25,7 +25,7 @@ from probmf.objectives import Hyperpriors
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper="gamma", priors=DEFAULT_PRIORS):
+def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper="gamma", hyperpriors=DEFAULT_PRIORS):
     """log p(r_batch, theta) of `mf_model` ("fixed" or "gamma") at unconstrained values ``z``.
 
     ``z`` maps each latent site to its value, the positive sites (tau, lam_*) as z = log x with
@@ -34,7 +34,7 @@ def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper=
     scaled by ``num_ratings`` / B (None: 1). Elementwise work runs on flat views of W and U
     (XLA's CPU loops vectorise poorly along a minor axis of k).
     """
-    p = priors
+    p = hyperpriors
 
     def log_gamma(name, a, b):  # log density of z = log x, x ~ Gamma(a, b)
         return jnp.sum(a * np.log(b) - math.lgamma(a) + a * z[name] - b * jnp.exp(z[name]))
@@ -67,7 +67,7 @@ def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper=
 
 
 def meanfield_elbo(
-    params, rng_key, users, items, ratings, *, mu, num_ratings=None, hyper="gamma", priors=DEFAULT_PRIORS
+    params, rng_key, users, items, ratings, *, mu, num_ratings=None, hyper="gamma", hyperpriors=DEFAULT_PRIORS
 ):
     """One-draw reparameterised ELBO estimate of `mf_model` ("fixed" or "gamma") under a
     mean-field normal guide: `Trace_ELBO` with `AutoNormal`, written out for speed.
@@ -87,15 +87,18 @@ def meanfield_elbo(
         eps = jax.random.normal(jax.random.fold_in(rng_key, i), (loc.size,))
         z[name] = (loc.reshape(-1) + jnp.exp(log_s.reshape(-1)) * eps).reshape(loc.shape)
         entropy = entropy + jnp.sum(log_s.reshape(-1)) + 0.5 * (1.0 + _LOG_2PI) * loc.size
-    return mf_log_joint(z, users, items, ratings, mu=mu, num_ratings=num_ratings, hyper=hyper, priors=priors) + entropy
+    return (
+        mf_log_joint(z, users, items, ratings, mu=mu, num_ratings=num_ratings, hyper=hyper, hyperpriors=hyperpriors)
+        + entropy
+    )
 
 
-def _meanfield_init(rng_key, sites: dict, *, init_scale: float, priors: Hyperpriors) -> dict:
+def _meanfield_init(rng_key, sites: dict, *, init_scale: float, hyperpriors: Hyperpriors) -> dict:
     """Initial {site: (loc, log scale)} of the hand-written path, as `make_guide` starts
     AutoNormal: factor means ~ N(0, init_scale^2); every other site at the median of 15 draws
     from its prior given the sites before it (NumPyro's ``init_to_median``, in log space for
     the positive sites); every scale 0.01."""
-    p = priors
+    p = hyperpriors
     keys = dict(zip(sites, jax.random.split(rng_key, len(sites)), strict=True))
 
     def median(name, draw):  # init_to_median: the median of 15 draws
@@ -156,7 +159,7 @@ def _meanfield_program(num_users, num_items, rank, hyper, init_scale, adam):
 
     def init(key, users, items, values, data_kwargs):
         key_params, key_elbo = jax.random.split(key)
-        params = flat(_meanfield_init(key_params, sites, init_scale=init_scale, priors=DEFAULT_PRIORS))
+        params = flat(_meanfield_init(key_params, sites, init_scale=init_scale, hyperpriors=DEFAULT_PRIORS))
         return params, adam.init(params), key_elbo, jnp.zeros((), jnp.int32)
 
     def neg_elbo(params, key, users, items, values, data_kwargs):
