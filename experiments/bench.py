@@ -35,7 +35,7 @@ import optax
 import probmf
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.fitters import autorec
-from probmf.fitters.als import ALSConfig, prepare_als
+from probmf.fitters.als import ALSConfig, prepare_als, resolve_solver
 from probmf.fitters.gibbs import GibbsConfig, prepare_gibbs
 from probmf.fitters.optax_mf import OptaxConfig, prepare_optax
 from probmf.fitters.run import fitter_options
@@ -50,7 +50,7 @@ def _peak_rss_mb() -> float:
 
 
 def _als(rng_key, train, args, run):
-    solver = args.solver if args.solver != "auto" else ("cholesky" if args.rank <= 32 else "cg")
+    solver = resolve_solver(args.solver, args.rank)
     args.solver_used = solver
     lam = {} if args.lam is None else {"lam": args.lam}
     config = ALSConfig(rank=args.rank, num_sweeps=args.iters + 1, solver=solver, **lam).validate()

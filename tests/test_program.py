@@ -1,6 +1,7 @@
 """The program layer: a prepared fit advanced chunk by chunk is the fit, and a second chunk
 compiles nothing (the jitted step is traced once per program)."""
 
+import inspect
 import logging
 
 import jax
@@ -65,3 +66,14 @@ def test_chunks_compile_once_and_equal_the_fit(train, name, caplog):
     for result in (stepped, run_program(program)):
         for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(whole), strict=True):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("config, fit", [(ALSConfig, fit_als), (OptaxConfig, fit_optax), (GibbsConfig, fit_gibbs)])
+def test_a_config_is_its_fitters_options_in_order(config, fit):
+    """``fit_*`` builds its `Config` from its own keywords in order: the same names, order and
+    defaults, then the shared run options."""
+    params = [p for p in inspect.signature(fit).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    n = len(config._fields)
+    assert [p.name for p in params[:n]] == list(config._fields)
+    assert {p.name: p.default for p in params[:n]} == config._field_defaults
+    assert [p.name for p in params[n:]] == ["devices", "checkpoint", "checkpoint_every"]

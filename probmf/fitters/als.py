@@ -168,6 +168,12 @@ def als_run(params, data: Encoded, priors: Priors, *, num_sweeps: int, solver: s
     return lax.scan(step, params, None, length=num_sweeps)
 
 
+def resolve_solver(solver: str, rank: int) -> str:
+    """The solver "auto" stands for at ``rank``: Cholesky up to 32, batched CG above, where
+    LAPACK's per-matrix calls dominate; any other ``solver`` as it is."""
+    return solver if solver != "auto" else ("cholesky" if rank <= 32 else "cg")
+
+
 def make_priors(counts_user, counts_item, *, lam: float, lam_bias: float, weight_exponent: float = 0.0) -> Priors:
     """Ridge strengths per row: lam n_i^alpha on factors (alpha = ``weight_exponent``;
     0: plain L2, 1: ALS-WR), lam_bias on biases."""
@@ -213,7 +219,7 @@ def prepare_als(rng_key, train: Ratings, config: ALSConfig, run: RunOptions = DE
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     mesh = device_mesh(check_devices(run.devices))
     rank, num_sweeps = config.rank, config.num_sweeps
-    solver = config.solver if config.solver != "auto" else ("cholesky" if rank <= 32 else "cg")
+    solver = resolve_solver(config.solver, rank)
     data = encode(train, layout_for_rank(rank), mesh=mesh)
     mu = float(np.mean(train.values, dtype=np.float64))
     params = init_params(rng_key, train.num_users, train.num_items, rank, scale=config.init_scale, mu=mu)

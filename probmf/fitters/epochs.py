@@ -77,24 +77,11 @@ def _to_device(tree):
     return jax.tree.map(jnp.asarray, tree)
 
 
-def run_epochs(
-    epoch_step: Callable,
-    params,
-    opt_state,
-    num_epochs: int,
-    rng: np.random.Generator,
-    *,
-    score_fn: Callable | None = None,
-    patience: int | None = None,
-    checkpoint: ckpt.Checkpoint | None = None,
-    place: Callable | None = None,
-) -> LoopState:
+def run_epochs(*args, checkpoint: ckpt.Checkpoint | None = None, **options) -> LoopState:
     """Up to ``num_epochs`` epochs of ``epoch_step``, early stopping, and checkpoints: the
-    `epoch_program` run by `probmf.program.run_program` (the arguments are its own)."""
-    program = epoch_program(
-        epoch_step, params, opt_state, num_epochs, rng, score_fn=score_fn, patience=patience, place=place
-    )
-    return run_program(program, checkpoint)
+    `epoch_program` of the same arguments run by `probmf.program.run_program`, saving to
+    ``checkpoint`` (`probmf.checkpoint.checkpoint_for`; None: no checkpoints)."""
+    return run_program(epoch_program(*args, **options), checkpoint)
 
 
 def epoch_program(

@@ -146,10 +146,13 @@ class GibbsConfig(NamedTuple):
     linalg: str = "lapack"
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
-        """The config with its defaults filled in, or a ValueError naming the bad option."""
+        """The config with its defaults filled in and ``predict_pairs`` as int32 arrays, or a
+        ValueError naming the bad option."""
+        pairs = self.predict_pairs
         c = self._replace(
             num_warmup=(200 if self.implicit else 50) if self.num_warmup is None else self.num_warmup,
             num_samples=(800 if self.implicit else 200) if self.num_samples is None else self.num_samples,
+            predict_pairs=None if pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in pairs),
         )
         for name, v, low in (("rank", c.rank, 1), ("num_samples", c.num_samples, 1), ("thin", c.thin, 1),
                              ("num_warmup", c.num_warmup, 0), ("init_sweeps", c.init_sweeps, 1),
@@ -174,7 +177,7 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     a chunk runs `gibbs_chunk`; it finishes as the `GibbsResult`. ``config`` must be
     validated (`GibbsConfig.validate`)."""
     c = config
-    pairs = None if c.predict_pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in c.predict_pairs)
+    pairs = c.predict_pairs
     mesh = device_mesh(check_devices(run.devices))
     # Host-side set-up, before anything compiles: refuses sides too large for the exact draw.
     ops = implicit_operators(train) if c.implicit else None
@@ -257,6 +260,5 @@ def fit_gibbs(
                          predict_pairs, linalg).validate(run)  # fmt: skip
     program = prepare_gibbs(rng_key, train, config, run)
     options = {**config._asdict(), "devices": devices}
-    pairs = options.pop("predict_pairs")
-    pairs = () if pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in pairs)
+    pairs = options.pop("predict_pairs") or ()
     return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *pairs))
