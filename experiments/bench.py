@@ -3,9 +3,10 @@
     python experiments/bench.py --preset ml20m --model als --rank 10 --iters 5 --json
 
 One iteration is one ALS or Gibbs sweep (users then items), or one optax, SVI or AutoRec
-epoch (for ``autorec-i``, ``--rank`` is the number of hidden units). For als, optax, gibbs
-and svi it is one step of the fitter's own `probmf.program.Program` (``run_chunk``), the code
-`probmf.fit` runs; set-up is the program's (for gibbs, with its ALS start). Prints one JSON line
+epoch (for ``autorec-i``, ``--rank`` is the number of hidden units). It is one step of the
+fitter's own `probmf.program.Program` (``run_chunk``), the code `probmf.fit` runs (AutoRec's:
+its epochs on all the training ratings, `probmf.fitters.autorec.autorec_epochs`); set-up is
+the program's (for gibbs, with its ALS start). Prints one JSON line
 (``--json``) or a short table row per run and appends the JSON to ``--out``.
 Fields: model, rank, preset, n_ratings, num_users, num_items, setup_seconds (encoding),
 compile_seconds, seconds_per_iter (median of the timed iterations after compile),
@@ -28,21 +29,18 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import probmf
 from probmf.data.synthetic import PRESETS, synthetic_preset
-from probmf.fitters import autorec
 from probmf.fitters.als import ALSConfig, prepare_als, resolve_solver
+from probmf.fitters.autorec import AutoRecConfig, autorec_epochs
 from probmf.fitters.gibbs import GibbsConfig, prepare_gibbs
 from probmf.fitters.optax_mf import OptaxConfig, prepare_optax
 from probmf.fitters.run import fitter_options
-from probmf.fitters.sparse_rows import rows_csr
 from probmf.fitters.svi import svi_trainer
 from probmf.program import RunOptions
-from probmf.sharding import device_mesh, replicated, split_along
+from probmf.sharding import device_mesh
 
 
 def _peak_rss_mb() -> float:
@@ -79,9 +77,29 @@ def _svi(rng_key, train, args, run):
     return trainer.program
 
 
+def _autorec_i(rng_key, train, args, run):
+    """I-AutoRec's epochs on all the training ratings (`fit_autorec_i`'s defaults, ``--rank``
+    hidden units): the inputs are the items' columns (num_users wide), densified one batch of
+    items at a time; refused up front when they would not fit in memory."""
+    options = {k: v for k, v in fitter_options("autorec-i").items() if k in AutoRecConfig._fields}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    config = AutoRecConfig(**options, item_based=True)._replace(hidden=args.rank).validate(run)
+    max_len = int(np.bincount(train.items, minlength=train.num_items).max())
+    need = autorec_memory_bytes(train.num_users, config.hidden, config.batch_size, max_len)
+    if need > 0.8 * (have := _available_memory_bytes()):
+        raise SystemExit(
+            f"autorec-i with {config.hidden} hidden units needs about {need / 2**30:.1f} GiB for "
+            f"{train.num_users:,} users x {train.num_items:,} items, but {have / 2**30:.1f} GiB is available: "
+            "use a smaller --preset or --rank"
+        )
+    args.batch_used = config.batch_size
+    return autorec_epochs(rng_key, train, config, run)
+
+
 # Each builds the fitter's own `probmf.program.Program` at its default options (but for the
 # command line's); the benchmark times its ``run_chunk``, one step at a time.
-PROGRAMS = {"als": _als, "optax": _optax, "gibbs": _gibbs, "svi": _svi}
+PROGRAMS = {"als": _als, "optax": _optax, "gibbs": _gibbs, "svi": _svi, "autorec-i": _autorec_i}
 
 
 def setup_program(rng_key, train, args):
@@ -116,52 +134,6 @@ def autorec_memory_bytes(width: int, hidden: int, batch: int, max_len: int) -> i
     return 4 * (4 * 2 * width * hidden + 8 * batch * width + 4 * batch * max_len)
 
 
-def setup_autorec_i(rng_key, train, args):
-    """Returns (state, step) where step(state) -> state runs one epoch of item-based AutoRec
-    (`fit_autorec_i`'s defaults, ``--rank`` hidden units) on all the training ratings: the
-    inputs are the items' columns (num_users wide), densified one batch of items at a time."""
-    defaults = fitter_options("autorec-i")
-    hidden = args.rank
-    batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
-    autorec.check_autorec_options(**{k: defaults[k] for k in (
-        "lam", "dropout", "learning_rate", "num_epochs", "patience", "validation_fraction")},
-        hidden=hidden, batch_size=batch_size, devices=args.devices)  # fmt: skip
-    mesh = device_mesh(args.devices)
-    csr, width, max_len = rows_csr(train, item_based=True)
-    need, have = autorec_memory_bytes(width, hidden, batch_size, max_len), _available_memory_bytes()
-    if need > 0.8 * have:
-        raise SystemExit(
-            f"autorec-i with {hidden} hidden units needs about {need / 2**30:.1f} GiB for {width:,} users x "
-            f"{train.num_items:,} items, but {have / 2**30:.1f} GiB is available: use a smaller --preset or --rank"
-        )
-    args.batch_used = batch_size
-    key_init, key_shuffle, key_drop = jax.random.split(rng_key, 3)
-    params = autorec.init(key_init, width, hidden, mu=float(np.mean(train.values, dtype=np.float64)))
-    lr, lam, dropout = defaults["learning_rate"], defaults["lam"], defaults["dropout"]
-    num_rows, nnz = train.num_items, len(train)
-    hyper = replicated(mesh, tuple(jnp.float32(v) for v in (lr, lam, dropout, num_rows / nnz, 1.0 / nnz)))
-    csr = replicated(mesh, csr)
-    rng = np.random.default_rng(args.seed)
-    num_batches = -(-num_rows // batch_size)
-    epochs = itertools.count()
-
-    def step(state):
-        params, opt_state = state
-        perm = np.full(num_batches * batch_size, -1, np.int32)
-        perm[:num_rows] = rng.permutation(num_rows)
-        key = replicated(mesh, jax.random.fold_in(key_drop, next(epochs)))
-        batches = split_along(mesh, jnp.asarray(perm.reshape(num_batches, batch_size)), 1)
-        params, opt_state, _ = autorec.run_epoch(
-            params, opt_state, csr, batches, key, hyper, width=width, max_len=max_len
-        )
-        return params, opt_state
-
-    return replicated(mesh, (params, optax.adam(lr).init(params))), step
-
-
-SETUPS = {**dict.fromkeys(PROGRAMS, setup_program), "autorec-i": setup_autorec_i}
-
-
 def run(args) -> dict:
     if args.smoke:
         train, _ = synthetic_preset("tiny", seed=args.seed)
@@ -170,7 +142,7 @@ def run(args) -> dict:
     key = jax.random.PRNGKey(args.seed)
     args.batch_used = getattr(args, "batch_used", None)
     t0 = time.perf_counter()
-    state, step = SETUPS[args.model](key, train, args)
+    state, step = setup_program(key, train, args)
     jax.block_until_ready(state)
     setup = time.perf_counter() - t0
 
@@ -212,7 +184,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="ml20m", choices=sorted(PRESETS))
-    p.add_argument("--model", default="als", choices=sorted(SETUPS))
+    p.add_argument("--model", default="als", choices=sorted(PROGRAMS))
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
     p.add_argument("--lam", "--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")

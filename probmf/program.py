@@ -2,7 +2,7 @@
 
     kernel    step(rng_key, state, data) -> (state, info)       pure, jit-able (e.g. `als_sweep`)
     program   prepare(rng_key, train, config, run) -> Program   per fitter; no loop inside
-    driver    run_program(program, checkpoint) -> result        one loop for all of them
+    driver    run_program(program) -> result                     one loop for all of them
 
 A fitter's ``prepare`` validates nothing the ``Config`` has not (``config.validate()``),
 encodes the data, places it on ``run.devices`` and returns the initial state with the two
@@ -44,6 +44,9 @@ class Program(NamedTuple):
     num_steps: the steps of a full run (sweeps, epochs).
     finished: ``state -> bool``, True ends the run early (early stopping); None: never.
     desc: what a step is, for the progress bar ("ALS sweeps", "epochs", ...).
+    checkpoint: where ``state`` is saved and resumed from (`probmf.checkpoint.fit_checkpoint`,
+      fingerprinted by the fitter's options, key and data: ``prepare`` makes it from
+      ``run.checkpoint``); None: no checkpoints.
     """
 
     state: Any
@@ -52,11 +55,20 @@ class Program(NamedTuple):
     num_steps: int
     finished: Callable | None = None
     desc: str = "steps"
+    checkpoint: Checkpoint | None = None
 
 
-def run_program(program: Program, checkpoint: Checkpoint | None = None):
-    """Run ``program`` to its end (resuming from and saving to ``checkpoint``) and finish it."""
-    state = run_steps(
-        program.run_chunk, program.state, program.num_steps, checkpoint, finished=program.finished, desc=program.desc
-    )
+def run_program(program: Program):
+    """Run ``program`` to its end (resuming from and saving to its checkpoint) and finish it."""
+    state = run_steps(program.run_chunk, program.state, program.num_steps, program.checkpoint,
+                      finished=program.finished, desc=program.desc)  # fmt: skip
     return program.finish(state)
+
+
+def staged_program(run: Callable[[], Any], desc: str) -> Program:
+    """The `Program` of a fit made of stages that are programs themselves, or of none: one
+    step that calls ``run()`` (e.g. AutoRec's early-stopped run, then its refit on all the
+    ratings; each stage saves its own checkpoints) and finishes with its result. A closed-form
+    fit (the truncated SVD) or one NumPyro runs whole (NUTS) is a one-step program too, so
+    every fitter goes through the same driver."""
+    return Program(None, lambda state, first, num: run(), lambda result: result, 1, desc=desc)

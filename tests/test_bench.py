@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from probmf.data.synthetic import synthetic_preset
+from probmf.program import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "experiments" / "bench.py"
@@ -88,7 +89,7 @@ def test_autorec_setup_refuses_what_does_not_fit_in_memory(monkeypatch):
     args = argparse.Namespace(rank=500, batch_size=None, seed=0, devices=1)
     monkeypatch.setattr(bench, "_available_memory_bytes", lambda: 100_000)
     with pytest.raises(SystemExit, match="GiB is available"):
-        bench.setup_autorec_i(jax.random.PRNGKey(0), train, args)
+        bench.PROGRAMS["autorec-i"](jax.random.PRNGKey(0), train, args, RunOptions())
     # ML-20M's shape (138,493 users wide) at AutoRec's 500 hidden units: about 2.1 GiB of weights
     # and Adam moments, plus the dense batch.
     assert 2.0 * 2**30 < bench.autorec_memory_bytes(138_493, 500, 64, 10_000) < 2.5 * 2**30

@@ -1,7 +1,8 @@
 """One suite every fitter must pass, on small synthetic data drawn from the model, through
 `probmf.fit` and `probmf.Recommender`: it fits, answers ``predictive`` (mean, sd > 0) for
-known and unknown ids, beats the global mean on held-out ratings, and is deterministic for a
-fixed key (the estimator on raw ids gives the very same predictions)."""
+known and unknown ids, recovers the planted truth (held-out RMSE within its stated factor of
+the noise sd, and below the global mean's), and is deterministic for a fixed key (the
+estimator on raw ids gives the very same predictions)."""
 
 from pathlib import Path
 
@@ -32,19 +33,33 @@ QUICK = {
     "nuts": {"rank": 2, "num_warmup": 30, "num_samples": 30, "num_chains": 1},
 }
 
+NOISE = 0.4  # the planted noise sd
+
+# Each fitter's held-out RMSE on the planted truth, at most this many noise sds. The data is
+# small (60 users x 40 items, 16 training ratings a user, rank 3): the oracle scores 1.0, the
+# global mean 2.25, the biases alone 1.65. The factors are those measured on 1 December 2026
+# (baseline 1.65, svd 1.42, als 1.65, optax 1.99, mlp 2.21, residual 1.63, autorec-i 2.00,
+# autorec-u 1.89, gibbs 1.34, svi 2.02, nuts 1.43) with about 8% to spare: the Bayesian fits
+# and the SVD must recover the factors (well under the biases' 1.65), the others must not
+# regress; the quick settings, not the fitters, limit the networks and SVI.
+PLANTED = {
+    "baseline": 1.8, "svd": 1.55, "als": 1.8, "optax": 2.15, "mlp": 2.35, "residual": 1.75, "autorec-i": 2.15,
+    "autorec-u": 2.05, "gibbs": 1.45, "svi": 2.2, "nuts": 1.55,
+}  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def split():
     """(train, test, test's raw ids): train read from a DataFrame of raw ids, as `Recommender.fit` reads it, so
     both see one index space; test in train's (-1 for ids train lacks)."""
-    ratings, _ = synthetic_ratings(num_users=60, num_items=40, num_ratings=1200, rank=3, noise=0.4, seed=21)
+    ratings, _ = synthetic_ratings(num_users=60, num_items=40, num_ratings=1200, rank=3, noise=NOISE, seed=21)
     test = np.random.default_rng(0).random(len(ratings)) < 0.2
     train, held = read_dataframe(ratings.take(~test).to_dataframe()), ratings.take(test)
     return train, held.reindex(train.user_ids, train.item_ids), (held.raw_users(), held.raw_items())
 
 
 def test_every_fitter_is_in_the_suite():
-    assert set(FITTERS) == set(QUICK)
+    assert set(FITTERS) == set(QUICK) == set(PLANTED)
 
 
 # NUTS (some 40 s here) runs with the slow checks; every other fitter in the main suite.
@@ -58,7 +73,8 @@ def test_fitter_contract(split, name):
     point = result.predictor.predict(jnp.asarray(test.users), jnp.asarray(test.items))
     np.testing.assert_array_equal(np.asarray(point), mean)
     mean_rmse = rmse(np.full(len(test), train.values.mean()), test.values)
-    assert rmse(np.clip(mean, 1, 5), test.values) < mean_rmse, name
+    held_out = rmse(np.clip(mean, 1, 5), test.values)
+    assert held_out < mean_rmse and held_out < PLANTED[name] * NOISE, (name, held_out / NOISE)
     assert result.config == {**fitter_options(name), **QUICK[name]}
 
     # Unknown ids (-1, or past the end) fall back to finite predictions, never a wrapped index.

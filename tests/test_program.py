@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 
 from probmf.data.synthetic import synthetic_preset
+from probmf.fitters import REGISTRY
 from probmf.fitters.als import ALSConfig, fit_als, prepare_als
 from probmf.fitters.gibbs import GibbsConfig, fit_gibbs, prepare_gibbs
 from probmf.fitters.optax_mf import OptaxConfig, fit_optax, prepare_optax
-from probmf.fitters.svi import fit_svi, svi_trainer
-from probmf.program import run_program
+from probmf.fitters.svi import SVIConfig, fit_svi, prepare_svi
+from probmf.program import RunOptions, run_program
 
 KEY = jax.random.PRNGKey(4)
 SVI = {"rank": 3, "num_epochs": 4, "num_samples": 5}
-
-
-def _svi(key, train, options):
-    return svi_trainer(key, train, **options).program
 
 
 # name: (prepare(key, train, options), options, the fitter, rtol of chunked vs whole). XLA may
@@ -31,7 +28,7 @@ PROGRAMS = {
               {"rank": 3, "num_epochs": 4, "batch_size": 256}, fit_optax, 0),
     "gibbs": (lambda k, t, o: prepare_gibbs(k, t, GibbsConfig(**o).validate()),
               {"rank": 3, "num_warmup": 2, "num_samples": 2, "init_sweeps": 2}, fit_gibbs, 1e-4),
-    "svi": (_svi, SVI, fit_svi, 0),
+    "svi": (lambda k, t, o: prepare_svi(k, t, SVIConfig(**o).validate()), SVI, fit_svi, 0),
 }  # fmt: skip
 
 
@@ -68,12 +65,17 @@ def test_chunks_compile_once_and_equal_the_fit(train, name, caplog):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=rtol)
 
 
-@pytest.mark.parametrize("config, fit", [(ALSConfig, fit_als), (OptaxConfig, fit_optax), (GibbsConfig, fit_gibbs)])
-def test_a_config_is_its_fitters_options_in_order(config, fit):
-    """``fit_*`` builds its `Config` from its own keywords in order: the same names, order and
-    defaults, then the shared run options."""
-    params = [p for p in inspect.signature(fit).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    n = len(config._fields)
-    assert [p.name for p in params[:n]] == list(config._fields)
-    assert {p.name: p.default for p in params[:n]} == config._field_defaults
-    assert [p.name for p in params[n:]] == ["devices", "checkpoint", "checkpoint_every"]
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_config_is_its_fitters_options_in_order(name):
+    """Each registered ``fit_*`` builds its `Config` from its own keywords in order: the same
+    names and defaults (but the fields the name fixes, AutoRec's ``item_based``; AutoRec-U
+    keeps its own defaults), then the shared run options it takes."""
+    fitter = REGISTRY[name]
+    params = [p for p in inspect.signature(fitter.fit).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    fields = [f for f in fitter.config._fields if f not in fitter.fixed]
+    n = len(fields)
+    assert [p.name for p in params[:n]] == fields
+    if not fitter.fixed:
+        assert {p.name: p.default for p in params[:n]} == fitter.config._field_defaults
+    run = [p.name for p in params[n:]]
+    assert run == [f for f in RunOptions._fields if f in run]

@@ -5,38 +5,63 @@ with ``predict(users, items)``), or a matrix factorisation (the rest: the result
 ``params``, an `MFParams`). `probmf.fitters.run.predictor_of` makes every one a `Predictor`,
 so prediction, metrics and persistence never depend on the fitter.
 
-The registry: `FITTERS` names every fitter; a fitter's module lists in ``SAVED_TYPES`` the
-named tuples its saved models hold, and `saved_types` collects them for `probmf.persistence`.
-A new fitter is its own module and one entry here.
+The registry: `REGISTRY` names every fitter's three faces (`Fitter`): its ``fit_*`` function,
+its ``Config`` and its ``prepare`` (`probmf.program`); `FITTERS` maps each name to the
+function. A fitter's module lists in ``SAVED_TYPES`` the named tuples its saved models hold,
+and `saved_types` collects them for `probmf.persistence`. A new fitter is its own module and
+one entry here.
 """
 
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
-from probmf.fitters.als import ALSResult, als_run, als_sweep, fit_als
-from probmf.fitters.autorec import AutoRecResult, fit_autorec, fit_autorec_i, fit_autorec_u
-from probmf.fitters.baseline import fit_baseline
+from probmf.fitters.als import ALSConfig, ALSResult, als_run, als_sweep, fit_als, prepare_als
+from probmf.fitters.autorec import (
+    AutoRecConfig,
+    AutoRecResult,
+    fit_autorec,
+    fit_autorec_i,
+    fit_autorec_u,
+    prepare_autorec,
+)
+from probmf.fitters.baseline import BaselineConfig, fit_baseline, prepare_baseline
 from probmf.fitters.bayes_model import mf_model
-from probmf.fitters.gibbs import GibbsResult, fit_gibbs
-from probmf.fitters.mlp import MLPResult, fit_mlp
-from probmf.fitters.nuts import NUTSResult, fit_nuts
-from probmf.fitters.optax_mf import OptaxResult, fit_optax
-from probmf.fitters.residual import ResidualResult, fit_residual
-from probmf.fitters.svd import SVDResult, fit_svd, truncated_svd
-from probmf.fitters.svi import SVIResult, fit_svi
+from probmf.fitters.gibbs import GibbsConfig, GibbsResult, fit_gibbs, prepare_gibbs
+from probmf.fitters.mlp import MLPConfig, MLPResult, fit_mlp, prepare_mlp
+from probmf.fitters.nuts import NUTSConfig, NUTSResult, fit_nuts, prepare_nuts
+from probmf.fitters.optax_mf import OptaxConfig, OptaxResult, fit_optax, prepare_optax
+from probmf.fitters.residual import ResidualConfig, ResidualResult, fit_residual, prepare_residual
+from probmf.fitters.svd import SVDConfig, SVDResult, fit_svd, prepare_svd, truncated_svd
+from probmf.fitters.svi import SVIConfig, SVIResult, fit_svi, prepare_svi
 
-FITTERS = {
-    "baseline": fit_baseline,
-    "svd": fit_svd,
-    "als": fit_als,
-    "autorec-i": fit_autorec_i,
-    "autorec-u": fit_autorec_u,
-    "optax": fit_optax,
-    "gibbs": fit_gibbs,
-    "mlp": fit_mlp,
-    "residual": fit_residual,
-    "nuts": fit_nuts,
-    "svi": fit_svi,
+
+class Fitter(NamedTuple):
+    """A registered fitter: ``fit(rng_key, train, **options)``, whose keyword options are
+    ``config``'s fields (then the `probmf.program.RunOptions` it takes); ``prepare(rng_key,
+    train, config, run) -> Program``; ``fixed``: config fields the name sets (AutoRec-I and -U
+    are one fitter, two configs)."""
+
+    fit: Callable
+    config: type
+    prepare: Callable
+    fixed: dict = {}
+
+
+REGISTRY = {
+    "baseline": Fitter(fit_baseline, BaselineConfig, prepare_baseline),
+    "svd": Fitter(fit_svd, SVDConfig, prepare_svd),
+    "als": Fitter(fit_als, ALSConfig, prepare_als),
+    "autorec-i": Fitter(fit_autorec_i, AutoRecConfig, prepare_autorec, {"item_based": True}),
+    "autorec-u": Fitter(fit_autorec_u, AutoRecConfig, prepare_autorec, {"item_based": False}),
+    "optax": Fitter(fit_optax, OptaxConfig, prepare_optax),
+    "gibbs": Fitter(fit_gibbs, GibbsConfig, prepare_gibbs),
+    "mlp": Fitter(fit_mlp, MLPConfig, prepare_mlp),
+    "residual": Fitter(fit_residual, ResidualConfig, prepare_residual),
+    "nuts": Fitter(fit_nuts, NUTSConfig, prepare_nuts),
+    "svi": Fitter(fit_svi, SVIConfig, prepare_svi),
 }
+FITTERS = {name: fitter.fit for name, fitter in REGISTRY.items()}
 
 POSTERIOR_FITTERS = frozenset({"gibbs", "nuts", "svi"})
 NETWORK_FITTERS = frozenset({"mlp", "residual", "autorec-i", "autorec-u"})
@@ -51,6 +76,8 @@ def saved_types() -> tuple[type, ...]:
 
 __all__ = [
     "FITTERS",
+    "REGISTRY",
+    "Fitter",
     "NETWORK_FITTERS",
     "POSTERIOR_FITTERS",
     "ALSResult",

@@ -204,8 +204,9 @@ class ALSConfig(NamedTuple):
     cg_iters: int = 10
     init_scale: float = 0.1
 
-    def validate(self) -> ALSConfig:
-        """Self, or a ValueError naming the option out of range (before anything compiles)."""
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> ALSConfig:
+        """Self, or a ValueError naming the option out of range (before anything compiles);
+        ``run``'s devices are checked by `prepare_als`."""
         check_als_options(rank=self.rank, lam=self.lam, lam_bias=self.lam_bias, num_sweeps=self.num_sweeps,
                           solver=self.solver, cg_iters=self.cg_iters)  # fmt: skip
         return self
@@ -245,7 +246,9 @@ def prepare_als(rng_key, train: Ratings, config: ALSConfig, run: RunOptions = DE
         return ALSResult(params, trace, priors)
 
     state = (params, np.full(num_sweeps, np.nan, np.float32))
-    return Program(state, run_chunk, finish, num_sweeps, desc="ALS sweeps")
+    options = {**config._asdict(), "devices": run.devices}
+    ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "als", rng_key, train, options)
+    return Program(state, run_chunk, finish, num_sweeps, desc="ALS sweeps", checkpoint=ckpt)
 
 
 def fit_als(
@@ -287,9 +290,7 @@ def fit_als(
     """
     config = ALSConfig(rank, lam, lam_bias, weight_exponent, num_sweeps, solver, cg_iters, init_scale).validate()
     run = RunOptions(check_devices(devices), checkpoint, checkpoint_every)
-    program = prepare_als(rng_key, train, config, run)
-    options = {**config._asdict(), "devices": devices}
-    return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "als", rng_key, train, options))
+    return run_program(prepare_als(rng_key, train, config, run))
 
 
 def check_als_options(*, rank, lam, lam_bias, num_sweeps, solver, cg_iters) -> None:

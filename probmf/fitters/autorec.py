@@ -38,11 +38,12 @@ from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.baseline import fit_baseline
-from probmf.fitters.epochs import LoopState, run_epochs
+from probmf.fitters.epochs import LoopState, epoch_program
 from probmf.fitters.holdout import warm_pairs
 from probmf.fitters.minibatch import check_loop_options, clipped_rmse, rating_range
 from probmf.fitters.sparse_rows import RowsCSR, densify, pair_plan, rows_csr
 from probmf.model import MFParams, predict_with_fallback
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program, staged_program
 from probmf.sharding import device_mesh, replicated, split_along
 
 
@@ -187,6 +188,38 @@ def reconstruct_pairs(params, csr: RowsCSR, rows, cols, warm, *, max_len: int, b
     return _reconstruct_planned(params, csr, *plan, width=int(params.b2.shape[0]), max_len=max_len)
 
 
+class AutoRecConfig(NamedTuple):
+    """The options of `fit_autorec` (it documents each); `validate` checks them."""
+
+    item_based: bool = True
+    hidden: int = 500
+    lam: float = 150.0
+    dropout: float = 0.5
+    learning_rate: float = 2.5e-4
+    batch_size: int = 64
+    num_epochs: int = 400
+    patience: int = 60
+    validation_fraction: float = 0.1
+    refit: bool = True
+    lam_bias: float = 3.0
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> AutoRecConfig:
+        """Self, or a ValueError naming the option out of range."""
+        c = self
+        check_autorec_options(
+            hidden=c.hidden, lam=c.lam, dropout=c.dropout, learning_rate=c.learning_rate, batch_size=c.batch_size,
+            num_epochs=c.num_epochs, patience=c.patience, validation_fraction=c.validation_fraction,
+            devices=run.devices, checkpoint=run.checkpoint, checkpoint_every=run.checkpoint_every,
+        )  # fmt: skip
+        return c
+
+
+def prepare_autorec(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """AutoRec (I- or U-, as ``config.item_based``) as a one-step `Program` of two stages,
+    each an epoch program that checkpoints itself: the early-stopped fit, the refit."""
+    return staged_program(lambda: _autorec(rng_key, train, config, run), "AutoRec")
+
+
 def fit_autorec(
     rng_key,
     train: Ratings,
@@ -242,11 +275,16 @@ def fit_autorec(
       >>> result.rank, result.predict(jnp.array([0, -1]), jnp.array([1, 2])).shape
       (8, (2,))
     """
-    check_autorec_options(
-        hidden=hidden, lam=lam, dropout=dropout, learning_rate=learning_rate, batch_size=batch_size,
-        num_epochs=num_epochs, patience=patience, validation_fraction=validation_fraction, devices=devices,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-    )  # fmt: skip
+    config = AutoRecConfig(item_based, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience,
+                           validation_fraction, refit, lam_bias)  # fmt: skip
+    run = RunOptions(devices, checkpoint, checkpoint_every)
+    return run_program(prepare_autorec(rng_key, train, config.validate(run), run))
+
+
+def _autorec(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions):
+    (item_based, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, validation_fraction, refit,
+     lam_bias) = config  # fmt: skip
+    devices, checkpoint, checkpoint_every = run.devices, run.checkpoint, run.checkpoint_every
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     mesh = device_mesh(devices)
@@ -309,12 +347,17 @@ def fit_autorec(
     return _result(params, train, inputs, max_len, baseline, item_based, trace, best_epoch)
 
 
-def _epochs(
+def _epochs(*args, checkpoint=None, **options) -> LoopState:
+    """`_epoch_program` run to its end, saved to ``checkpoint``."""
+    return run_program(_epoch_program(*args, **options)._replace(checkpoint=checkpoint))
+
+
+def _epoch_program(
     key_init, key_shuffle, key_drop, csr, part, max_len, num_epochs, *, width, num_rows, hidden, hyper, batch_size,
-    mesh=None, score_fn=None, patience=None, checkpoint=None,
-) -> LoopState:  # fmt: skip
+    mesh=None, score_fn=None, patience=None,
+) -> Program:  # fmt: skip
     """Up to ``num_epochs`` epochs of training on ``part`` (its CSR), scored by ``score_fn``,
-    stopped after ``patience`` epochs without a better score (`run_epochs`)."""
+    stopped after ``patience`` epochs without a better score (`epoch_program`)."""
     learning_rate, lam, dropout = hyper
     params = init(key_init, width, hidden, mu=float(np.mean(part.values, dtype=np.float64)))
     opt_state = optax.adam(learning_rate).init(params)
@@ -334,9 +377,21 @@ def _epochs(
         return params, opt_state, None
 
     place = None if mesh is None else functools.partial(replicated, mesh)
-    return run_epochs(
-        epoch_step, params, opt_state, num_epochs, rng, score_fn=score_fn, patience=patience, checkpoint=checkpoint,
-        place=place,
+    return epoch_program(epoch_step, params, opt_state, num_epochs, rng, score_fn=score_fn, patience=patience,
+                         place=place)  # fmt: skip
+
+
+def autorec_epochs(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The `Program` of ``config.num_epochs`` epochs on all of ``train``, one epoch a step, as
+    the fit runs them without validation (``validation_fraction=0``); it finishes as the
+    `LoopState`. For timing epochs (``experiments/bench.py``). ``config`` must be validated."""
+    key_init, _, key_shuffle, key_drop = jax.random.split(rng_key, 4)
+    c = config
+    csr, width, max_len = rows_csr(train, item_based=c.item_based)
+    return _epoch_program(
+        key_init, key_shuffle, key_drop, csr, train, max_len, c.num_epochs, width=width,
+        num_rows=train.num_items if c.item_based else train.num_users, hidden=c.hidden,
+        hyper=(c.learning_rate, c.lam, c.dropout), batch_size=c.batch_size, mesh=device_mesh(run.devices),
     )  # fmt: skip
 
 

@@ -81,7 +81,7 @@ def run_epochs(*args, checkpoint: ckpt.Checkpoint | None = None, **options) -> L
     """Up to ``num_epochs`` epochs of ``epoch_step``, early stopping, and checkpoints: the
     `epoch_program` of the same arguments run by `probmf.program.run_program`, saving to
     ``checkpoint`` (`probmf.checkpoint.checkpoint_for`; None: no checkpoints)."""
-    return run_program(epoch_program(*args, **options), checkpoint)
+    return run_program(epoch_program(*args, **options)._replace(checkpoint=checkpoint))
 
 
 def epoch_program(

@@ -177,7 +177,8 @@ def train_minibatch(rng_key, loss_fn: Callable, params, train_arrays: tuple, *, 
     (the same arguments) run by `probmf.program.run_program`, saving to ``checkpoint``
     (`probmf.checkpoint.checkpoint_for`; None: no checkpoints; the result is the same either
     way). Returns its `MinibatchResult`."""
-    return run_program(minibatch_program(rng_key, loss_fn, params, train_arrays, **options), checkpoint)
+    program = minibatch_program(rng_key, loss_fn, params, train_arrays, **options)
+    return run_program(program._replace(checkpoint=checkpoint))
 
 
 def minibatch_program(

@@ -40,6 +40,7 @@ from probmf.fitters.holdout import known, validation_split
 from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, make_epoch, rating_range, train_minibatch
 from probmf.model import MFParams, predict_with_fallback
 from probmf.nn import Dense, as_hidden, init_layers, l2, tower
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program, staged_program
 from probmf.sharding import device_mesh
 
 
@@ -180,6 +181,38 @@ class MLPResult(NamedTuple):
 SAVED_TYPES = (Dense, MLPParams, MLPResult, MinibatchTrace)
 
 
+class MLPConfig(NamedTuple):
+    """The options of `fit_mlp` (it documents each); `validate` checks them."""
+
+    rank: int = 32
+    hidden: tuple | int = (64, 32)
+    dropout: float = 0.1
+    lam: float = 0.05
+    lam_bias: float = 0.05
+    lam_net: float = 1.0
+    weight_exponent: float = 1.0
+    learning_rate: float = 2e-3
+    batch_size: int = 1024
+    num_epochs: int = 60
+    patience: int = 5
+    validation_fraction: float = 0.1
+    refit: bool = True
+    init_scale: float = 0.1
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> MLPConfig:
+        """The config with ``hidden`` a tuple, or a ValueError naming the option out of range."""
+        c = self._replace(hidden=as_hidden(self.hidden))
+        check_mlp_options(**{k: v for k, v in c._asdict().items() if k != "refit"}, devices=run.devices,
+                          checkpoint=run.checkpoint, checkpoint_every=run.checkpoint_every)  # fmt: skip
+        return c
+
+
+def prepare_mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The MLP as a one-step `Program` of two stages, each an epoch program that checkpoints
+    itself: the early-stopped fit, then the refit on all of ``train``."""
+    return staged_program(lambda: _mlp(rng_key, train, config, run), "MLP")
+
+
 def fit_mlp(
     rng_key,
     train: Ratings,
@@ -232,25 +265,16 @@ def fit_mlp(
       >>> res.predict(jnp.array([0, -1]), jnp.array([1, 2])).shape
       (2,)
     """
-    hidden = as_hidden(hidden)
-    check_mlp_options(
-        rank=rank,
-        hidden=hidden,
-        dropout=dropout,
-        lam=lam,
-        lam_bias=lam_bias,
-        lam_net=lam_net,
-        weight_exponent=weight_exponent,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        patience=patience,
-        validation_fraction=validation_fraction,
-        init_scale=init_scale,
-        devices=devices,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-    )
+    config = MLPConfig(rank, hidden, dropout, lam, lam_bias, lam_net, weight_exponent, learning_rate, batch_size,
+                       num_epochs, patience, validation_fraction, refit, init_scale)  # fmt: skip
+    run = RunOptions(devices, checkpoint, checkpoint_every)
+    return run_program(prepare_mlp(rng_key, train, config.validate(run), run))
+
+
+def _mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions):
+    (rank, hidden, dropout, lam, lam_bias, lam_net, weight_exponent, learning_rate, batch_size, num_epochs,
+     patience, validation_fraction, refit, init_scale) = config  # fmt: skip
+    devices, checkpoint, checkpoint_every = run.devices, run.checkpoint, run.checkpoint_every
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     device_mesh(devices)  # enough devices?

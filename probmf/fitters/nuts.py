@@ -24,6 +24,7 @@ from probmf.fitters.bayes_model import (
     mf_model,
 )
 from probmf.posterior import Posterior, seen_rows
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program, staged_program
 
 
 class NUTSInfo(NamedTuple):
@@ -99,6 +100,39 @@ def subset_ratings(train: Ratings, *, max_users: int | None, max_items: int | No
     return keep
 
 
+class NUTSConfig(NamedTuple):
+    """NUTS's options (`fit_nuts` documents each)."""
+
+    rank: int = 3
+    hyper: str = "gamma"
+    num_warmup: int = 200
+    num_samples: int = 200
+    num_chains: int = 2
+    max_tree_depth: int = 7
+    target_accept_prob: float = 0.8
+    init_scale: float = 0.1
+    max_users: int | None = None
+    max_items: int | None = None
+    num_check_pairs: int = 200
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> NUTSConfig:
+        """Self, or a ValueError naming the option out of range."""
+        c = self
+        limits = {k: v for k, v in (("max_users", c.max_users), ("max_items", c.max_items)) if v is not None}
+        _check_common(c.rank, c.hyper, num_samples=c.num_samples, num_chains=c.num_chains,
+                      max_tree_depth=c.max_tree_depth, num_check_pairs=c.num_check_pairs, **limits)  # fmt: skip
+        if int(c.num_warmup) != c.num_warmup or c.num_warmup < 0:
+            raise ValueError(f"num_warmup must be an integer >= 0, got {c.num_warmup!r}")
+        if not 0.0 < c.target_accept_prob < 1.0 or not c.init_scale > 0:
+            raise ValueError("need 0 < target_accept_prob < 1 and init_scale > 0")
+        return c
+
+
+def prepare_nuts(rng_key, train: Ratings, config: NUTSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """NUTS as a one-step `Program`: NumPyro's `MCMC.run` draws every chain in one call."""
+    return staged_program(lambda: _nuts(rng_key, train, config), "NUTS")
+
+
 def fit_nuts(
     rng_key,
     train: Ratings,
@@ -143,15 +177,14 @@ def fit_nuts(
     Returns:
       `NUTSResult(posterior, info)`; ``r_hat_max``, ``ess_min`` summarise ``info``.
     """
-    _check_common(
-        rank, hyper, num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth,
-        num_check_pairs=num_check_pairs, **{k: v for k, v in (("max_users", max_users),
-                                                              ("max_items", max_items)) if v is not None},
-    )  # fmt: skip
-    if int(num_warmup) != num_warmup or num_warmup < 0:
-        raise ValueError(f"num_warmup must be an integer >= 0, got {num_warmup!r}")
-    if not 0.0 < target_accept_prob < 1.0 or not init_scale > 0:
-        raise ValueError("need 0 < target_accept_prob < 1 and init_scale > 0")
+    config = NUTSConfig(rank, hyper, num_warmup, num_samples, num_chains, max_tree_depth, target_accept_prob,
+                        init_scale, max_users, max_items, num_check_pairs)  # fmt: skip
+    return run_program(prepare_nuts(rng_key, train, config.validate()))
+
+
+def _nuts(rng_key, train: Ratings, config: NUTSConfig) -> NUTSResult:
+    (rank, hyper, num_warmup, num_samples, num_chains, max_tree_depth, target_accept_prob, init_scale, max_users,
+     max_items, num_check_pairs) = config  # fmt: skip
     users, items, values = _device_data(train)
     keep = subset_ratings(train, max_users=max_users, max_items=max_items)
     if not keep.all():

@@ -172,7 +172,9 @@ def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions 
         result = program.finish(state)
         return OptaxResult(result.params, result.trace, result.best_epoch, priors)
 
-    return program._replace(finish=finish)
+    options = {**c._asdict(), "devices": run.devices, "checkpoint_every": run.checkpoint_every}
+    ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "optax", rng_key, train, options)
+    return program._replace(finish=finish, checkpoint=ckpt)
 
 
 def fit_optax(
@@ -221,9 +223,7 @@ def fit_optax(
     config = OptaxConfig(rank, objective, lam, lam_bias, weight_exponent, optimizer, learning_rate, schedule,
                          batch_size, num_epochs, validation_fraction, patience, init_scale)  # fmt: skip
     run = RunOptions(devices, checkpoint, checkpoint_every)
-    program = prepare_optax(rng_key, train, config.validate(run), run)
-    options = {**config._asdict(), "devices": devices, "checkpoint_every": checkpoint_every}
-    return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "optax", rng_key, train, options))
+    return run_program(prepare_optax(rng_key, train, config.validate(run), run))
 
 
 def check_optax_options(

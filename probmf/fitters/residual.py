@@ -46,6 +46,7 @@ from probmf.fitters.mlp import Hyper, batch_key, batch_mean, check_common_option
 from probmf.fitters.optax_mf import fit_optax
 from probmf.model import MFParams, predict, predict_with_fallback
 from probmf.nn import Dense, as_hidden, init_layers, l2, tower
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program, staged_program
 from probmf.sharding import device_mesh
 
 BASES = ("als", "optax")
@@ -188,6 +189,41 @@ def _fit_base(rng_key, part: Ratings, base: str) -> MFParams:
     return (fit_als if base == "als" else fit_optax)(rng_key, part).params
 
 
+class ResidualConfig(NamedTuple):
+    """The options of `fit_residual` (it documents each); `validate` checks them."""
+
+    base: str = "als"
+    joint: bool = False
+    embedding_dim: int = 0
+    num_folds: int = 5
+    hidden: tuple | int = (64, 32)
+    dropout: float = 0.1
+    lam: float = 0.05
+    lam_net: float = 1.0
+    lam_bias: float = 3.0
+    weight_exponent: float = 1.0
+    learning_rate: float = 1e-3
+    batch_size: int = 1024
+    num_epochs: int = 80
+    patience: int = 5
+    validation_fraction: float = 0.1
+    refit: bool = True
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> ResidualConfig:
+        """The config with ``hidden`` a tuple, or a ValueError naming the option out of range."""
+        c = self._replace(hidden=as_hidden(self.hidden))
+        check_residual_options(**{k: v for k, v in c._asdict().items() if k not in ("joint", "refit")},
+                               devices=run.devices, checkpoint=run.checkpoint,
+                               checkpoint_every=run.checkpoint_every)  # fmt: skip
+        return c
+
+
+def prepare_residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The hybrid as a one-step `Program` of stages (the cross-fitted MF bases, the network's
+    early-stopped epochs, the refit), each of which checkpoints itself."""
+    return staged_program(lambda: _residual(rng_key, train, config, run), "MF + ANN")
+
+
 def fit_residual(
     rng_key,
     train: Ratings,
@@ -251,26 +287,17 @@ def fit_residual(
       >>> res.predict(jnp.array([0, -1]), jnp.array([1, 2])).shape
       (2,)
     """
-    hidden = as_hidden(hidden)
-    check_residual_options(
-        base=base,
-        embedding_dim=embedding_dim,
-        num_folds=num_folds,
-        hidden=hidden,
-        dropout=dropout,
-        lam=lam,
-        lam_net=lam_net,
-        lam_bias=lam_bias,
-        weight_exponent=weight_exponent,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        patience=patience,
-        validation_fraction=validation_fraction,
-        devices=devices,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-    )
+    config = ResidualConfig(base, joint, embedding_dim, num_folds, hidden, dropout, lam, lam_net, lam_bias,
+                            weight_exponent, learning_rate, batch_size, num_epochs, patience,
+                            validation_fraction, refit)  # fmt: skip
+    run = RunOptions(devices, checkpoint, checkpoint_every)
+    return run_program(prepare_residual(rng_key, train, config.validate(run), run))
+
+
+def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
+    (base, joint, embedding_dim, num_folds, hidden, dropout, lam, lam_net, lam_bias, weight_exponent,
+     learning_rate, batch_size, num_epochs, patience, validation_fraction, refit) = config  # fmt: skip
+    devices, checkpoint, checkpoint_every = run.devices, run.checkpoint, run.checkpoint_every
     if len(train) < 10:
         raise ValueError(f"{train.source or 'training ratings'}: too few ratings to hold out a validation split")
     device_mesh(devices)  # enough devices?

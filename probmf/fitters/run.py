@@ -18,9 +18,10 @@ import jax
 from probmf.checkpoint import show_progress
 from probmf.data.io import to_ratings
 from probmf.data.ratings import Ratings
-from probmf.fitters import FITTERS, NETWORK_FITTERS, POSTERIOR_FITTERS
+from probmf.fitters import FITTERS, NETWORK_FITTERS, POSTERIOR_FITTERS, REGISTRY
 from probmf.metrics import plugin_sd
 from probmf.predictor import PointPredictor, Predictor
+from probmf.program import RunOptions, run_program
 
 
 class FitResult(NamedTuple):
@@ -51,10 +52,16 @@ def resolve_options(model: str, given: dict) -> dict:
 
 
 def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
-    """Run the fitter ``model`` on ``train``: returns (its result, options used, seconds)."""
+    """Run the fitter ``model`` on ``train``: its ``Config`` from ``options`` (the rest are
+    `RunOptions`), validated, its ``prepare``, and `probmf.program.run_program`, the loop every
+    fitter shares (checkpoints, progress bar). Returns (its result, options used, seconds)."""
     options = resolve_options(model, options)
+    fitter = REGISTRY[model]
+    run = RunOptions(**{k: v for k, v in options.items() if k in RunOptions._fields})
+    config = fitter.config(**fitter.fixed, **{k: v for k, v in options.items() if k not in RunOptions._fields})
     t0 = time.perf_counter()
-    result = jax.block_until_ready(FITTERS[model](rng_key, train, **options))
+    program = fitter.prepare(rng_key, train, config.validate(run), run)
+    result = jax.block_until_ready(run_program(program))
     return result, options, time.perf_counter() - t0
 
 

@@ -21,6 +21,7 @@ import scipy.sparse.linalg
 from probmf.data.ratings import Ratings
 from probmf.fitters.baseline import fit_baseline
 from probmf.model import MFParams
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program, staged_program
 
 DENSE_LIMIT = 25_000_000  # cells; above it the sparse ARPACK solver is used
 
@@ -57,14 +58,37 @@ def truncated_svd(matrix, rank: int, *, seed: int = 0) -> tuple[np.ndarray, np.n
     return u[:, :rank], s[:rank], vt[:rank].T
 
 
+class SVDConfig(NamedTuple):
+    """rank: k >= 0 singular triplets kept; lam_bias: the biases' ridge; dense_limit: the
+    residual matrix is factorised dense up to this many cells (LAPACK), sparse above."""
+
+    rank: int = 10
+    lam_bias: float = 3.0
+    dense_limit: int = DENSE_LIMIT
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> SVDConfig:
+        """Self, or a ValueError naming the option out of range (before any JAX call)."""
+        if int(self.rank) != self.rank or self.rank < 0:
+            raise ValueError(f"rank must be a non-negative integer, got {self.rank!r}")
+        if not (np.isfinite(self.lam_bias) and self.lam_bias >= 0):
+            raise ValueError(f"lambda_bias must be >= 0, got {self.lam_bias!r}")
+        return self
+
+
+def prepare_svd(rng_key, train: Ratings, config: SVDConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The SVD as a one-step `Program` (closed form: nothing to iterate or checkpoint)."""
+    return staged_program(lambda: _svd(rng_key, train, config), "SVD")
+
+
 def fit_svd(
     rng_key, train: Ratings, *, rank: int = 10, lam_bias: float = 3.0, dense_limit: int = DENSE_LIMIT
 ) -> SVDResult:
     """Fit biases, then the rank-k truncated SVD of the residual matrix (missing = 0)."""
-    if int(rank) != rank or rank < 0:
-        raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
-    if not (np.isfinite(lam_bias) and lam_bias >= 0):  # checked here too: before any JAX call
-        raise ValueError(f"lambda_bias must be >= 0, got {lam_bias!r}")
+    return run_program(prepare_svd(rng_key, train, SVDConfig(rank, lam_bias, dense_limit).validate()))
+
+
+def _svd(rng_key, train: Ratings, config: SVDConfig) -> SVDResult:
+    rank, lam_bias, dense_limit = config
     key_base, key_svd = jax.random.split(rng_key)
     base = fit_baseline(key_base, train, lam_bias=lam_bias).params
     resid = train.values - np.asarray(base.mu + base.b[train.users] + base.c[train.items])

@@ -32,7 +32,7 @@ from probmf.fitters.bayes_model import (
 )
 from probmf.fitters.meanfield import _meanfield_program
 from probmf.posterior import Posterior, seen_rows
-from probmf.program import Program, run_program
+from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 GUIDES = ("normal", "lowrank")
@@ -248,16 +248,40 @@ def fit_svi(
       >>> res.posterior.draws.W.shape, res.elbo.shape
       ((5, 60, 2), (2,))
     """
-    options = dict(rank=rank, guide=guide, hyper=hyper, num_epochs=num_epochs, batch_size=batch_size,
-                   learning_rate=learning_rate, num_samples=num_samples, guide_rank=guide_rank,
-                   init_scale=init_scale, devices=devices)  # fmt: skip
-    _check_svi_options(**options)
-    check_every(checkpoint_every)
+    config = SVIConfig(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank, init_scale)
+    run = RunOptions(devices, checkpoint, checkpoint_every)
+    return run_program(prepare_svi(rng_key, train, config.validate(run), run))
+
+
+class SVIConfig(NamedTuple):
+    """SVI's options (`fit_svi` documents each)."""
+
+    rank: int = 10
+    guide: str = "normal"
+    hyper: str = "gamma"
+    num_epochs: int = 120
+    batch_size: int | None = None
+    learning_rate: float = 0.05
+    num_samples: int = 100
+    guide_rank: int = 4
+    init_scale: float = 0.1
+
+    def validate(self, run: RunOptions = DEFAULT_RUN) -> SVIConfig:
+        """Self, or a ValueError naming the option out of range (``run``'s too)."""
+        _check_svi_options(*self, run.devices)
+        check_every(run.checkpoint_every)
+        return self
+
+
+def prepare_svi(rng_key, train: Ratings, config: SVIConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+    """The SVI `Program` (`svi_trainer`'s, one epoch a step, checkpointed as ``run`` says);
+    it finishes as the `SVIResult`. ``config`` must be validated."""
+    options = {**config._asdict(), "devices": run.devices}
     ckpt = None
-    if checkpoint is not None:
+    if run.checkpoint is not None:
         _device_data(train)  # the data's own errors first
-        ckpt = fit_checkpoint(checkpoint, checkpoint_every, "svi", rng_key, train, options)
-    return run_program(svi_trainer(rng_key, train, **options).program, ckpt)
+        ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "svi", rng_key, train, options)
+    return svi_trainer(rng_key, train, **options).program._replace(checkpoint=ckpt)
 
 
 @functools.lru_cache(maxsize=8)

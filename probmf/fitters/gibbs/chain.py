@@ -208,7 +208,10 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
         draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
         return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank))
 
-    return Program(chain, run_chunk, finish, total, desc="Gibbs sweeps")
+    options = {**c._asdict(), "devices": run.devices}
+    summary_pairs = options.pop("predict_pairs") or ()
+    ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "gibbs", rng_key, train, options, *summary_pairs)
+    return Program(chain, run_chunk, finish, total, desc="Gibbs sweeps", checkpoint=ckpt)
 
 
 def fit_gibbs(
@@ -258,7 +261,4 @@ def fit_gibbs(
     run = RunOptions(devices, checkpoint, checkpoint_every)
     config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, keep_draws,
                          predict_pairs, linalg).validate(run)  # fmt: skip
-    program = prepare_gibbs(rng_key, train, config, run)
-    options = {**config._asdict(), "devices": devices}
-    pairs = options.pop("predict_pairs") or ()
-    return run_program(program, fit_checkpoint(checkpoint, checkpoint_every, "gibbs", rng_key, train, options, *pairs))
+    return run_program(prepare_gibbs(rng_key, train, config, run))
