@@ -1,10 +1,21 @@
-"""Ratings data: the container, file and MovieLens loaders, splits and synthetic data."""
+"""Ratings data: the container, file and MovieLens loaders, splits, synthetic data, and side
+information (user / item attributes as design matrices)."""
 
+from probmf.data.features import (
+    FeatureTable,
+    MissingFeaturesWarning,
+    align,
+    design_matrix,
+    from_columns,
+    read_features,
+    row_of,
+)
 from probmf.data.io import RatingsFileError, read_ratings, write_ratings
 from probmf.data.movielens import (
     DATASETS,
     DatasetNotFoundError,
     UnsafeArchiveError,
+    load_features,
     load_movielens,
     load_split,
     load_split_or_synthetic,
@@ -24,13 +35,19 @@ __all__ = [
     "DATASETS",
     "UNKNOWN",
     "DatasetNotFoundError",
+    "FeatureTable",
     "PRESETS",
     "IdMap",
+    "MissingFeaturesWarning",
     "Ratings",
     "RatingsFileError",
     "SyntheticTruth",
     "UnsafeArchiveError",
+    "align",
+    "design_matrix",
+    "from_columns",
     "kfold",
+    "load_features",
     "load_movielens",
     "load_split",
     "load_split_or_synthetic",
@@ -38,7 +55,9 @@ __all__ = [
     "per_user_split",
     "per_user_temporal_split",
     "random_split",
+    "read_features",
     "read_ratings",
+    "row_of",
     "synthetic_preset",
     "synthetic_ratings",
     "temporal_split",

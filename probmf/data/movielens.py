@@ -1,4 +1,5 @@
-"""MovieLens ratings, official splits and titles (https://grouplens.org/datasets/movielens/).
+"""MovieLens ratings, official splits, titles and side information
+(https://grouplens.org/datasets/movielens/).
 
 A dataset folder ``<name>`` (the unzipped GroupLens archive) is looked for, in order, at:
 
@@ -18,6 +19,7 @@ import csv
 import dataclasses
 import io
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -25,7 +27,19 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from probmf.data.archive import UnsafeArchiveError, _safe_extract, sha256_file
+from probmf.data.features import (
+    FeatureTable,
+    _decade,
+    _encode,
+    _id_array,
+    _read_lines,
+    _split_lines,
+    _title_year,
+    read_features,
+)
 from probmf.data.io import RatingsFileError, read_ratings
 from probmf.data.io.sniff import _text_encoding
 from probmf.data.ratings import Ratings
@@ -36,6 +50,7 @@ __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
     "UnsafeArchiveError",
+    "load_features",
     "load_movielens",
     "load_split",
     "load_split_or_synthetic",
@@ -57,6 +72,7 @@ class _Spec:
     titles_encoding: str
     splits: tuple[str, ...] = ()
     split_files: tuple[str, str] = ("", "")  # train / test file name patterns
+    users: str = ""  # the user attributes file; "" when the dataset ships none
 
 
 _CSV_SCALE = (0.5, 5.0)
@@ -77,8 +93,9 @@ _SPECS = {
         "latin-1",
         splits=("u1", "u2", "u3", "u4", "u5", "ua", "ub"),
         split_files=("{}.base", "{}.test"),
+        users="u.user",
     ),
-    "ml-1m": _Spec("ml-1m", "ratings.dat", "::", False, (1.0, 5.0), "movies.dat", "latin-1"),
+    "ml-1m": _Spec("ml-1m", "ratings.dat", "::", False, (1.0, 5.0), "movies.dat", "latin-1", users="users.dat"),
     # The 10M archive ships split_ratings.sh, which writes r1..r5 and ra/rb next to ratings.dat.
     "ml-10m": _Spec(
         "ml-10M100K",
@@ -233,6 +250,200 @@ def load_titles(name: str, *, path=None, download: bool = True, encoding: str | 
         if len(fields) >= 2 and fields[0].strip():
             titles[movie_id(fields[0], number)] = fields[1]
     return titles
+
+
+def load_features(name: str, side: str, *, path=None, download: bool = True) -> FeatureTable:
+    """The user or item attributes MovieLens ``name`` ships, as a `FeatureTable` by raw id.
+
+    Groups of columns (`probmf.data.features` describes the encodings):
+
+    - ml-100k users (``u.user``): ``age`` (standardised), ``age_bucket`` (ML-1M's ranges <18,
+      18-24, 25-34, 35-44, 45-49, 50-55, 56+), ``gender``, ``occupation``, ``zip`` (the first
+      digit of the zip code; "other" for a code not starting with a digit);
+    - ml-1m users (``users.dat``): ``age_bucket`` (the file's age code), ``gender``,
+      ``occupation`` (the code's name, e.g. "writer"), ``zip``;
+    - items: ``year`` (standardised release year: ml-100k's release date, else the title's
+      trailing "(1995)"), ``decade`` ("1990s") and ``genre`` (multi-hot scaled by
+      1/sqrt(#genres); ml-100k's "unknown" and "(no genres listed)" are no genre).
+
+    Args:
+      name: one of `DATASETS`; user attributes exist for ml-100k and ml-1m only.
+      side: "user" or "item".
+      path, download: as for `load_movielens`.
+
+    Raises:
+      ValueError: ``side="user"`` for a dataset without user attributes.
+      RatingsFileError: a malformed line, naming the file and the line.
+    """
+    spec = _spec(name)
+    if side not in ("user", "item"):
+        raise ValueError(f"side must be 'user' or 'item', got {side!r}")
+    if side == "user" and not spec.users:
+        have = ", ".join(n for n, s in _SPECS.items() if s.users)
+        raise ValueError(f"{name} ships no user attributes (only {have} do); use side='item' for its movies")
+    file = _locate(name, path, download) / (spec.users if side == "user" else spec.titles)
+    if not file.is_file():
+        raise DatasetNotFoundError(f"{name}: {file} not found")
+    if file.suffix == ".csv":
+        return _movies_csv(file, spec.titles_encoding)
+    return _SIDE_READERS[file.name](file, spec.titles_encoding)
+
+
+# ---- side files --------------------------------------------------------------------------
+
+# ML-1M's age codes and the ranges they stand for; ML-100K's ages are bucketed the same way.
+_AGE_BUCKETS = {1: "<18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+"}
+# ML-1M's occupation codes 0..20 (its README); 0 is "other" or not specified.
+_OCCUPATIONS = (
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+)
+# u.item's 19 genre flags, in order, when the folder lacks u.genre.
+_ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+_USER_KINDS = {name: "categorical" for name in ("age_bucket", "gender", "occupation", "zip")} | {"age": "numeric"}
+_ITEM_KINDS = {"year": "numeric", "decade": "categorical", "genre": "multilabel"}
+
+
+def _age_bucket(age: float) -> str:
+    """The ML-1M range of an age in years ("" when missing)."""
+    if np.isnan(age):
+        return ""
+    return _AGE_BUCKETS[max((low for low in _AGE_BUCKETS if low <= age), default=1)]
+
+
+def _zip_prefix(zip_code: str) -> str:
+    """The first digit (a US region); Canadian and other non-digit codes are "other"."""
+    return "" if not zip_code else zip_code[0] if zip_code[0].isdigit() else "other"
+
+
+def _u_user(file: Path, encoding: str) -> FeatureTable:
+    """ml-100k ``u.user``: user id|age|gender|occupation|zip code."""
+    table, rows = _split_lines(file, _read_lines(file, encoding), "|", 5)
+    ages = np.full(len(table), np.nan)
+    for k, fields in enumerate(table):
+        if fields[1]:
+            try:
+                ages[k] = float(fields[1])
+            except ValueError:
+                raise rows.error(k, f"age {fields[1]!r} is not a number", fields[1]) from None
+    columns = {
+        "age": list(ages),
+        "age_bucket": [_age_bucket(a) for a in ages],
+        "gender": [f[2] for f in table],
+        "occupation": [f[3] for f in table],
+        "zip": [_zip_prefix(f[4]) for f in table],
+    }
+    return _encode(_id_array([f[0] for f in table], rows), columns, _USER_KINDS, rows)
+
+
+def _users_dat(file: Path, encoding: str) -> FeatureTable:
+    """ml-1m ``users.dat``: UserID::Gender::Age::Occupation::Zip-code (age and occupation are codes)."""
+    table, rows = _split_lines(file, _read_lines(file, encoding), "::", 5)
+
+    def decode(k: int, what: str, code: str, names: dict) -> str:
+        if not code:
+            return ""
+        try:
+            return names[int(code)]
+        except (ValueError, KeyError):
+            raise rows.error(k, f"{what} code {code!r} is not one of {', '.join(map(str, names))}", code) from None
+
+    occupations = dict(enumerate(_OCCUPATIONS))
+    columns = {
+        "age_bucket": [decode(k, "age", f[2], _AGE_BUCKETS) for k, f in enumerate(table)],
+        "gender": [f[1] for f in table],
+        "occupation": [decode(k, "occupation", f[3], occupations) for k, f in enumerate(table)],
+        "zip": [_zip_prefix(f[4]) for f in table],
+    }
+    kinds = {name: _USER_KINDS[name] for name in columns}
+    return _encode(_id_array([f[0] for f in table], rows), columns, kinds, rows)
+
+
+def _u_item(file: Path, encoding: str) -> FeatureTable:
+    """ml-100k ``u.item``: movie id|title|release date|video release date|URL|19 genre flags
+    (the genre names from ``u.genre`` beside it when present)."""
+    genres = _ML100K_GENRES
+    if (file.parent / "u.genre").is_file():
+        # "name|index" lines; the index is the flag's position.
+        pairs = _split_lines(file.parent / "u.genre", _read_lines(file.parent / "u.genre", encoding), "|", 2)[0]
+        genres = tuple(name for name, _ in sorted(pairs, key=lambda p: int(p[1])))
+    table, rows = _split_lines(file, _read_lines(file, encoding), "|", 5 + len(genres))
+    labels = []
+    for k, fields in enumerate(table):
+        flags = fields[5:]
+        if any(flag not in ("0", "1") for flag in flags):
+            raise rows.error(k, f"genre flags {'|'.join(flags)!r} are not all 0 or 1", "|".join(flags))
+        # "unknown" says the genre is not known: no genre, as "(no genres listed)" in movies.csv.
+        labels.append(tuple(g for g, flag in zip(genres, flags, strict=True) if flag == "1" and g != "unknown"))
+    years = np.array([_release_year(f[2], f[1]) for f in table])
+    columns = {"year": list(years), "decade": [_decade(y) for y in years], "genre": labels}
+    return _encode(_id_array([f[0] for f in table], rows), columns, _ITEM_KINDS, rows)
+
+
+def _release_year(date: str, title: str) -> float:
+    """The year of a release date such as "01-Jan-1995", else of the title's "(1995)"."""
+    match = re.search(r"(\d{4})\s*$", date)
+    return float(match.group(1)) if match else _title_year(title)
+
+
+def _movies_dat(file: Path, encoding: str) -> FeatureTable:
+    """ml-1m / ml-10m ``movies.dat``: MovieID::Title::Genres (``|``-separated)."""
+    table, rows = _split_lines(file, _read_lines(file, encoding), "::", 3)
+    columns = {"title": [f[1] for f in table], "genre": [f[2] for f in table]}
+    kinds = {"title": "title", "genre": "multilabel"}
+    return _encode(_id_array([f[0] for f in table], rows), columns, kinds, rows)
+
+
+def _movies_csv(file: Path, encoding: str) -> FeatureTable:
+    """``movies.csv``: movieId,title,genres; the genres group is named "genre" as elsewhere."""
+    table = read_features(
+        file, id_column="movieId", columns=("title", "genres"), kinds={"title": "title"}, encoding=encoding
+    )
+    names = tuple(n.replace("genres=", "genre=", 1) if n.startswith("genres=") else n for n in table.names)
+    groups = tuple("genre" if g == "genres" else g for g in table.groups)
+    return table._replace(names=names, groups=groups)
+
+
+_SIDE_READERS = {"u.user": _u_user, "users.dat": _users_dat, "u.item": _u_item, "movies.dat": _movies_dat}
 
 
 # ---- reading -----------------------------------------------------------------------------
