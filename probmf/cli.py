@@ -19,7 +19,9 @@ import jax
 import numpy as np
 
 from probmf.checkpoint import show_progress
+from probmf.data.features import read_features
 from probmf.data.io import read_new_user, read_pairs, read_ratings
+from probmf.data.movielens import load_features
 from probmf.evaluate import evaluate_fold, folds, load_ratings, mean_row
 from probmf.fitters import FITTERS
 from probmf.fitters.run import fit_model
@@ -93,6 +95,13 @@ def _add_model_options(p) -> None:
         const=False,
         help="gibbs, evaluate: keep running predictive moments of the test pairs, not the draws",
     )
+    p.add_argument(
+        "--features",
+        type=_feature_sides,
+        help="gibbs: side information of a MovieLens --data, any of user,item (ML-100K u.user, u.item; ...)",
+    )
+    p.add_argument("--user-features", dest="user_features", metavar="PATH", help="gibbs: user attributes (CSV)")
+    p.add_argument("--item-features", dest="item_features", metavar="PATH", help="gibbs: item attributes (CSV)")
     p.add_argument("--devices", type=int, help="split the work across this many devices (JAX sharding)")
     p.add_argument("--checkpoint", metavar="DIR", help="save the run's state in DIR and resume from it")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
@@ -177,7 +186,28 @@ def cmd_evaluate(args) -> int:
 
 
 def _given_options(args) -> dict:
-    return {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
+    """The model options given on the command line; feature files and ``--features`` sides
+    read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold)."""
+    given = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
+    for side in ("user", "item"):
+        path = getattr(args, f"{side}_features")
+        if path is not None:
+            given[f"{side}_features"] = read_features(path)
+        elif side in (args.features or ()):
+            if args.train:
+                raise ValueError(
+                    f"--features {side} reads a MovieLens --data's files; with --train give --{side}-features"
+                )
+            given[f"{side}_features"] = load_features(args.data, side)
+    return given
+
+
+def _feature_sides(text: str) -> tuple[str, ...]:
+    sides = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in sides if s not in ("user", "item")]
+    if bad or not sides:
+        raise argparse.ArgumentTypeError(f"--features takes any of user,item (comma-separated), got {text!r}")
+    return sides
 
 
 def _fit_parser(sub) -> None:

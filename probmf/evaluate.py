@@ -23,7 +23,7 @@ from probmf.data.ratings import Ratings
 from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
-from probmf.fitters.run import fit_model
+from probmf.fitters.run import fit_model, plain_options
 from probmf.metrics import accuracy, cold_mask, interval_scores, ranking, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
@@ -100,7 +100,7 @@ def evaluate_fold(
         "fit_seconds": round(seconds, 4),
         "probmf_version": probmf.__version__,
         "seed": seed,
-        "options": {k: v for k, v in options.items() if k != "rank"},
+        "options": {k: v for k, v in plain_options(options).items() if k != "rank"},
     }
 
 

@@ -36,6 +36,7 @@ import probmf
 from probmf.data.archive import sha256_file
 from probmf.data.ratings import IdMap
 from probmf.fitters import POSTERIOR_FITTERS, saved_types
+from probmf.fitters.run import plain_options
 from probmf.model import MFParams
 from probmf.objectives import Priors
 from probmf.posterior import Posterior, PredictiveSummary, RowPrior
@@ -94,7 +95,7 @@ class FittedModel:
         low, high = float(train.values.min()), float(train.values.max())
         return cls(
             model,
-            options,
+            plain_options(options),
             fitted,
             train.user_ids,
             train.item_ids,

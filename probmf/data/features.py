@@ -77,6 +77,11 @@ class FeatureTable(NamedTuple):
     groups: tuple[str, ...]
     source: str
 
+    def describe(self) -> str:
+        """One line for logs and JSON rows: source, shape and groups."""
+        groups = ", ".join(dict.fromkeys(self.groups))
+        return f"{self.source or 'features'}: {self.matrix.shape[0]} rows x {self.matrix.shape[1]} columns ({groups})"
+
 
 class MissingFeaturesWarning(UserWarning):
     """Ids in the ratings without a row in the feature table (their rows of X are zero)."""
