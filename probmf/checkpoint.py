@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import scipy.sparse as sp
 
 
 class CheckpointError(ValueError):
@@ -60,6 +61,19 @@ def fingerprint(*parts) -> str:
         else:
             h.update(json.dumps(part, sort_keys=True, default=repr).encode())
     return h.hexdigest()[:16]
+
+
+def matrix_digest(M) -> dict:
+    """{"shape", "sha1"} of a matrix (scipy.sparse or dense) by its canonical CSR form (float64
+    data, sorted indices, duplicates summed, stored zeros dropped; int64 indices and indptr):
+    what a fingerprint or a saved model's options record in place of the matrix."""
+    M = sp.csr_matrix(M, dtype=np.float64, copy=True)
+    M.sum_duplicates()
+    M.eliminate_zeros()
+    h = hashlib.sha1()
+    for a in (M.data, M.indices.astype(np.int64), M.indptr.astype(np.int64)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return {"shape": [int(n) for n in M.shape], "sha1": h.hexdigest()}
 
 
 def check_every(every) -> int:

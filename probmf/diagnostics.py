@@ -33,7 +33,7 @@ def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1)
 
     def means(draw):
         params, tau, priors = draw
-        return draw_predictive(params, tau, users, items, priors, posterior.seen)[0]
+        return draw_predictive(params, tau, users, items, priors, posterior.seen, features=posterior.features)[0]
 
     preds = jax.lax.map(means, (posterior.draws, posterior.tau, posterior.priors))
     return np.asarray(preds, np.float64).reshape(num_chains, S // num_chains, -1)

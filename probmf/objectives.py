@@ -60,6 +60,8 @@ class Hyperpriors(NamedTuple):
     a_tau, b_tau: tau ~ Gamma(shape, rate), the noise precision.
     a_bias, b_bias: each side's bias precision ~ Gamma(shape, rate).
     a_implicit, b_implicit: the implicit-feedback scale c ~ Gamma(shape, rate) (Gibbs).
+    a_features, b_features: the scale c_A of each side's attribute vectors ~ Gamma(shape,
+      rate) (Gibbs with side information).
     a_lam, b_lam: each factor dimension's precision ~ Gamma(shape, rate) (NUTS/SVI's "gamma", ARD).
     lam, lam_bias: the fixed factor and bias precisions of NUTS/SVI's "fixed" (= `Priors.uniform`).
     """
@@ -72,6 +74,8 @@ class Hyperpriors(NamedTuple):
     b_bias: float = 1.0
     a_implicit: float = 1.0
     b_implicit: float = 1.0
+    a_features: float = 1.0
+    b_features: float = 1.0
     a_lam: float = 1.0
     b_lam: float = 1.0
     lam: float = 2.0

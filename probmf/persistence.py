@@ -31,8 +31,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import scipy.sparse as sp
 
 import probmf
+from probmf.checkpoint import matrix_digest
 from probmf.data.archive import sha256_file
 from probmf.data.ratings import IdMap
 from probmf.fitters import POSTERIOR_FITTERS, saved_types
@@ -235,6 +237,8 @@ def _decode(node, arrays: dict):
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
+    if sp.issparse(obj):  # e.g. the Gibbs sampler's attribute matrices: recorded by digest
+        return {"sparse_matrix": matrix_digest(obj)}
     if isinstance(obj, np.ndarray | jax.Array):
         return np.asarray(obj).tolist()
     raise TypeError(f"option of type {type(obj).__name__} is not JSON serialisable")

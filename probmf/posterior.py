@@ -21,7 +21,12 @@ and with both sides cold (w ~ N(m, S), u ~ N(m', S'), independent)
 E[w.u] = m . m', Var[w.u] = m^T S' m + m'^T S m' + tr(S S'). So an unknown id and a
 zero-count index give the same predictive, and a cold pair's interval carries the row's
 prior uncertainty. (With a rounded likelihood the latent stays Gaussian given the draw when
-one side is cold; with both cold its variance is matched.)
+one side is cold; with both cold its variance is matched.) With side information (the Gibbs
+sampler's attributes, `probmf.fitters.gibbs.features`) a cold row of the id map has known
+attributes x_i, and its prior mean in draw s is [m_s; 0] + x_i A_s: vector and bias both
+shift (`RowPrior.attributes`, `Posterior.features`). An unknown id's attributes are unknown:
+its mean takes the id map's average row, [m_s; 0] + xbar A_s (the spread of x_i A_s over
+the rows is not added to its variance).
 Predictions average per-draw predictions, never predictions of averaged factors (factors
 are only identified up to rotation).
 """
@@ -41,11 +46,15 @@ from probmf.model import MFParams
 
 class RowPrior(NamedTuple):
     """Per-draw prior of one side's rows (users or items): vector ~ N(mean, cov), bias ~
-    N(0, bias_var), independent. Leaves mean (S, k), cov (S, k, k), bias_var (S,)."""
+    N(0, bias_var), independent. Leaves mean (S, k), cov (S, k, k), bias_var (S,);
+    ``attributes`` (S, G, k+1): the draw's attribute vectors A, which shift row i's prior
+    mean (vector and bias) by x_i A, x_i its row of the posterior's ``features`` (an unknown
+    id's by the mean row's); None: none."""
 
     mean: jax.Array
     cov: jax.Array
     bias_var: jax.Array
+    attributes: jax.Array | None = None
 
 
 class Posterior(NamedTuple):
@@ -60,6 +69,8 @@ class Posterior(NamedTuple):
         None: cold rows fall back to biases and mu (`probmf.model.predict_with_fallback`).
       seen: (users (N,), items (M,)) bool, the rows with a training rating; the others are
         predicted as cold. None: every row in range is seen.
+      features: (users', items') attribute matrices X (N, G) of the priors' ``attributes``, each
+        as its nonzeros (rows, cols, values) or None; None: no attributes.
     """
 
     draws: MFParams
@@ -67,6 +78,7 @@ class Posterior(NamedTuple):
     levels: jax.Array | None = None
     priors: tuple[RowPrior, RowPrior] | None = None
     seen: tuple[jax.Array, jax.Array] | None = None
+    features: tuple | None = None
 
     @property
     def num_samples(self) -> int:
@@ -90,7 +102,8 @@ class Posterior(NamedTuple):
 def _predictive(posterior: Posterior, users, items):
     def step(moments, draw):
         params, tau, priors = draw
-        pred, var = draw_predictive(params, tau, users, items, priors, posterior.seen, posterior.levels)
+        pred, var = draw_predictive(params, tau, users, items, priors, posterior.seen, posterior.levels,
+                                    posterior.features)  # fmt: skip
         return moments_update(moments, pred, var), None
 
     draws = (posterior.draws, posterior.tau, posterior.priors)
@@ -115,7 +128,7 @@ def known_rows(index: jax.Array, size: int, seen: jax.Array | None = None) -> ja
 
 def draw_predictive(
     params: MFParams, tau, users: jax.Array, items: jax.Array, priors: tuple | None = None, seen: tuple | None = None,
-    levels: jax.Array | None = None,
+    levels: jax.Array | None = None, features: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Mean and variance (P,) of the rating predictive under ONE draw (``params`` unbatched,
     ``tau`` (), ``priors`` the draw's (users', items') `RowPrior` without the S axis, or None).
@@ -123,7 +136,9 @@ def draw_predictive(
     Known pairs: N(w_i.u_j + b_i + c_j + mu, 1/tau). A cold row (out of range, or not in
     ``seen``) has its vector and bias integrated out under its prior (module docstring);
     with ``priors`` None it falls back to a zero vector and bias, as
-    `probmf.model.predict_with_fallback` does.
+    `probmf.model.predict_with_fallback` does. ``features``: `Posterior.features`, which
+    with the priors' ``attributes`` shift a cold row's prior mean by x_i A (an unknown id's
+    by xbar A, the mean row's).
     With ``levels`` the moments are those of the rounded latent (`rounded_moments`).
     """
     W, U, b, c, mu = params
@@ -132,9 +147,12 @@ def draw_predictive(
     # Gather at a safe index, then replace: never rely on JAX's clamping.
     u, i = jnp.where(known_u, users, 0), jnp.where(known_i, items, 0)
     prior_u, prior_i = priors if priors is not None else (None, None)
-    w = jnp.where(known_u[:, None], W[u], 0.0 if prior_u is None else prior_u.mean)
-    v = jnp.where(known_i[:, None], U[i], 0.0 if prior_i is None else prior_i.mean)
-    pred = jnp.sum(w * v, axis=-1) + jnp.where(known_u, b[u], 0.0) + jnp.where(known_i, c[i], 0.0) + mu
+    x_u, x_i = features if features is not None else (None, None)
+    mean_u, bias_u = _cold_mean(prior_u, x_u, users, W.shape[0])
+    mean_i, bias_i = _cold_mean(prior_i, x_i, items, U.shape[0])
+    w = jnp.where(known_u[:, None], W[u], mean_u)
+    v = jnp.where(known_i[:, None], U[i], mean_i)
+    pred = jnp.sum(w * v, axis=-1) + jnp.where(known_u, b[u], bias_u) + jnp.where(known_i, c[i], bias_i) + mu
     var = 1.0 / tau
     if priors is not None:
         # Var[w.v + bias] of a cold row given the other side: v^T S v + bias variance; both
@@ -147,6 +165,22 @@ def draw_predictive(
     if levels is None:
         return pred, jnp.broadcast_to(var, pred.shape)
     return rounded_moments(pred, 1.0 / var, levels)
+
+
+def _cold_mean(prior: RowPrior | None, X: tuple | None, index: jax.Array, size: int):
+    """(vector (k,) or (P, k), bias () or (P,)): the prior mean of the rows ``index`` (P,) were
+    they cold: [m; 0], plus, with the prior's ``attributes`` A (G, k+1) and X (rows, cols,
+    values) (size, G), x_i A for a row in [0, size) and xbar A (X's mean row) for an unknown
+    id; zeros without a prior."""
+    if prior is None:
+        return 0.0, 0.0
+    if prior.attributes is None or X is None:
+        return prior.mean, 0.0
+    rows, cols, values = X
+    XA = jax.ops.segment_sum(values[:, None] * prior.attributes[cols], rows, size)  # (size, k+1)
+    inside = (index >= 0) & (index < size)
+    shift = jnp.where(inside[:, None], XA[jnp.where(inside, index, 0)], jnp.mean(XA, axis=0))
+    return prior.mean + shift[:, :-1], shift[:, -1]
 
 
 def rounded_moments(pred: jax.Array, tau: jax.Array, levels: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -117,7 +117,7 @@ def score_user(model: FittedModel, user: int, rng_key=None):
         return np.asarray(mean), np.asarray(sd), None
     s = _draw_index(rng_key, posterior.num_samples)
     params, tau, priors = jax.tree.map(lambda a: a[s], (posterior.draws, posterior.tau, posterior.priors))
-    draw = draw_predictive(params, tau, users, items, priors, posterior.seen)[0]
+    draw = draw_predictive(params, tau, users, items, priors, posterior.seen, features=posterior.features)[0]
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 

@@ -327,10 +327,11 @@ def test_implicit_rejects_sides_too_large_for_the_exact_draw():
         fit_gibbs(jax.random.PRNGKey(0), wide, rank=2, implicit=True)
 
 
-def _prior_draws(rng, num, hyper, k, F_users, F_items):
-    """``num`` independent draws of every parameter of the implicit-feedback model from its
-    prior (numpy, leading axis ``num``): (W, b, U, c, tau, users' and items' hyper-parameters
-    (Lam, mu, lam_b, c, Y))."""
+def _prior_draws(rng, num, hyper, k, F_users, F_items, X_users=None, X_items=None):
+    """``num`` independent draws of every parameter of the implicit-feedback model (with
+    attribute matrices X: and side information) from its prior (numpy, leading axis ``num``):
+    (W, b, U, c, tau, users' and items' hyper-parameters (Lam, mu, lam_b, c, Y, c_A, A), the
+    last two None without X)."""
     from scipy.stats import wishart
 
     def gaussian(prec, shape):  # draws ~ N(0, prec^-1), prec (num, d, d), shape (num, ..., d)
@@ -338,7 +339,7 @@ def _prior_draws(rng, num, hyper, k, F_users, F_items):
         z = rng.standard_normal(shape)[..., None]
         return np.linalg.solve(np.swapaxes(L, -1, -2), z)[..., 0]
 
-    def side(F):
+    def side(F, X):
         n, C = F.shape
         lam = wishart(df=k + hyper.nu0_extra, scale=np.eye(k)).rvs(size=num, random_state=rng).reshape(num, k, k)
         mu = gaussian(hyper.beta0 * lam, (num, 1, k))[:, 0]
@@ -347,35 +348,53 @@ def _prior_draws(rng, num, hyper, k, F_users, F_items):
         P[:, :k, :k], P[:, k, k] = lam, lam_b
         scale = rng.gamma(hyper.a_implicit, 1.0 / hyper.b_implicit, num)
         Y = gaussian(scale[:, None, None] * P, (num, C, k + 1))
-        X = np.concatenate([mu, np.zeros((num, 1))], 1)[:, None] + F @ Y + gaussian(P, (num, n, k + 1))
-        return X, (lam, mu, lam_b, scale, Y)
+        rows = np.concatenate([mu, np.zeros((num, 1))], 1)[:, None] + F @ Y + gaussian(P, (num, n, k + 1))
+        scale_a = A = None
+        if X is not None:
+            scale_a = rng.gamma(hyper.a_features, 1.0 / hyper.b_features, num)
+            A = gaussian(scale_a[:, None, None] * P, (num, X.shape[1], k + 1))
+            rows = rows + X @ A
+        return rows, (lam, mu, lam_b, scale, Y, scale_a, A)
 
-    (Xw, hw), (Xu, hu) = side(F_users), side(F_items)
+    (Xw, hw), (Xu, hu) = side(F_users, X_users), side(F_items, X_items)
     tau = rng.gamma(hyper.a_tau, 1.0 / hyper.b_tau, num)
     return Xw[..., :k], Xw[..., k], Xu[..., :k], Xu[..., k], tau, hw, hu
 
 
-def _stats(W, b, U, c, tau, hw, hu, implicit=True):
+def _stats(W, b, U, c, tau, hw, hu, implicit=True, features=False):
     """The scalar functions of the parameters compared between the two simulators (any
-    leading axes); the implicit vectors and their scales only with ``implicit``."""
+    leading axes); the implicit vectors and their scales only with ``implicit``, the
+    attribute vectors and theirs only with ``features``."""
     log = np.log if isinstance(tau, np.ndarray) else jnp.log
     out = [log(tau), log(hw[2]), log(hw[0][..., 0, 0]), hw[0][..., 0, 1], hw[1][..., 0], W[..., 0, 0], b[..., 0],
            log(hu[2]), U[..., 1, 1], c[..., 2]]  # fmt: skip
     if implicit:
         out += [log(hw[3]), hw[4][..., 0, 0], hw[4][..., 1, 2], log(hu[3]), hu[4][..., 0, 1]]
+    if features:
+        out += [log(hw[5]), hw[6][..., 0, 0], hw[6][..., 2, 2], hw[6][..., 1, 0], log(hu[5]), hu[6][..., 1, 1]]
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("implicit", [False, True])
-def test_sampler_passes_geweke_successive_conditional_test(implicit):
+@pytest.mark.parametrize("implicit, features", [(False, False), (True, False), (True, True)])
+def test_sampler_passes_geweke_successive_conditional_test(implicit, features):
     """Geweke (2004): alternately drawing ratings | parameters and one sweep of parameters |
-    ratings (BPMF, or with implicit feedback) leaves the prior invariant, so every statistic's
-    mean along that chain equals its prior mean; a wrong conditional anywhere in the sweep (a
-    scale, a degree of freedom, a prior mean) moves some of them. Tight hyper-priors keep
-    float32 away from heavy tails."""
+    ratings (BPMF, with implicit feedback, and with side information too) leaves the prior
+    invariant, so every statistic's mean along that chain equals its prior mean; a wrong
+    conditional anywhere in the sweep (a scale, a degree of freedom, a prior mean) moves some
+    of them. Tight hyper-priors keep float32 away from heavy tails."""
+    import scipy.sparse as sp
+
     from probmf.data.ratings import IdMap, Ratings
-    from probmf.fitters.gibbs import GibbsState, ImplicitSide, gibbs_sweep, implicit_operators, with_values
+    from probmf.fitters.gibbs import (
+        FeatureSide,
+        GibbsState,
+        ImplicitSide,
+        feature_operator,
+        gibbs_sweep,
+        implicit_operators,
+        with_values,
+    )
     from probmf.model import MFParams, predict
     from probmf.objectives import Hyperpriors
 
@@ -385,22 +404,30 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit):
     ratings = Ratings(users, items, np.zeros(users.size), IdMap.identity(n_users), IdMap.identity(n_items))
     # Precisions around 2.5-4, not 1, so that a wrong power (c for sqrt(c)) would show.
     hyper = Hyperpriors(beta0=2.0, nu0_extra=4.0, a_tau=10.0, b_tau=4.0, a_bias=10.0, b_bias=3.0,
-                        a_implicit=10.0, b_implicit=2.5)  # fmt: skip
+                        a_implicit=10.0, b_implicit=2.5, a_features=8.0, b_features=3.0)  # fmt: skip
     ops = implicit_operators(ratings) if implicit else None
     F_users, F_items = np.zeros((n_users, n_items)), np.zeros((n_items, n_users))
     if implicit:  # else F = 0: the implicit vectors are drawn but never enter the model
         F_users[users, items] = 1.0 / np.sqrt(np.bincount(users)[users])
         F_items[items, users] = 1.0 / np.sqrt(np.bincount(items)[items])
 
-    prior = np.stack(_stats(*_prior_draws(np.random.default_rng(0), 100_000, hyper, k, F_users, F_items), implicit), 1)
+    # Attributes: a zero row, one-hots and a numeric column.
+    X_users = np.array([[1.0, 0, 0.5], [0, 1, -1.0], [0, 0, 0], [1, 0, 1.5], [0, 1, 0.2], [1, 0, -0.7]])
+    X_items = np.array([[1.0, 0.3], [0, -1.2], [1, 0], [0, 0], [1, 0.8]])
+    X = (X_users, X_items) if features else (None, None)
+    fops = tuple(feature_operator(sp.csr_matrix(x)) for x in X) if features else None
+
+    stats = _stats(*_prior_draws(np.random.default_rng(0), 100_000, hyper, k, F_users, F_items, *X), implicit, features)
+    prior = np.stack(stats, 1)
 
     W, b, U, c, tau, hw, hu = jax.tree.map(lambda a: a[0], _prior_draws(np.random.default_rng(1), 1, hyper, k,
-                                                                          F_users, F_items))  # fmt: skip
+                                                                          F_users, F_items, *X))  # fmt: skip
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     sides = (ImplicitSide(f32(hw[4]), f32(hw[3])), ImplicitSide(f32(hu[4]), f32(hu[3]))) if implicit else None
+    feats = (FeatureSide(f32(hw[6]), f32(hw[5])), FeatureSide(f32(hu[6]), f32(hu[5]))) if features else None
     state = GibbsState(
         MFParams(f32(W), f32(U), f32(b), f32(c), jnp.float32(0.0)), f32(tau), f32(hw[1]), f32(hw[0]), f32(hu[1]),
-        f32(hu[0]), f32(hw[2]), f32(hu[2]), sides,
+        f32(hu[0]), f32(hw[2]), f32(hu[2]), sides, feats,
     )  # fmt: skip
     data = encode(ratings, with_slots=True)
     u, i = jnp.asarray(users), jnp.asarray(items)
@@ -412,11 +439,12 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit):
             key_y, key_sweep = jax.random.split(jax.random.fold_in(key, s))
             y = predict(state.params, u, i) + jax.random.normal(key_y, u.shape) / jnp.sqrt(state.tau)
             data = with_values(data, y)
-            state, _ = gibbs_sweep(key_sweep, state, data, hyper, ops=ops)
+            state, _ = gibbs_sweep(key_sweep, state, data, hyper, ops=ops, feature_ops=fops)
             (sw, su), p = state.implicit or (ImplicitSide(None, None),) * 2, state.params
-            hw = (state.lam_w, state.mu_w, state.lam_b, sw.c, sw.Y)
-            hu = (state.lam_u, state.mu_u, state.lam_c, su.c, su.Y)
-            return (state, data), jnp.stack(_stats(p.W, p.b, p.U, p.c, state.tau, hw, hu, implicit))
+            fw, fu = state.features or (FeatureSide(None, None),) * 2
+            hw = (state.lam_w, state.mu_w, state.lam_b, sw.c, sw.Y, fw.c, fw.A)
+            hu = (state.lam_u, state.mu_u, state.lam_c, su.c, su.Y, fu.c, fu.A)
+            return (state, data), jnp.stack(_stats(p.W, p.b, p.U, p.c, state.tau, hw, hu, implicit, features))
 
         return lax.scan(step, (state, data), jnp.arange(20_000))[1]
 

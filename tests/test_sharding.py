@@ -1,4 +1,5 @@
-"""Row-sharded ALS and Gibbs (also with implicit feedback) across 4 forced host devices equal their single-device runs.
+"""Row-sharded ALS and Gibbs (also with implicit feedback and side information) across 4 forced host devices
+equal their single-device runs.
 
 JAX fixes its device count at start-up, so the comparison runs in a subprocess started
 with XLA_FLAGS=--xla_force_host_platform_device_count=4. It uses the no-LAPACK solvers
@@ -26,6 +27,8 @@ from probmf.fitters.als import fit_als
 from probmf.fitters.gibbs import fit_gibbs
 
 train, test = synthetic_preset("tiny")
+X_users = np.eye(3)[np.arange(train.num_users) % 3]  # a 3-level attribute
+X_items = np.random.default_rng(0).standard_normal((train.num_items, 2))
 out = {"devices": len(jax.devices())}
 for name, fit in {
     "als": lambda d: fit_als(jax.random.PRNGKey(0), train, rank=3, num_sweeps=6, solver="cg", devices=d).params,
@@ -33,6 +36,9 @@ for name, fit in {
                                  devices=d).posterior,
     "gibbs_implicit": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8,
                                           linalg="jax", implicit=True, devices=d).posterior,
+    "gibbs_features": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8,
+                                          linalg="jax", implicit=True, user_features=X_users,
+                                          item_features=X_items, devices=d).posterior,
 }.items():
     one, four = fit(1), fit(4)
     out[name] = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
@@ -56,6 +62,7 @@ def test_row_sharded_fits_equal_single_device_fits():
     assert out["als"] == 0.0, out
     assert out["gibbs"] < 1e-5, out
     assert out["gibbs_implicit"] < 1e-5, out
+    assert out["gibbs_features"] < 1e-5, out
 
 
 def test_more_devices_than_jax_sees_is_a_clear_error():

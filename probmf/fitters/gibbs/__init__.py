@@ -4,6 +4,8 @@ Model: r_ij ~ N(w_i.u_j + b_i + c_j + mu, 1/tau), tau ~ Gamma(a_tau, b_tau);
 w_i ~ N(mu_w, Lam_w^-1) with (mu_w, Lam_w) ~ Normal-Wishart(mu0 = 0, beta0, W0 = I, nu0 = k),
 u_j likewise with its own hyper-parameters; b_i ~ N(0, 1/lam_b), c_j ~ N(0, 1/lam_c) with
 lam_b, lam_c ~ Gamma(a_bias, b_bias); mu fixed at the training mean.
+With implicit feedback and/or side information each row's prior mean gains F_i Y and/or
+X_i A (the items a user rated; the user's known attributes), items likewise.
 
 Every conditional is conjugate, so a sweep draws each block exactly. The modules:
   `kernel`    the sampler's state and one sweep: Normal-Wishart and Gamma hyper-parameter
@@ -12,6 +14,8 @@ Every conditional is conjugate, so a sweep draws each block exactly. The modules
               ratings drawn from truncated normals each sweep;
   `implicit`  implicit feedback, ``implicit=True`` (SVD++ in both directions): per-row prior
               means F Y and the exact draw of Y;
+  `features`  side information, ``user_features=``/``item_features=``: attribute matrices X
+              whose vectors A are drawn as Y is; cold rows predicted from their attributes;
   `chain`     the driver: `fit_gibbs`, checkpointed chunks of sweeps (`gibbs_chunk`), the kept
               draws and/or running predictive moments (`GibbsResult`).
 A chain depends only on (key, sweep, row), whatever the blocks, devices or checkpoint chunks.
@@ -28,6 +32,7 @@ from probmf.fitters.gibbs.chain import (
     init_chain,
     prepare_gibbs,
 )
+from probmf.fitters.gibbs.features import FeatureSide, feature_matrix, feature_operator, feature_operators
 from probmf.fitters.gibbs.implicit import (
     MAX_IMPLICIT_COLUMNS,
     ImplicitOperator,
@@ -62,6 +67,7 @@ __all__ = [
     "GibbsInfo",
     "GibbsResult",
     "GibbsState",
+    "FeatureSide",
     "ImplicitOperator",
     "ImplicitSide",
     "Latent",
@@ -70,6 +76,9 @@ __all__ = [
     "fit_gibbs",
     "prepare_gibbs",
     "GibbsConfig",
+    "feature_matrix",
+    "feature_operator",
+    "feature_operators",
     "gibbs_chunk",
     "gibbs_sweep",
     "implicit_operator",

@@ -7,7 +7,8 @@ Kept draws are stored in full (`Posterior`) and/or, for test pairs known at fit 
 running moments of the predictive (`PredictiveSummary`), which never stores a draw. Each
 kept draw also keeps its cold-row priors, N(mu_w, Lam_w^-1) and N(0, 1/lam_b) (items
 likewise), so a user or item with no training rating is predicted under that draw's prior
-(`probmf.posterior.draw_predictive`), never as a zero vector.
+(`probmf.posterior.draw_predictive`), never as a zero vector; with side information that
+prior's mean is m + x_i A, the row's attributes (`probmf.fitters.gibbs.features`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from probmf.checkpoint import fit_checkpoint
+from probmf.checkpoint import fit_checkpoint, matrix_digest
+from probmf.data.features import FeatureTable
 from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, encode, layout_for_rank
 from probmf.fitters.als import fit_als
+from probmf.fitters.gibbs.features import feature_matrix, feature_operators, features_of, side_matrix
 from probmf.fitters.gibbs.implicit import implicit_operators
 from probmf.fitters.gibbs.kernel import GibbsInfo, GibbsState, gibbs_sweep, init_state, row_priors
 from probmf.fitters.gibbs.rounded import Latent, rounding_intervals
@@ -101,16 +104,20 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
 @functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "impl"))
 def gibbs_chunk(
     rng_key, chain: GibbsChain, data: Encoded, hyperpriors: Hyperpriors, pairs, first, latent=None, levels=None,
-    ops=None, seen=None, *, num, num_warmup, thin, impl="lapack",
+    ops=None, seen=None, feature_ops=None, *, num, num_warmup, thin, impl="lapack",
 ) -> GibbsChain:  # fmt: skip
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
     then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
     (users (P,), items (P,)) of the summary, or None; ``latent``, ``levels``: the rounded
-    likelihood's `Latent` and rating levels (None: Gaussian); ``seen``: (users (N,), items
-    (M,)) bool rows with training ratings (the others are cold in the summary)."""
+    likelihood's `Latent` and rating levels (None: Gaussian); ``ops``, ``feature_ops``: the
+    implicit and attribute operators (`gibbs_sweep`); ``seen``: (users (N,), items (M,))
+    bool rows with training ratings (the others are cold in the summary)."""
+    features = features_of(feature_ops)
 
     def sweep(chain: GibbsChain, s):
-        state, info = gibbs_sweep(jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, impl, latent, ops)
+        state, info = gibbs_sweep(
+            jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, impl, latent, ops, feature_ops
+        )
         after = s - num_warmup
         kept = (after >= 0) & ((after + 1) % thin == 0)
         draws, moments = chain.draws, chain.moments
@@ -121,7 +128,7 @@ def gibbs_chunk(
             draw = Posterior(state.params, state.tau, priors=priors)
             draws = jax.tree.map(lambda d, x: lax.dynamic_update_index_in_dim(d, x, slot, 0), draws, draw)
         if moments is not None:
-            pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels)
+            pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels, features)
             moments = moments_update(moments, pred, var, kept.astype(jnp.float32))
         trace = jax.tree.map(lambda t, v: t.at[s].set(v), chain.trace, info)
         return GibbsChain(state, draws, moments, trace), None
@@ -132,7 +139,7 @@ def gibbs_chunk(
 class GibbsConfig(NamedTuple):
     """The Gibbs sampler's options (`fit_gibbs` documents each); ``num_warmup`` and
     ``num_samples`` None are 50 and 200, or 200 and 800 with ``implicit`` (`validate` fills
-    them in)."""
+    them in); ``user_features``, ``item_features``: scipy.sparse CSR once validated."""
 
     rank: int = 10
     num_warmup: int | None = None
@@ -141,18 +148,24 @@ class GibbsConfig(NamedTuple):
     init_sweeps: int = 10
     likelihood: str = "gaussian"
     implicit: bool = False
+    user_features: object = None
+    item_features: object = None
     keep_draws: bool = True
     predict_pairs: tuple | None = None
     linalg: str = "lapack"
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
-        """The config with its defaults filled in and ``predict_pairs`` as int32 arrays, or a
-        ValueError naming the bad option."""
+        """The config with its defaults filled in, ``predict_pairs`` as int32 arrays and the
+        attribute matrices as canonical CSR (`probmf.fitters.gibbs.features.feature_matrix`),
+        or a ValueError naming the bad option. (Their rows are checked against the training
+        data in `prepare_gibbs`.)"""
         pairs = self.predict_pairs
         c = self._replace(
             num_warmup=(200 if self.implicit else 50) if self.num_warmup is None else self.num_warmup,
             num_samples=(800 if self.implicit else 200) if self.num_samples is None else self.num_samples,
             predict_pairs=None if pairs is None else tuple(jnp.asarray(a, jnp.int32) for a in pairs),
+            user_features=_checked(self.user_features, "user"),
+            item_features=_checked(self.item_features, "item"),
         )
         for name, v, low in (("rank", c.rank, 1), ("num_samples", c.num_samples, 1), ("thin", c.thin, 1),
                              ("num_warmup", c.num_warmup, 0), ("init_sweeps", c.init_sweeps, 1),
@@ -172,15 +185,26 @@ class GibbsConfig(NamedTuple):
         return c
 
 
+def _checked(X, side: str):
+    """An attribute matrix checked now; a `FeatureTable` (raw ids) is aligned with the
+    training id map, and checked, in `prepare_gibbs`."""
+    return X if X is None or isinstance(X, FeatureTable) else feature_matrix(X, side)
+
+
 def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The Gibbs `Program`: the ALS start, the encoded data and the chain (`GibbsChain`);
     a chunk runs `gibbs_chunk`; it finishes as the `GibbsResult`. ``config`` must be
     validated (`GibbsConfig.validate`)."""
-    c = config
+    c = config._replace(
+        user_features=side_matrix(config.user_features, train.user_ids, "user"),
+        item_features=side_matrix(config.item_features, train.item_ids, "item"),
+    )
     pairs = c.predict_pairs
     mesh = device_mesh(check_devices(run.devices))
-    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw.
+    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw
+    # and attribute matrices of the wrong size.
     ops = implicit_operators(train) if c.implicit else None
+    feature_ops = feature_operators(c.user_features, c.item_features, train)
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if c.linalg == "jax" else "auto"
@@ -193,23 +217,31 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
         latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
     mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
     total = c.num_warmup + c.num_samples * c.thin
+    widths = None if feature_ops is None else tuple(None if op is None else op.vals.shape[0] for op in feature_ops)
     chain = init_chain(
-        init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit), total, c.num_samples, c.keep_draws,
+        init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths), total, c.num_samples, c.keep_draws,
         None if pairs is None else pairs[0].shape[0],
     )  # fmt: skip
     seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
 
     def run_chunk(chain, first, num):
-        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, num=num,
-                           num_warmup=c.num_warmup, thin=c.thin, impl=c.linalg)  # fmt: skip
+        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, feature_ops,
+                           num=num, num_warmup=c.num_warmup, thin=c.thin, impl=c.linalg)  # fmt: skip
 
     def finish(chain: GibbsChain) -> GibbsResult:
         summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
-        draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen)
+        features = features_of(feature_ops)
+        draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen, features=features)
         return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank))
 
     options = {**c._asdict(), "devices": run.devices}
     summary_pairs = options.pop("predict_pairs") or ()
+    # A matrix enters the checkpoint's fingerprint as its digest; none leaves the options as
+    # they were before side information, so older checkpoints still resume.
+    for name in ("user_features", "item_features"):
+        matrix = options.pop(name)
+        if matrix is not None:
+            options[name] = matrix_digest(matrix)
     ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "gibbs", rng_key, train, options, *summary_pairs)
     return Program(chain, run_chunk, finish, total, desc="Gibbs sweeps", checkpoint=ckpt)
 
@@ -225,6 +257,8 @@ def fit_gibbs(
     init_sweeps: int = 10,
     likelihood: str = "gaussian",
     implicit: bool = False,
+    user_features=None,
+    item_features=None,
     keep_draws: bool = True,
     predict_pairs: tuple | None = None,
     linalg: str = "lapack",
@@ -246,6 +280,11 @@ def fit_gibbs(
       implicit: implicit feedback in both directions (SVD++-like; see `probmf.fitters.gibbs.implicit`):
         which items each user rated, and which users rated each item, in ``train``. Needs
         at most `MAX_IMPLICIT_COLUMNS` users and items.
+      user_features, item_features: side information (see `probmf.fitters.gibbs.features`),
+        a scipy.sparse or dense float matrix (num_users, G_u) / (num_items, G_i) of known
+        attributes (one-hots, multi-hots, standardised numerics), row i for dense index i of
+        ``train``'s id map (zero rows allowed); each row's prior mean gains x_i A, and a row
+        with no training rating is predicted from its attributes. None: none.
       keep_draws: store every kept draw (S x (N + M)(k + 1) floats); False keeps only the
         running predictive moments at ``predict_pairs``, for data whose draws would not fit.
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean
@@ -259,6 +298,6 @@ def fit_gibbs(
       average over the draws (or read the summary).
     """
     run = RunOptions(devices, checkpoint, checkpoint_every)
-    config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, keep_draws,
-                         predict_pairs, linalg).validate(run)  # fmt: skip
+    config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, user_features,
+                         item_features, keep_draws, predict_pairs, linalg).validate(run)  # fmt: skip
     return run_program(prepare_gibbs(rng_key, train, config, run))

@@ -14,7 +14,9 @@ do the same with their raters. The kept draws store the combined vectors, so pre
 unchanged.
 
 This module holds F (`ImplicitOperator`, built on the host), each side's implicit
-parameters (`ImplicitSide`) and the exact draw of Y.
+parameters (`ImplicitSide`) and the exact draw of Y. Side information
+(`probmf.fitters.gibbs.features`) is a second term of the same form, X A, whose operator
+and draw are these.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from probmf.linalg import cholesky, solve_lower
 
 
 class ImplicitOperator(NamedTuple):
-    """F (N, C) with F_ij = |N(i)|^-1/2 for the columns j in row i's training set N(i), as
-    its nonzeros (rows, cols, weights (n,)), and the eigendecomposition F^T F = V diag(D) V^T
-    (V (C, C), D (C,)) that makes the implicit draw exact for any c."""
+    """A sparse F (N, C) as its nonzeros (rows, cols, weights (n,)), with the
+    eigendecomposition F^T F = V diag(D) V^T (V (C, C), D (C,)) that makes the draw of the
+    vectors it weighs exact for any c (`sample_implicit`). For implicit feedback F_ij =
+    |N(i)|^-1/2 on row i's training set N(i); for side information F is an attribute matrix X
+    (`probmf.fitters.gibbs.features`)."""
 
     rows: jax.Array
     cols: jax.Array
@@ -55,15 +59,20 @@ class ImplicitOperator(NamedTuple):
 MAX_IMPLICIT_COLUMNS = 12_000
 
 
-def implicit_operator(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> ImplicitOperator:
-    """The `ImplicitOperator` of the training pairs (rows[t], cols[t]) (one per rating)."""
+def implicit_operator(
+    rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, weights: np.ndarray | None = None
+) -> ImplicitOperator:
+    """The `ImplicitOperator` of F with nonzeros F[rows[t], cols[t]] = weights[t] (distinct
+    pairs); ``weights`` None: implicit feedback's |N(i)|^-1/2, for the training pairs (one per
+    rating)."""
     if num_cols > MAX_IMPLICIT_COLUMNS:
         raise ValueError(
             f"implicit feedback draws exactly through a {num_cols} x {num_cols} eigendecomposition; "
             f"it supports at most {MAX_IMPLICIT_COLUMNS} users and items"
         )
-    counts = np.bincount(rows, minlength=num_rows).astype(np.float64)
-    weights = 1.0 / np.sqrt(counts[rows])
+    if weights is None:
+        counts = np.bincount(rows, minlength=num_rows).astype(np.float64)
+        weights = 1.0 / np.sqrt(counts[rows])
     F = sp.csr_matrix((weights, (rows, cols)), shape=(num_rows, num_cols))
     vals, vecs = np.linalg.eigh((F.T @ F).toarray())
     return ImplicitOperator(

@@ -12,19 +12,23 @@ z ~ N(0, I), with A = L L^T: one batched Cholesky and two triangular solves per 
 Row i's noise z_i is row i of one (N, k+1) normal draw, so a sweep is the same whatever
 the blocks or the number of devices (rows split as in ALS).
 
-With implicit feedback (`probmf.fitters.gibbs.implicit`) each side's hyper-parameter block
-also draws its implicit vectors and the rows' prior means change; with the rounded
-likelihood (`probmf.fitters.gibbs.rounded`) a sweep first draws the latent ratings.
+With implicit feedback (`probmf.fitters.gibbs.implicit`) or side information
+(`probmf.fitters.gibbs.features`) each side's hyper-parameter block also draws its implicit
+or attribute vectors and the rows' prior means change; with the rounded likelihood
+(`probmf.fitters.gibbs.rounded`) a sweep first draws the latent ratings.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from probmf.encoding import Encoded
+from probmf.fitters.gibbs.features import FeatureSide
 from probmf.fitters.gibbs.implicit import ImplicitOperator, ImplicitSide, sample_implicit
 from probmf.fitters.gibbs.rounded import Latent, _sample_latent
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
@@ -46,6 +50,7 @@ class GibbsState(NamedTuple):
     lam_b: jax.Array  # () precision of the user biases
     lam_c: jax.Array  # () precision of the item biases
     implicit: tuple | None = None  # (users', items') `ImplicitSide` with implicit feedback, else None
+    features: tuple | None = None  # (users', items') `FeatureSide` (or None) with side information, else None
 
 
 class GibbsInfo(NamedTuple):
@@ -115,59 +120,100 @@ def _block_prior(lam_factor, mu_factor, lam_bias):
     return P, jnp.concatenate([mu_factor, jnp.zeros((1,))])
 
 
-def _side_prior(keys, X, xb, side: ImplicitSide | None, op: ImplicitOperator | None, hyperpriors: Hyperpriors, impl):
-    """Draw one side's hyper-parameters (and implicit vectors) given its rows [X, xb] (N, k+1).
+class _Term(NamedTuple):
+    """One linear term F Z of a side's prior means: its key, operator F, parameters (Z, c) (an
+    `ImplicitSide` or `FeatureSide`) and the Gamma(shape, rate) hyper-prior of c."""
 
-    Without implicit feedback: (mu, Lam) Normal-Wishart and lam_b Gamma, as in BPMF. With it,
-    row i's prior mean is m + F_i Y (m = [mu; 0]) and Y's rows are N(0, (c P)^-1), P =
-    blockdiag(Lam, lam_b): in turn (mu, Lam) | rows - F Y, Y; lam_b likewise; Y | rows, m,
-    P, c (`sample_implicit`); c | Y, P (Gamma). ``keys``: (Normal-Wishart, lam_b, implicit).
-    Returns (mu, Lam, lam_b, the rows' prior means (k+1,) or (N, k+1), new side).
+    key: jax.Array
+    op: ImplicitOperator
+    side: tuple
+    shape: float
+    rate: float
+
+
+def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, impl):
+    """Draw one side's hyper-parameters (and the vectors of its linear terms) given its rows
+    [X, xb] (N, k+1).
+
+    Without terms: (mu, Lam) Normal-Wishart and lam_b Gamma, as in BPMF. With them (implicit
+    feedback F Y, side information X A; `_Term`), row i's prior mean is m + sum_t F_t,i Z_t (m =
+    [mu; 0]) and each Z_t's rows are N(0, (c_t P)^-1), P = blockdiag(Lam, lam_b): in turn
+    (mu, Lam) | rows - sum_t F_t Z_t, Z (c_t Z_t^T Z_t join W*^-1, C_t more degrees of freedom);
+    lam_b likewise; then for each term Z_t | rows - m - the other terms, P, c_t
+    (`sample_implicit`) and c_t | Z_t, P (Gamma). ``keys``: (Normal-Wishart, lam_b).
+    Returns (mu, Lam, lam_b, the rows' prior means (k+1,) or (N, k+1), the terms' new sides).
     """
-    key_nw, key_bias, key_implicit = keys
+    key_nw, key_bias = keys
     n, k = X.shape
     nu0 = k + hyperpriors.nu0_extra
-    if side is None:
+    if not terms:
         mu, lam = sample_normal_wishart(key_nw, X, hyperpriors.beta0, nu0, impl)
         lam_b = _sample_gamma(key_bias, hyperpriors.a_bias + n / 2.0, hyperpriors.b_bias + 0.5 * jnp.sum(xb * xb))
-        return mu, lam, lam_b, _block_prior(lam, mu, lam_b)[1], None
-    key_c, key_y = jax.random.split(key_implicit)
+        return mu, lam, lam_b, _block_prior(lam, mu, lam_b)[1], ()
     T = jnp.concatenate([X, xb[:, None]], axis=1)
-    num_cols = side.Y.shape[0]
-    R = T - op.apply(side.Y, n)
-    S = side.c * (side.Y.T @ side.Y)
+    offsets = [t.op.apply(t.side[0], n) for t in terms]
+    num_cols = sum(t.side[0].shape[0] for t in terms)
+    R = T - functools.reduce(operator.add, offsets)
+    S = functools.reduce(operator.add, [t.side[1] * (t.side[0].T @ t.side[0]) for t in terms])
     mu, lam = sample_normal_wishart(key_nw, R[:, :k], hyperpriors.beta0, nu0, impl, extra=(S[:k, :k], num_cols))
     h = hyperpriors
     lam_b = _sample_gamma(key_bias, h.a_bias + (n + num_cols) / 2.0, h.b_bias + 0.5 * (jnp.sum(R[:, k] ** 2) + S[k, k]))
     P, m = _block_prior(lam, mu, lam_b)
-    # Y before c: from the start Y = 0, c | Y would be ~C(k+1)/2 and shrink Y so hard that c
-    # took some 500 sweeps to come down to its posterior (ML-100K).
-    Y = sample_implicit(key_y, T - m, P, side.c, op, impl)
-    quad = jnp.sum((Y @ P) * Y)
-    c = _sample_gamma(key_c, hyperpriors.a_implicit + num_cols * (k + 1) / 2.0, hyperpriors.b_implicit + 0.5 * quad)
-    return mu, lam, lam_b, m + op.apply(Y, n), ImplicitSide(Y, c)
+    sides = []
+    for t, term in enumerate(terms):
+        key_c, key_z = jax.random.split(term.key)
+        resid = T - m
+        for o, offset in enumerate(offsets):  # the other terms at their latest draws
+            if o != t:
+                resid = resid - offset
+        # Z before c: from the start Z = 0, c | Z would be ~C(k+1)/2 and shrink Z so hard that c
+        # took some 500 sweeps to come down to its posterior (implicit feedback, ML-100K).
+        Z = sample_implicit(key_z, resid, P, term.side[1], term.op, impl)
+        quad = jnp.sum((Z @ P) * Z)
+        c = _sample_gamma(key_c, term.shape + Z.shape[0] * (k + 1) / 2.0, term.rate + 0.5 * quad)
+        offsets[t] = term.op.apply(Z, n)
+        sides.append(type(term.side)(Z, c))
+    return mu, lam, lam_b, m + functools.reduce(operator.add, offsets), tuple(sides)
+
+
+def _terms(rng_key, index: int, implicit, implicit_op, features, feature_op, hyperpriors: Hyperpriors) -> tuple:
+    """One side's `_Term`s: implicit feedback's (key fold_in(rng_key, 1 + index)), then side
+    information's (fold_in(rng_key, 3 + index)), each where its operator is given."""
+    h = hyperpriors
+    terms = []
+    if implicit_op is not None:
+        terms.append(_Term(jax.random.fold_in(rng_key, 1 + index), implicit_op, implicit, h.a_implicit, h.b_implicit))
+    if feature_op is not None:
+        terms.append(_Term(jax.random.fold_in(rng_key, 3 + index), feature_op, features, h.a_features, h.b_features))
+    return tuple(terms)
 
 
 def gibbs_sweep(
     rng_key, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, impl: str = "lapack",
-    latent: Latent | None = None, ops: tuple | None = None,
+    latent: Latent | None = None, ops: tuple | None = None, feature_ops: tuple | None = None,
 ) -> tuple[GibbsState, GibbsInfo]:  # fmt: skip
     """One full sweep of the blocked Gibbs sampler (see the module docstring); ``impl``:
     "lapack" or "jax" linear algebra (`probmf.linalg`); ``latent``: the rounded likelihood's
     intervals (None: Gaussian likelihood); ``ops``: the (users', items') `ImplicitOperator`
-    with implicit feedback (``state.implicit`` set), else None."""
+    with implicit feedback (``state.implicit`` set), else None; ``feature_ops``: the
+    (users', items') attribute operators (`probmf.fitters.gibbs.features`; None for a side
+    without) with side information (``state.features`` set), else None."""
     keys = jax.random.split(rng_key, 8)
     if latent is not None:
         data = _sample_latent(keys[7], state.params, state.tau, latent, data)
     W, U, b, c, mu = state.params
     side_w, side_u = state.implicit or (None, None)
     op_w, op_u = ops or (None, None)
-    mu_w, lam_w, lam_b, mean_w, side_w = _side_prior(
-        (keys[0], keys[2], jax.random.fold_in(rng_key, 1)), W, b, side_w, op_w, hyperpriors, impl
-    )
-    mu_u, lam_u, lam_c, mean_u, side_u = _side_prior(
-        (keys[1], keys[3], jax.random.fold_in(rng_key, 2)), U, c, side_u, op_u, hyperpriors, impl
-    )
+    feat_w, feat_u = state.features or (None, None)
+    fop_w, fop_u = feature_ops or (None, None)
+    terms_w = _terms(rng_key, 0, side_w, op_w, feat_w, fop_w, hyperpriors)
+    terms_u = _terms(rng_key, 1, side_u, op_u, feat_u, fop_u, hyperpriors)
+    mu_w, lam_w, lam_b, mean_w, new_w = _side_prior((keys[0], keys[2]), W, b, terms_w, hyperpriors, impl)
+    mu_u, lam_u, lam_c, mean_u, new_u = _side_prior((keys[1], keys[3]), U, c, terms_u, hyperpriors, impl)
+    # A side's new terms come back in `_terms`' order: implicit first, then attributes.
+    new_w, new_u = iter(new_w), iter(new_u)
+    side_w, feat_w = (next(new_w) if op_w is not None else None), (next(new_w) if fop_w is not None else None)
+    side_u, feat_u = (next(new_u) if op_u is not None else None), (next(new_u) if fop_u is not None else None)
     W, b, _ = _sample_rows(keys[4], W, b, U, c, mu, data.by_user, state.tau, _block_prior(lam_w, mu_w, lam_b)[0],
                            mean_w, impl)  # fmt: skip
     U, c, sse = _sample_rows(keys[5], U, c, W, b, mu, data.by_item, state.tau, _block_prior(lam_u, mu_u, lam_c)[0],
@@ -175,7 +221,8 @@ def gibbs_sweep(
     n = jnp.sum(data.by_user.counts)
     tau = _sample_gamma(keys[6], hyperpriors.a_tau + n / 2.0, hyperpriors.b_tau + 0.5 * sse)
     implicit = None if ops is None else (side_w, side_u)
-    state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c, implicit)
+    features = None if feature_ops is None else (feat_w, feat_u)
+    state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c, implicit, features)
     return state, GibbsInfo(tau=tau, train_rmse=jnp.sqrt(sse / n))
 
 
@@ -188,14 +235,20 @@ def row_priors(state: GibbsState, impl: str = "lapack") -> tuple[RowPrior, RowPr
     under Y's prior N(0, (c P)^-1), which adds P^-1 / c to the row's prior covariance (for
     any |N(i)| >= 1, by the normalisation). Without it the cold prior is that of the residual
     w_i alone, which the implicit term has made too narrow (ML-100K cold pairs' 90% coverage
-    0.83)."""
+    0.83).
+
+    With side information a cold row's attributes are known: its prior mean is m + X_i A, so
+    each `RowPrior` also carries the draw's A (``attributes``), which
+    `probmf.posterior.draw_predictive` applies to the row's X (`Posterior.features`)."""
     side_w, side_u = state.implicit or (None, None)
+    feat_w, feat_u = state.features or (None, None)
 
-    def prior(mu, lam, lam_b, side):
+    def prior(mu, lam, lam_b, side, feat):
         scale = 1.0 if side is None else 1.0 + 1.0 / side.c
-        return RowPrior(mu, scale * _spd_inverse(lam, impl), scale / lam_b)
+        return RowPrior(mu, scale * _spd_inverse(lam, impl), scale / lam_b, None if feat is None else feat.A)
 
-    return prior(state.mu_w, state.lam_w, state.lam_b, side_w), prior(state.mu_u, state.lam_u, state.lam_c, side_u)
+    return (prior(state.mu_w, state.lam_w, state.lam_b, side_w, feat_w),
+            prior(state.mu_u, state.lam_u, state.lam_c, side_u, feat_u))  # fmt: skip
 
 
 def _spd_inverse(A: jax.Array, impl: str) -> jax.Array:
@@ -205,11 +258,16 @@ def _spd_inverse(A: jax.Array, impl: str) -> jax.Array:
     return X @ X.T
 
 
-def init_state(params: MFParams, tau, implicit: bool = False) -> GibbsState:
+def init_state(params: MFParams, tau, implicit: bool = False, features: tuple | None = None) -> GibbsState:
     """Start from a point estimate (e.g. ALS's MAP) with unit hyper-precisions (and, with
-    ``implicit``, zero implicit vectors with c = 1)."""
+    ``implicit``, zero implicit vectors with c = 1). ``features``: (users', items') number
+    of attributes G (None for a side without) with side information, whose vectors start
+    at zero with c_A = 1; None: none."""
     n, k = params.W.shape
     m = params.U.shape[0]
     one = jnp.float32(1.0)
     sides = (ImplicitSide(jnp.zeros((m, k + 1)), one), ImplicitSide(jnp.zeros((n, k + 1)), one)) if implicit else None
-    return GibbsState(params, jnp.float32(tau), jnp.zeros(k), jnp.eye(k), jnp.zeros(k), jnp.eye(k), one, one, sides)
+    if features is not None:
+        features = tuple(None if g is None else FeatureSide(jnp.zeros((g, k + 1)), one) for g in features)
+    return GibbsState(params, jnp.float32(tau), jnp.zeros(k), jnp.eye(k), jnp.zeros(k), jnp.eye(k), one, one, sides,
+                      features)  # fmt: skip
