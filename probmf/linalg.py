@@ -1,7 +1,7 @@
 """Batched Cholesky factorisation and triangular solves, with or without LAPACK.
 
-``impl="lapack"`` calls XLA's LAPACK-backed `jnp.linalg.cholesky` and
-`jax.scipy.linalg.solve_triangular`. ``impl="jax"`` runs the textbook algorithms as loops of
+``linalg="lapack"`` calls XLA's LAPACK-backed `jnp.linalg.cholesky` and
+`jax.scipy.linalg.solve_triangular`. ``linalg="jax"`` runs the textbook algorithms as loops of
 batched vector operations, with no custom call at all: some XLA-CPU builds can hang when a
 program holds several batched LAPACK calls or runs them on several forced host devices, and
 for small k the loops are not slower (LAPACK is called once per matrix).
@@ -18,14 +18,14 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-IMPLS = ("lapack", "jax")
+LINALGS = ("lapack", "jax")
 
 
-def cholesky(A: jax.Array, impl: str = "lapack") -> jax.Array:
+def cholesky(A: jax.Array, linalg: str = "lapack") -> jax.Array:
     """Lower-triangular L with L L^T = A for SPD A (..., n, n)."""
-    if impl == "lapack":
+    if linalg == "lapack":
         return jnp.linalg.cholesky(A)
-    _check(impl)
+    _check(linalg)
     n = A.shape[-1]
     idx = jnp.arange(n)
 
@@ -37,11 +37,11 @@ def cholesky(A: jax.Array, impl: str = "lapack") -> jax.Array:
     return lax.fori_loop(0, n, column, jnp.zeros_like(A))
 
 
-def solve_lower(L: jax.Array, b: jax.Array, *, transpose: bool = False, impl: str = "lapack") -> jax.Array:
+def solve_lower(L: jax.Array, b: jax.Array, *, transpose: bool = False, linalg: str = "lapack") -> jax.Array:
     """x with L x = b (``transpose``: L^T x = b); L (..., n, n) lower triangular, b (..., n)."""
-    if impl == "lapack":
+    if linalg == "lapack":
         return solve_triangular(L, b[..., None], lower=True, trans="T" if transpose else "N")[..., 0]
-    _check(impl)
+    _check(linalg)
     n = L.shape[-1]
     diag = jnp.diagonal(L, axis1=-2, axis2=-1)
     # L^T x = b reads L's columns where L x = b reads its rows; both go one unknown at a time.
@@ -62,6 +62,6 @@ def solve_lower(L: jax.Array, b: jax.Array, *, transpose: bool = False, impl: st
 # also updates x into wrong results. tests/test_linalg.py checks large batches.
 
 
-def _check(impl: str) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f"unknown linear-algebra implementation {impl!r}; choose one of {IMPLS}")
+def _check(linalg: str) -> None:
+    if linalg not in LINALGS:
+        raise ValueError(f"unknown linear-algebra implementation {linalg!r}; choose one of {LINALGS}")

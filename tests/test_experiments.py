@@ -216,3 +216,20 @@ def test_factor_rotation_keeps_predictions_and_orders_by_variance():
     np.testing.assert_allclose(s2, s, rtol=1e-8)
     np.testing.assert_allclose(u2, u_rot, atol=1e-8)
     np.testing.assert_allclose(w2, w_rot, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_ml100k_features_smoke_writes_a_row_per_variant_and_fold(tmp_path):
+    """The ablation runs each variant through `evaluate_fold` with its ingredients as options
+    (the attribute tables named in the rows), and its table's mean is the rows' mean."""
+    out_file = tmp_path / "ablation.jsonl"
+    variants = ("implicit", "both", "rounded")
+    lines = _run("ml100k_features.py", "--smoke", "--splits", "u1", "u2", "--variants", *variants,
+                 "--out", str(out_file)).stdout.splitlines()  # fmt: skip
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(r["variant"], r["split"]) for r in rows] == [(v, s) for v in variants for s in ("u1", "u2")]
+    both = [r for r in rows if r["variant"] == "both"]
+    assert both[0]["options"]["user_features"].startswith("smoke users") and both[0]["options"]["implicit"]
+    assert rows[0]["options"]["user_features"] is None and rows[-1]["options"]["likelihood"] == "rounded"
+    table = next(line for line in lines if line.startswith("| both |"))
+    assert f"| {(both[0]['rmse'] + both[1]['rmse']) / 2:.4f} |" in table

@@ -19,8 +19,8 @@ def small():
     return ratings
 
 
-@pytest.mark.parametrize("impl", ["lapack", "jax"])
-def test_row_draws_have_the_conjugate_mean_and_covariance(small, impl):
+@pytest.mark.parametrize("linalg", ["lapack", "jax"])
+def test_row_draws_have_the_conjugate_mean_and_covariance(small, linalg):
     """With the items fixed, user row x_i = [w_i; b_i] ~ N(A^-1 r, A^-1), A = tau G + P, r = tau h + P m."""
     ratings = small
     enc = encode(ratings)
@@ -31,7 +31,7 @@ def test_row_draws_have_the_conjugate_mean_and_covariance(small, impl):
     prior_prec, prior_mean = _block_prior(lam_w, jnp.array([0.2, -0.1]), 4.0)
 
     def draw(key):
-        W, b, _ = _sample_rows(key, p.W, p.b, p.U, p.c, p.mu, enc.by_user, tau, prior_prec, prior_mean, impl)
+        W, b, _ = _sample_rows(key, p.W, p.b, p.U, p.c, p.mu, enc.by_user, tau, prior_prec, prior_mean, linalg)
         return jnp.concatenate([W, b[:, None]], axis=1)
 
     num = 20_000
@@ -55,8 +55,8 @@ def _z_scores(samples: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return (samples.mean(0) - expected) / (samples.std(0) / np.sqrt(samples.shape[0]))
 
 
-@pytest.mark.parametrize("impl, with_extra", [("lapack", False), ("jax", False), ("lapack", True)])
-def test_normal_wishart_draws_match_the_posterior_moments(impl, with_extra):
+@pytest.mark.parametrize("linalg, with_extra", [("lapack", False), ("jax", False), ("lapack", True)])
+def test_normal_wishart_draws_match_the_posterior_moments(linalg, with_extra):
     """Lam ~ Wishart(nu*, W*): E[Lam_ij] = nu* W*_ij, Var(Lam_ij) = nu* (W*_ij^2 + W*_ii W*_jj);
     mu | Lam ~ N(mu*, (beta* Lam)^-1), so E[mu] = mu* and Cov(mu) = W*^-1 / (beta* (nu* - k - 1)).
     ``extra`` (m zero-mean vectors with precision c Lam, scatter S) adds m to nu* and S to W*^-1.
@@ -74,7 +74,7 @@ def test_normal_wishart_draws_match_the_posterior_moments(impl, with_extra):
     extra = (jnp.asarray(S_extra, jnp.float32), m_extra) if with_extra else None
     num = 200_000
     draws = jax.jit(
-        jax.vmap(lambda key: sample_normal_wishart(key, jnp.asarray(X, jnp.float32), beta0, nu0, impl, extra))
+        jax.vmap(lambda key: sample_normal_wishart(key, jnp.asarray(X, jnp.float32), beta0, nu0, linalg, extra))
     )(jax.random.split(jax.random.PRNGKey(0), num))
     mu, lam = (np.asarray(d, np.float64) for d in draws)
     iu = np.triu_indices(k)
@@ -254,8 +254,8 @@ def test_rounded_moments_equal_the_rounded_gaussians_mean_and_variance():
     np.testing.assert_allclose(sd**2, per_draw[:, 0].var() + per_draw[:, 1].mean(), rtol=0, atol=5e-5)
 
 
-@pytest.mark.parametrize("impl", ["lapack", "jax"])
-def test_implicit_draws_are_the_exact_matrix_normal_posterior(impl):
+@pytest.mark.parametrize("linalg", ["lapack", "jax"])
+def test_implicit_draws_are_the_exact_matrix_normal_posterior(linalg):
     """Rows T_i ~ N(A_i Y, P^-1), rows of Y ~ N(0, (c P)^-1): Y | T is matrix normal with
     mean (A^T A + c I)^-1 A^T T and cov(vec Y) = (A^T A + c I)^-1 (x) P^-1 (row-major vec)."""
     from probmf.fitters.gibbs import implicit_operator, sample_implicit
@@ -267,7 +267,7 @@ def test_implicit_draws_are_the_exact_matrix_normal_posterior(impl):
     T = np.random.default_rng(0).standard_normal((n, d))
     P = np.array([[2.0, 0.6], [0.6, 1.0]])
     draw = jax.jit(jax.vmap(lambda key: sample_implicit(key, jnp.asarray(T, jnp.float32), jnp.asarray(P, jnp.float32),
-                                                        jnp.float32(c), op, impl)))  # fmt: skip
+                                                        jnp.float32(c), op, linalg)))  # fmt: skip
     num = 40_000
     Y = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), num)), np.float64).reshape(num, C * d)
     A = np.zeros((n, C))

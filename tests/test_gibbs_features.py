@@ -55,8 +55,8 @@ def _whitened(Z, resid, F, c, P):
     return np.swapaxes(K, 1, 2) @ (Z - M) @ L
 
 
-@pytest.mark.parametrize("impl", ["lapack", "jax"])
-def test_each_term_of_the_side_block_is_drawn_from_its_exact_conditional(impl):
+@pytest.mark.parametrize("linalg", ["lapack", "jax"])
+def test_each_term_of_the_side_block_is_drawn_from_its_exact_conditional(linalg):
     """One side block with implicit feedback and attributes: given what it drew before them
     (mu, Lam, lam_b) and the terms' inputs, Y | T - m - X A_old, P, c_Y and then
     A | T - m - F Y_new, P, c_A are matrix normal with row precision F^T F + c I (X^T X +
@@ -82,7 +82,8 @@ def test_each_term_of_the_side_block_is_drawn_from_its_exact_conditional(impl):
     def block(key):
         key_nw, key_b, key_t = jax.random.split(key, 3)
         terms = _terms(key_t, 0, implicit, op_y, features, op_a, h)
-        mu, lam, lam_b, _, (side_y, side_a) = _side_prior((key_nw, key_b), f32(T[:, :k]), f32(T[:, k]), terms, h, impl)
+        keys = (key_nw, key_b)
+        mu, lam, lam_b, _, (side_y, side_a) = _side_prior(keys, f32(T[:, :k]), f32(T[:, k]), terms, h, linalg)
         return mu, lam, lam_b, side_y.Y, side_y.c, side_a.A, side_a.c
 
     num = 20_000
@@ -337,3 +338,51 @@ def test_planted_group_effects_are_learned_from_the_attributes():
     assert scores["features"]["warm"] < scores["plain"]["warm"] - 0.05, scores
     assert scores["features"]["cold"] < scores["plain"]["cold"] - 0.2, scores
     assert scores["features"]["cold"] < scores["bias_only_cold"] - 0.2, scores
+
+
+def test_a_feature_table_is_aligned_with_the_training_ids(small):
+    """A `FeatureTable` on raw ids becomes the design matrix of the training id map: row d
+    holds the attributes of the raw id at dense index d, an id without a row is a zero row
+    (with a warning), and the options of a row or saved model name the table, not its data."""
+    from probmf.data.features import FeatureTable, MissingFeaturesWarning, from_columns
+    from probmf.fitters.gibbs.features import side_matrix
+    from probmf.fitters.run import plain_options
+
+    id_map = IdMap(np.array([10, 20, 30]))  # dense 0, 1, 2 are raw 10, 20, 30
+    table = from_columns([30, 10, 99], {"group": ["b", "a", "a"]}, source="users.csv")
+    with pytest.warns(MissingFeaturesWarning, match="users.csv"):
+        X = side_matrix(table, id_map, "user")
+    np.testing.assert_array_equal(X.toarray(), [[1, 0], [0, 0], [0, 1]])  # raw 20 has no row
+    assert isinstance(table, FeatureTable) and side_matrix(X, id_map, "user") is X
+    described = plain_options({"user_features": table, "rank": 3})
+    assert described == {"user_features": table.describe(), "rank": 3}
+    assert "users.csv" in json.dumps(described)
+
+
+@pytest.mark.slow
+def test_the_estimator_and_the_cli_take_feature_tables(tmp_path, capsys):
+    """`Recommender` passes a `FeatureTable` to the sampler (raw ids in, raw ids out), and
+    ``probmf evaluate --user-features`` reads one from a file, its row naming the file."""
+    import probmf
+    from probmf.cli import main
+    from probmf.data.features import from_columns
+
+    ratings, _ = synthetic_ratings(num_users=30, num_items=20, num_ratings=300, rank=2, noise=0.5, seed=7)
+    df = ratings.to_dataframe()
+    users = from_columns(np.arange(30), {"g": np.arange(30) % 2})
+    options = {"rank": 2, "num_warmup": 5, "num_samples": 5, "init_sweeps": 2}
+    rec = probmf.Recommender("gibbs", user_features=users, **options).fit(df)
+    pred = rec.predict(df.head(5))
+    assert np.all(np.isfinite(pred["mean"])) and pred["known"].all()
+    assert rec.model_.options["user_features"] == users.describe()
+
+    path = tmp_path / "users.csv"
+    path.write_text("userId,g\n" + "".join(f"{u},{u % 2}\n" for u in range(30)))
+    held = np.random.default_rng(0).random(len(df)) < 0.2
+    df[~held].to_csv(tmp_path / "train.csv", index=False)
+    df[held].to_csv(tmp_path / "test.csv", index=False)
+    files = ["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--user-features", str(path)]
+    args = ["evaluate", *files, "--model", "gibbs", "--rank", "2", "--num-warmup", "5", "--num-samples", "5", "--json"]
+    assert main(args) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "users.csv" in row["options"]["user_features"] and np.isfinite(row["rmse"])

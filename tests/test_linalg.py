@@ -16,28 +16,28 @@ def spd():
     return A, rng.normal(size=(3000, 40, 6))
 
 
-@pytest.mark.parametrize("impl", ["lapack", "jax"])
-def test_cholesky_and_solves_match_numpy(spd, impl):
+@pytest.mark.parametrize("linalg", ["lapack", "jax"])
+def test_cholesky_and_solves_match_numpy(spd, linalg):
     A, B = spd
-    L = cholesky(jnp.asarray(A, jnp.float32), impl)
+    L = cholesky(jnp.asarray(A, jnp.float32), linalg)
     L_ref = np.linalg.cholesky(A)
     np.testing.assert_allclose(np.asarray(L), L_ref, atol=2e-5 * np.abs(L_ref).max())
     b = B[0]
     for transpose in (False, True):
         ref = np.linalg.solve(np.swapaxes(L_ref, 1, 2) if transpose else L_ref, b[..., None])[..., 0]
-        got = solve_lower(L, jnp.asarray(b, jnp.float32), transpose=transpose, impl=impl)
+        got = solve_lower(L, jnp.asarray(b, jnp.float32), transpose=transpose, linalg=linalg)
         np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["lapack", "jax"])
-def test_solves_under_vmap_over_thousands_of_right_hand_sides(spd, impl):
+@pytest.mark.parametrize("linalg", ["lapack", "jax"])
+def test_solves_under_vmap_over_thousands_of_right_hand_sides(spd, linalg):
     """The Gibbs row draws vmap shared factors against many noise vectors; a fused
     multiply-reduce once gave wrong answers at this size (see probmf.linalg)."""
     A, B = spd
-    L = cholesky(jnp.asarray(A, jnp.float32), impl)
+    L = cholesky(jnp.asarray(A, jnp.float32), linalg)
     L_ref = np.linalg.cholesky(A)
     for transpose in (False, True):
-        got = jax.jit(jax.vmap(lambda b, t=transpose: solve_lower(L, b, transpose=t, impl=impl)))(
+        got = jax.jit(jax.vmap(lambda b, t=transpose: solve_lower(L, b, transpose=t, linalg=linalg)))(
             jnp.asarray(B, jnp.float32)
         )
         M = np.swapaxes(L_ref, 1, 2) if transpose else L_ref

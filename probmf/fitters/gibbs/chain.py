@@ -30,7 +30,7 @@ from probmf.fitters.gibbs.features import feature_matrix, feature_operators, fea
 from probmf.fitters.gibbs.implicit import implicit_operators
 from probmf.fitters.gibbs.kernel import GibbsInfo, GibbsState, gibbs_sweep, init_state, row_priors
 from probmf.fitters.gibbs.rounded import Latent, rounding_intervals
-from probmf.linalg import IMPLS
+from probmf.linalg import LINALGS
 from probmf.objectives import Hyperpriors
 from probmf.posterior import (
     Posterior,
@@ -101,10 +101,10 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
     return GibbsChain(state, draws, moments, GibbsInfo(nan, nan))
 
 
-@functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "impl"))
+@functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "linalg"))
 def gibbs_chunk(
     rng_key, chain: GibbsChain, data: Encoded, hyperpriors: Hyperpriors, pairs, first, latent=None, levels=None,
-    ops=None, seen=None, feature_ops=None, *, num, num_warmup, thin, impl="lapack",
+    ops=None, seen=None, feature_ops=None, *, num, num_warmup, thin, linalg="lapack",
 ) -> GibbsChain:  # fmt: skip
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
     then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
@@ -116,12 +116,12 @@ def gibbs_chunk(
 
     def sweep(chain: GibbsChain, s):
         state, info = gibbs_sweep(
-            jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, impl, latent, ops, feature_ops
+            jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, linalg, latent, ops, feature_ops
         )
         after = s - num_warmup
         kept = (after >= 0) & ((after + 1) % thin == 0)
         draws, moments = chain.draws, chain.moments
-        priors = row_priors(state, impl) if draws is not None or moments is not None else None
+        priors = row_priors(state, linalg) if draws is not None or moments is not None else None
         if draws is not None:
             # Sweeps between kept draws write the slot of the next kept draw, which overwrites them.
             slot = jnp.clip(after // thin, 0, draws.tau.shape[0] - 1)
@@ -139,7 +139,8 @@ def gibbs_chunk(
 class GibbsConfig(NamedTuple):
     """The Gibbs sampler's options (`fit_gibbs` documents each); ``num_warmup`` and
     ``num_samples`` None are 50 and 200, or 200 and 800 with ``implicit`` (`validate` fills
-    them in); ``user_features``, ``item_features``: scipy.sparse CSR once validated."""
+    them in); ``user_features``, ``item_features``: scipy.sparse CSR once validated (a
+    `FeatureTable` once prepared, when it is aligned with the training ids)."""
 
     rank: int = 10
     num_warmup: int | None = None
@@ -176,8 +177,8 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
         if c.likelihood == "rounded" and run.devices != 1:
             raise ValueError("the rounded likelihood runs on one device (devices=1)")
-        if c.linalg not in IMPLS:
-            raise ValueError(f"linalg must be one of {IMPLS}, got {c.linalg!r}")
+        if c.linalg not in LINALGS:
+            raise ValueError(f"linalg must be one of {LINALGS}, got {c.linalg!r}")
         if not c.keep_draws and c.predict_pairs is None:
             raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
         if not isinstance(c.implicit, bool):
@@ -226,7 +227,7 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
 
     def run_chunk(chain, first, num):
         return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, feature_ops,
-                           num=num, num_warmup=c.num_warmup, thin=c.thin, impl=c.linalg)  # fmt: skip
+                           num=num, num_warmup=c.num_warmup, thin=c.thin, linalg=c.linalg)  # fmt: skip
 
     def finish(chain: GibbsChain) -> GibbsResult:
         summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
@@ -280,11 +281,13 @@ def fit_gibbs(
       implicit: implicit feedback in both directions (SVD++-like; see `probmf.fitters.gibbs.implicit`):
         which items each user rated, and which users rated each item, in ``train``. Needs
         at most `MAX_IMPLICIT_COLUMNS` users and items.
-      user_features, item_features: side information (see `probmf.fitters.gibbs.features`),
-        a scipy.sparse or dense float matrix (num_users, G_u) / (num_items, G_i) of known
-        attributes (one-hots, multi-hots, standardised numerics), row i for dense index i of
-        ``train``'s id map (zero rows allowed); each row's prior mean gains x_i A, and a row
-        with no training rating is predicted from its attributes. None: none.
+      user_features, item_features: side information (see `probmf.fitters.gibbs.features`):
+        a `probmf.data.features.FeatureTable` on raw ids (`read_features`, or
+        `probmf.data.movielens.load_features("ml-100k", "user")`), aligned with ``train``'s id
+        map here (an id without a row gets zeros, with a warning); or a scipy.sparse or dense
+        float matrix (num_users, G_u) / (num_items, G_i), row i for dense index i. Each row's
+        prior mean gains x_i A, and a row with no training rating is predicted from its
+        attributes. None: none.
       keep_draws: store every kept draw (S x (N + M)(k + 1) floats); False keeps only the
         running predictive moments at ``predict_pairs``, for data whose draws would not fit.
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean

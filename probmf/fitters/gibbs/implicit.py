@@ -95,7 +95,7 @@ class ImplicitSide(NamedTuple):
     c: jax.Array
 
 
-def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, impl: str = "lapack") -> jax.Array:
+def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, linalg: str = "lapack") -> jax.Array:
     """Y ~ p(Y | T) when the rows of T (N, d) are N(F_i Y, P^-1) and those of Y (C, d) are
     N(0, (c P)^-1): matrix normal with row covariance (F^T F + c I)^-1 and column covariance
     P^-1, drawn by perturbation, Y = (F^T F + c I)^-1 (F^T (T + E1) + sqrt(c) E2) with the
@@ -104,8 +104,8 @@ def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, impl: str = "lapack"
     eigenvectors, so the draw is exact."""
     key_1, key_2 = jax.random.split(rng_key)
     d = P.shape[0]
-    L = cholesky(P, impl)
-    L_inv_t = solve_lower(jnp.broadcast_to(L, (d, d, d)), jnp.eye(d), transpose=True, impl=impl).T  # L^-T
+    L = cholesky(P, linalg)
+    L_inv_t = solve_lower(jnp.broadcast_to(L, (d, d, d)), jnp.eye(d), transpose=True, linalg=linalg).T  # L^-T
     e1 = jax.random.normal(key_1, T.shape) @ L_inv_t.T  # rows L^-T z ~ N(0, P^-1)
     e2 = jax.random.normal(key_2, (op.vals.shape[0], d)) @ L_inv_t.T
     rhs = op.apply_t(T + e1) + jnp.sqrt(c) * e2

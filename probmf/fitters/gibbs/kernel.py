@@ -61,7 +61,7 @@ class GibbsInfo(NamedTuple):
 
 
 def sample_normal_wishart(
-    rng_key, X: jax.Array, beta0: float, nu0: float, impl: str = "lapack", extra: tuple | None = None
+    rng_key, X: jax.Array, beta0: float, nu0: float, linalg: str = "lapack", extra: tuple | None = None
 ):
     """(mu, Lam) ~ p(mu, Lam | X) under the Normal-Wishart(0, beta0, I, nu0) prior on the
     mean and precision of the rows of X (n, k) (BPMF eq. 14). ``extra = (S, m)``: m more
@@ -82,13 +82,13 @@ def sample_normal_wishart(
     w_inv = jnp.eye(k) + centred.T @ centred + (beta0 * n / beta) * jnp.outer(xbar, xbar)
     if extra is not None:
         w_inv, nu = w_inv + extra[0], nu + extra[1]
-    C = cholesky(w_inv, impl)
+    C = cholesky(w_inv, linalg)
     chi2 = 2.0 * jax.random.gamma(key_diag, (nu - jnp.arange(k)) / 2.0)
     A = jnp.tril(jax.random.normal(key_low, (k, k)), -1) + jnp.diag(jnp.sqrt(chi2))
-    BA = solve_lower(jnp.broadcast_to(C, (k, k, k)), A.T, transpose=True, impl=impl).T  # C^-T A, column by column
+    BA = solve_lower(jnp.broadcast_to(C, (k, k, k)), A.T, transpose=True, linalg=linalg).T  # C^-T A, column by column
     lam = BA @ BA.T
     z = jax.random.normal(key_mu, (k,))
-    mu = mu_star + C @ solve_lower(A, z, transpose=True, impl=impl) / jnp.sqrt(beta)
+    mu = mu_star + C @ solve_lower(A, z, transpose=True, linalg=linalg) / jnp.sqrt(beta)
     return mu, lam
 
 
@@ -96,7 +96,7 @@ def _sample_gamma(rng_key, shape, rate):
     return jax.random.gamma(rng_key, shape) / rate
 
 
-def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, impl):
+def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, linalg):
     """Draw every row [x_i; xb_i] of one side from its Gaussian conditional; also return
     the SSE of this side's ratings at the drawn rows. ``prior_mean``: (k+1,) shared by every
     row, or (N, k+1) one per row (implicit feedback)."""
@@ -106,9 +106,9 @@ def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, 
 
     def solve_block(block, G, h, s, x0, per_row):
         z, rhs = per_row
-        L = cholesky(tau * G + prior_prec, impl)
-        y = solve_lower(L, tau * h + rhs, impl=impl)
-        x = solve_lower(L, y + z, transpose=True, impl=impl)  # L^T x = L^-1 r + z
+        L = cholesky(tau * G + prior_prec, linalg)
+        y = solve_lower(L, tau * h + rhs, linalg=linalg)
+        x = solve_lower(L, y + z, transpose=True, linalg=linalg)  # L^T x = L^-1 r + z
         return x, residual_sum_of_squares(x, G, h, s)
 
     return update_rows(X, xb, Y, yb, mu, tiles, (noise, prior_rhs), solve_block)
@@ -131,7 +131,7 @@ class _Term(NamedTuple):
     rate: float
 
 
-def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, impl):
+def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, linalg):
     """Draw one side's hyper-parameters (and the vectors of its linear terms) given its rows
     [X, xb] (N, k+1).
 
@@ -147,7 +147,7 @@ def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, impl):
     n, k = X.shape
     nu0 = k + hyperpriors.nu0_extra
     if not terms:
-        mu, lam = sample_normal_wishart(key_nw, X, hyperpriors.beta0, nu0, impl)
+        mu, lam = sample_normal_wishart(key_nw, X, hyperpriors.beta0, nu0, linalg)
         lam_b = _sample_gamma(key_bias, hyperpriors.a_bias + n / 2.0, hyperpriors.b_bias + 0.5 * jnp.sum(xb * xb))
         return mu, lam, lam_b, _block_prior(lam, mu, lam_b)[1], ()
     T = jnp.concatenate([X, xb[:, None]], axis=1)
@@ -155,7 +155,7 @@ def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, impl):
     num_cols = sum(t.side[0].shape[0] for t in terms)
     R = T - functools.reduce(operator.add, offsets)
     S = functools.reduce(operator.add, [t.side[1] * (t.side[0].T @ t.side[0]) for t in terms])
-    mu, lam = sample_normal_wishart(key_nw, R[:, :k], hyperpriors.beta0, nu0, impl, extra=(S[:k, :k], num_cols))
+    mu, lam = sample_normal_wishart(key_nw, R[:, :k], hyperpriors.beta0, nu0, linalg, extra=(S[:k, :k], num_cols))
     h = hyperpriors
     lam_b = _sample_gamma(key_bias, h.a_bias + (n + num_cols) / 2.0, h.b_bias + 0.5 * (jnp.sum(R[:, k] ** 2) + S[k, k]))
     P, m = _block_prior(lam, mu, lam_b)
@@ -168,7 +168,7 @@ def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, impl):
                 resid = resid - offset
         # Z before c: from the start Z = 0, c | Z would be ~C(k+1)/2 and shrink Z so hard that c
         # took some 500 sweeps to come down to its posterior (implicit feedback, ML-100K).
-        Z = sample_implicit(key_z, resid, P, term.side[1], term.op, impl)
+        Z = sample_implicit(key_z, resid, P, term.side[1], term.op, linalg)
         quad = jnp.sum((Z @ P) * Z)
         c = _sample_gamma(key_c, term.shape + Z.shape[0] * (k + 1) / 2.0, term.rate + 0.5 * quad)
         offsets[t] = term.op.apply(Z, n)
@@ -189,10 +189,10 @@ def _terms(rng_key, index: int, implicit, implicit_op, features, feature_op, hyp
 
 
 def gibbs_sweep(
-    rng_key, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, impl: str = "lapack",
+    rng_key, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, linalg: str = "lapack",
     latent: Latent | None = None, ops: tuple | None = None, feature_ops: tuple | None = None,
 ) -> tuple[GibbsState, GibbsInfo]:  # fmt: skip
-    """One full sweep of the blocked Gibbs sampler (see the module docstring); ``impl``:
+    """One full sweep of the blocked Gibbs sampler (see the module docstring); ``linalg``:
     "lapack" or "jax" linear algebra (`probmf.linalg`); ``latent``: the rounded likelihood's
     intervals (None: Gaussian likelihood); ``ops``: the (users', items') `ImplicitOperator`
     with implicit feedback (``state.implicit`` set), else None; ``feature_ops``: the
@@ -208,16 +208,16 @@ def gibbs_sweep(
     fop_w, fop_u = feature_ops or (None, None)
     terms_w = _terms(rng_key, 0, side_w, op_w, feat_w, fop_w, hyperpriors)
     terms_u = _terms(rng_key, 1, side_u, op_u, feat_u, fop_u, hyperpriors)
-    mu_w, lam_w, lam_b, mean_w, new_w = _side_prior((keys[0], keys[2]), W, b, terms_w, hyperpriors, impl)
-    mu_u, lam_u, lam_c, mean_u, new_u = _side_prior((keys[1], keys[3]), U, c, terms_u, hyperpriors, impl)
+    mu_w, lam_w, lam_b, mean_w, new_w = _side_prior((keys[0], keys[2]), W, b, terms_w, hyperpriors, linalg)
+    mu_u, lam_u, lam_c, mean_u, new_u = _side_prior((keys[1], keys[3]), U, c, terms_u, hyperpriors, linalg)
     # A side's new terms come back in `_terms`' order: implicit first, then attributes.
     new_w, new_u = iter(new_w), iter(new_u)
     side_w, feat_w = (next(new_w) if op_w is not None else None), (next(new_w) if fop_w is not None else None)
     side_u, feat_u = (next(new_u) if op_u is not None else None), (next(new_u) if fop_u is not None else None)
     W, b, _ = _sample_rows(keys[4], W, b, U, c, mu, data.by_user, state.tau, _block_prior(lam_w, mu_w, lam_b)[0],
-                           mean_w, impl)  # fmt: skip
+                           mean_w, linalg)  # fmt: skip
     U, c, sse = _sample_rows(keys[5], U, c, W, b, mu, data.by_item, state.tau, _block_prior(lam_u, mu_u, lam_c)[0],
-                             mean_u, impl)  # fmt: skip
+                             mean_u, linalg)  # fmt: skip
     n = jnp.sum(data.by_user.counts)
     tau = _sample_gamma(keys[6], hyperpriors.a_tau + n / 2.0, hyperpriors.b_tau + 0.5 * sse)
     implicit = None if ops is None else (side_w, side_u)
@@ -226,7 +226,7 @@ def gibbs_sweep(
     return state, GibbsInfo(tau=tau, train_rmse=jnp.sqrt(sse / n))
 
 
-def row_priors(state: GibbsState, impl: str = "lapack") -> tuple[RowPrior, RowPrior]:
+def row_priors(state: GibbsState, linalg: str = "lapack") -> tuple[RowPrior, RowPrior]:
     """The cold-row priors of a state: users' N(mu_w, Lam_w^-1) and N(0, 1/lam_b), items'
     N(mu_u, Lam_u^-1) and N(0, 1/lam_c).
 
@@ -245,16 +245,16 @@ def row_priors(state: GibbsState, impl: str = "lapack") -> tuple[RowPrior, RowPr
 
     def prior(mu, lam, lam_b, side, feat):
         scale = 1.0 if side is None else 1.0 + 1.0 / side.c
-        return RowPrior(mu, scale * _spd_inverse(lam, impl), scale / lam_b, None if feat is None else feat.A)
+        return RowPrior(mu, scale * _spd_inverse(lam, linalg), scale / lam_b, None if feat is None else feat.A)
 
     return (prior(state.mu_w, state.lam_w, state.lam_b, side_w, feat_w),
             prior(state.mu_u, state.lam_u, state.lam_c, side_u, feat_u))  # fmt: skip
 
 
-def _spd_inverse(A: jax.Array, impl: str) -> jax.Array:
+def _spd_inverse(A: jax.Array, linalg: str) -> jax.Array:
     """A^-1 = L^-T L^-1 for SPD A (k, k) = L L^T."""
     k = A.shape[0]
-    X = solve_lower(jnp.broadcast_to(cholesky(A, impl), (k, k, k)), jnp.eye(k), impl=impl)  # rows L^-1 e_j: L^-T
+    X = solve_lower(jnp.broadcast_to(cholesky(A, linalg), (k, k, k)), jnp.eye(k), linalg=linalg)  # rows L^-1 e_j: L^-T
     return X @ X.T
 
 
