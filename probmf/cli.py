@@ -27,6 +27,7 @@ from probmf.fitters import FITTERS
 from probmf.fitters.run import fit_model
 from probmf.persistence import FittedModel, load_model, save_model
 from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
+from probmf.sharding import to_host
 
 # The flags that are fitter options: each dest is the fitter keyword (flags spell it with
 # dashes; the older spellings --lambda, --sweeps, --epochs, --samples, --warmup are aliases)
@@ -227,6 +228,11 @@ def cmd_fit(args) -> int:
     else:
         train, dataset = load_ratings(args.data, fallback=not args.no_fallback)
     fitted, options, seconds = fit_model(args.model, train, options=_given_options(args), seed=args.seed)
+    # Under --distributed the rows may be split across processes: every process takes part in
+    # gathering them, then process 0 alone writes the model (one writer for a shared --out).
+    fitted = to_host(fitted)
+    if jax.process_index() != 0:
+        return 0
     path = save_model(args.out, FittedModel.from_training(args.model, options, fitted, train, dataset))
     info = {"saved": str(path), "model": args.model, "dataset": dataset, "rank": int(fitted.rank),
             "n_train": len(train), "fit_seconds": round(seconds, 3)}  # fmt: skip
@@ -343,7 +349,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--distributed",
         action="store_true",
-        help="several hosts: call jax.distributed.initialize() first (run the same command on every host)",
+        help="several hosts: call jax.distributed.initialize() first (run the same command on every host; "
+        "fit: process 0 saves the model)",
     )
     parser.add_argument("--coordinator", help="with --distributed outside a cluster manager: host:port of process 0")
     parser.add_argument("--num-processes", dest="num_processes", type=int, help="with --coordinator: hosts in all")

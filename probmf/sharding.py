@@ -9,13 +9,15 @@ work along its one axis, ``AXIS``:
   parallel); the gradient's sum over the batch becomes an all-reduce.
 The same code runs on CPU, GPU and TPU. On a CPU-only machine, N host devices come from
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before Python starts; on several
-hosts, call ``jax.distributed.initialize()`` first and N counts the devices of all hosts.
+hosts, call ``jax.distributed.initialize()`` first and N counts the devices of all hosts;
+a result whose rows are split across hosts is then read with `to_host`.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -59,3 +61,19 @@ def split_along(mesh: Mesh | None, tree, axis: int):
         return tree
     spec = P(*([None] * axis), AXIS)
     return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def to_host(tree):
+    """``tree`` with every array that spans other processes' devices gathered into a numpy
+    array holding all of it; every other leaf as it is.
+
+    With one process (or a result kept on this process's devices) nothing moves. Under
+    ``jax.distributed`` the gathers are collectives: every process must call this on the same
+    tree, and each gets the whole result."""
+
+    def gather(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+
+    return jax.tree.map(gather, tree)
