@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import probmf
+from probmf.data.features import plain_options
 from probmf.data.io import read_ratings
 from probmf.data.movielens import DATASETS, DatasetNotFoundError, load_movielens, load_split
 from probmf.data.ratings import Ratings
 from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
-from probmf.fitters.run import fit_model, plain_options
+from probmf.fitters.run import fit_model
 from probmf.metrics import accuracy, cold_mask, interval_scores, ranking, rmse
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")

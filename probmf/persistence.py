@@ -36,9 +36,9 @@ import scipy.sparse as sp
 import probmf
 from probmf.checkpoint import matrix_digest
 from probmf.data.archive import sha256_file
+from probmf.data.features import plain_options
 from probmf.data.ratings import IdMap
 from probmf.fitters import POSTERIOR_FITTERS, saved_types
-from probmf.fitters.run import plain_options
 from probmf.model import MFParams
 from probmf.objectives import Priors
 from probmf.posterior import Posterior, PredictiveSummary, RowPrior

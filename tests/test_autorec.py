@@ -82,6 +82,7 @@ def test_csr_batches_equal_dense_rows(data):
         np.testing.assert_array_equal(np.asarray(mask), expect > 0)
 
 
+@pytest.mark.slow
 def test_fit_beats_the_global_mean(data):
     train, test = data
     mean_rmse = rmse(np.full(len(test), train.values.mean()), test.values)

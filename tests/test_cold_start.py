@@ -136,6 +136,7 @@ def test_summary_and_rounded_likelihood_treat_cold_rows_alike(holes):
     np.testing.assert_allclose(full.summary.predictive(*by_unknown), full.posterior.predictive(*by_unknown), rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_saved_posterior_keeps_its_cold_priors(holes, tmp_path):
     train, by_index, _ = holes
     fitted = FITS["gibbs"](jax.random.PRNGKey(3), train)

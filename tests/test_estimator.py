@@ -120,6 +120,7 @@ def test_bad_options_fail_when_the_estimator_is_made():
         probmf.Recommender("als").predict([1], [2])
 
 
+@pytest.mark.slow
 def test_cross_validate_scores_each_fold_as_evaluate_does(frames):
     train, _ = frames
     ratings = probmf.read_dataframe(train)
@@ -130,6 +131,7 @@ def test_cross_validate_scores_each_fold_as_evaluate_does(frames):
     assert table["rmse"][1] == pytest.approx(row["rmse"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_gives_one_predictor_shape():
     ratings, _ = synthetic_ratings(num_users=30, num_items=20, num_ratings=400, rank=2, seed=2)
     point = probmf.fit("als", ratings, rank=2, num_sweeps=3)

@@ -156,6 +156,7 @@ def test_tune_grid_rows_by_index_and_where():
     assert len(tune.GRIDS["autorec-i"]) <= 4 and len(tune.GRIDS["optax"]) <= 12
 
 
+@pytest.mark.slow
 def test_ml100k_table_smoke_writes_fold_and_mean_rows(tmp_path):
     out_file = tmp_path / "table.jsonl"
     lines = _run("ml100k_table.py", "--smoke", "--out", str(out_file)).stdout.splitlines()

@@ -62,8 +62,12 @@ def test_every_fitter_is_in_the_suite():
     assert set(FITTERS) == set(QUICK) == set(PLANTED)
 
 
-# NUTS (some 40 s here) runs with the slow checks; every other fitter in the main suite.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "nuts" else n for n in sorted(QUICK)])
+# NUTS (some 40 s here) and the MF + ANN hybrid (20 s: cross-fitted MF bases, then its
+# network) run with the slow checks; every other fitter in the main suite.
+SLOW = ("nuts", "residual")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(QUICK)])
 def test_fitter_contract(split, name):
     """Through `probmf.fit` and `probmf.Recommender`, each fitter answers in one shape."""
     train, test, raw_test = split

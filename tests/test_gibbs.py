@@ -131,6 +131,7 @@ def test_thinning_keeps_every_thin_th_sweep(small):
     np.testing.assert_array_equal(np.asarray(res.posterior.tau), res.trace.tau[kept])
 
 
+@pytest.mark.slow
 def test_running_summary_equals_the_predictive_of_the_draws(small):
     """keep_draws=False with predict_pairs gives the same predictive as the stored draws."""
     pairs = (small.users[:50], small.items[:50])

@@ -166,7 +166,7 @@ def test_row_priors_carry_the_attribute_vectors(small):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(implicit=True),
+    [pytest.param(dict(implicit=True), marks=pytest.mark.slow),
      pytest.param(dict(implicit=True, likelihood="rounded", item_features=None), marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_attributes_run_with_each_variant_and_the_summary_matches_the_draws(small, kwargs):
@@ -216,6 +216,7 @@ def test_bad_attribute_matrices_fail_before_sampling_naming_the_side(small, kwar
         fit_gibbs(jax.random.PRNGKey(0), small[0], rank=2, num_warmup=1, num_samples=1, **kwargs)
 
 
+@pytest.mark.slow
 def test_featureless_runs_keep_their_checkpoint_fingerprint(small, tmp_path):
     """A fit without attributes checkpoints under the name it had before side information
     (its options hold no feature keys), so its older checkpoints still resume."""
@@ -260,6 +261,7 @@ def test_attributes_enter_the_fingerprint_by_digest_and_a_cut_run_resumes_bit_fo
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_a_model_with_attributes_saves_and_loads_and_an_older_file_still_loads(small, tmp_path):
     """Round trip of a fit with attributes (its options' matrix recorded by digest); a file
     written before side information, without the ``attributes`` and ``features`` fields,
@@ -344,9 +346,8 @@ def test_a_feature_table_is_aligned_with_the_training_ids(small):
     """A `FeatureTable` on raw ids becomes the design matrix of the training id map: row d
     holds the attributes of the raw id at dense index d, an id without a row is a zero row
     (with a warning), and the options of a row or saved model name the table, not its data."""
-    from probmf.data.features import FeatureTable, MissingFeaturesWarning, from_columns
+    from probmf.data.features import FeatureTable, MissingFeaturesWarning, from_columns, plain_options
     from probmf.fitters.gibbs.features import side_matrix
-    from probmf.fitters.run import plain_options
 
     id_map = IdMap(np.array([10, 20, 30]))  # dense 0, 1, 2 are raw 10, 20, 30
     table = from_columns([30, 10, 99], {"group": ["b", "a", "a"]}, source="users.csv")

@@ -65,6 +65,7 @@ def test_dropout_masks_and_rescales():
     np.testing.assert_allclose(tower(layers, x, dropout=0.5), 3.0)  # no key: no dropout
 
 
+@pytest.mark.slow
 def test_gradients_of_the_objectives():
     """Finite differences in float64 (ReLU kinks are rare there at these step sizes)."""
     rng = np.random.default_rng(0)
@@ -120,6 +121,7 @@ def test_residual_falls_back_when_the_network_cannot_help(data):
     np.testing.assert_allclose(res.predict(u, i), predict(als.params, u, i), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_residual_never_worse_than_its_base_on_validation(data):
     """Without the refit the result is the fit on the non-validation ratings: its clipped RMSE
     on the validation split, recomputed here from its predictions, is never above that of its
@@ -150,6 +152,7 @@ def test_residual_never_worse_than_its_base_on_validation(data):
             assert res.val_rmse_hybrid >= base_rmse - 1e-6
 
 
+@pytest.mark.slow
 def test_unknown_ids_fall_back_without_error(data):
     train, _ = data
     users, items = jnp.array([0, -1, 3, -1, 10_000]), jnp.array([1, 2, -1, -1, 0])
@@ -166,6 +169,7 @@ def _compiled() -> dict:
     return {k: fn._cache_size() for k, (_, _, fn) in mlp_mod._EPOCHS.items()}
 
 
+@pytest.mark.slow
 def test_deterministic_and_no_retrace(data):
     train, _ = data
     u, i = jnp.asarray(train.users), jnp.asarray(train.items)

@@ -85,6 +85,7 @@ def test_minibatch_likelihood_is_scaled_by_n_over_batch(tiny):
     np.testing.assert_allclose(loglik(100, 300), 3.0 * loglik(100, None), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_svi_is_deterministic_and_fills_a_posterior(tiny):
     a = fit_svi(jax.random.PRNGKey(3), tiny, rank=2, num_epochs=3, batch_size=64, num_samples=6)
     b = fit_svi(jax.random.PRNGKey(3), tiny, rank=2, num_epochs=3, batch_size=64, num_samples=6)
@@ -106,6 +107,7 @@ def test_nuts_reports_diagnostics(tiny):
     assert np.isfinite(a.r_hat_max) and a.ess_min > 0 and np.all(a.info.step_size > 0)
 
 
+@pytest.mark.slow
 def test_svi_intervals_cover_held_out_cells_from_the_model():
     ratings, _ = synthetic_ratings(num_users=200, num_items=150, num_ratings=12_000, rank=3, noise=0.5, seed=11)
     test_mask = np.random.default_rng(1).random(len(ratings)) < 0.2

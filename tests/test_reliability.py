@@ -405,10 +405,11 @@ CASES = {
 }
 MLE_RANK = 12  # more than the training ratings of several users (one has none)
 MLE = {"rank": MLE_RANK, "lam": 0.0, "lam_bias": 0.0}
-NUMERIC = [pytest.param(m, c, id=f"{m}-{c}") for m in sorted(QUICK) if m != "nuts" for c in CASES] + [
-    pytest.param("als", "lambda 0", id="als-lambda 0"),
-    pytest.param("optax", "lambda 0", id="optax-lambda 0"),
-]
+# The MF + ANN hybrid's fits (9-19 s each: cross-fitted bases, then its network) run with the slow checks.
+_SLOW = [pytest.mark.slow]
+NUMERIC = [pytest.param(m, c, id=f"{m}-{c}", marks=_SLOW if m == "residual" else []) for m in sorted(QUICK)
+           if m != "nuts" for c in CASES]  # fmt: skip
+NUMERIC += [pytest.param("als", "lambda 0", id="als-lambda 0"), pytest.param("optax", "lambda 0", id="optax-lambda 0")]
 
 
 @functools.cache

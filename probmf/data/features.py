@@ -43,6 +43,7 @@ __all__ = [
     "align",
     "design_matrix",
     "from_columns",
+    "plain_options",
     "read_features",
     "row_of",
 ]
@@ -81,6 +82,12 @@ class FeatureTable(NamedTuple):
         """One line for logs and JSON rows: source, shape and groups."""
         groups = ", ".join(dict.fromkeys(self.groups))
         return f"{self.source or 'features'}: {self.matrix.shape[0]} rows x {self.matrix.shape[1]} columns ({groups})"
+
+
+def plain_options(options: dict) -> dict:
+    """Fitter ``options`` as JSON can hold them (for result rows and saved models): a feature
+    table as its one-line description (`FeatureTable.describe`), the rest as they are."""
+    return {k: v.describe() if isinstance(v, FeatureTable) else v for k, v in options.items()}
 
 
 class MissingFeaturesWarning(UserWarning):

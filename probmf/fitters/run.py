@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 import jax
 
 from probmf.checkpoint import show_progress
-from probmf.data.features import FeatureTable
 from probmf.data.io import to_ratings
 from probmf.data.ratings import Ratings
 from probmf.fitters import FITTERS, NETWORK_FITTERS, POSTERIOR_FITTERS, REGISTRY
@@ -64,12 +63,6 @@ def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
     program = fitter.prepare(rng_key, train, config.validate(run), run)
     result = jax.block_until_ready(run_program(program))
     return result, options, time.perf_counter() - t0
-
-
-def plain_options(options: dict) -> dict:
-    """``options`` as JSON can hold them (for rows and saved models): a feature table as its
-    one-line description (`probmf.data.features.FeatureTable.describe`)."""
-    return {k: v.describe() if isinstance(v, FeatureTable) else v for k, v in options.items()}
 
 
 def predictor_of(model: str, result, train: Ratings, clip=True) -> Predictor:
