@@ -21,6 +21,9 @@ No variant is chosen on a test file: the list is fixed in advance, and the table
 Prints one JSON line per (variant, fold), appended to ``--out``, then a table of RMSE per fold
 and the mean, with the 90% coverage of the mean column.
 
+``--inner uK`` scores on an 80/20 split of ``uK.base`` (seed 1) instead, the way a default is
+chosen without a test file; ``--rank`` sets the rank of every variant.
+
 ``--cold-users F`` measures cold start instead: a share F of the users (seeded) is held out
 entirely, all their ratings the test set, the rest of the data the training set, both over the
 id map of every user and item; a held-out user is then a row with no training rating whose
@@ -90,12 +93,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="JSON lines file to append each row to")
     p.add_argument("--smoke", action="store_true", help="tiny synthetic data and short chains, for tests")
     p.add_argument("--cold-users", type=float, metavar="F", help="hold out this share of the users entirely")
+    p.add_argument("--inner", choices=SPLITS, help="score on an 80/20 split of this fold's base file (seed 1)")
+    p.add_argument("--rank", type=int, help="rank of every variant (default: gibbs's)")
     args = p.parse_args(argv)
     if args.smoke:
         fold, tables, extra = _smoke_data()
     else:
         fold = lambda split: load_split("ml-100k", split)  # noqa: E731
         tables, extra = {side: load_features("ml-100k", side) for side in ("user", "item")}, {}
+    if args.inner is not None:
+        fit, val = random_split(fold(args.inner)[0], 0.2, seed=1)
+        inner = (fit, val.reindex(fit.user_ids, fit.item_ids))
+        fold, args.splits = (lambda name: inner), [f"{args.inner}.base 80/20"]
+    if args.rank is not None:
+        extra = {**extra, "rank": args.rank}
     if args.cold_users is not None:
         everything = fold("u1")[0] if args.smoke else load_movielens("ml-100k")
         held_out = cold_user_split(everything, args.cold_users, args.seed)

@@ -234,3 +234,6 @@ def test_ml100k_features_smoke_writes_a_row_per_variant_and_fold(tmp_path):
     assert rows[0]["options"]["user_features"] is None and rows[-1]["options"]["likelihood"] == "rounded"
     table = next(line for line in lines if line.startswith("| both |"))
     assert f"| {(both[0]['rmse'] + both[1]['rmse']) / 2:.4f} |" in table
+    # --inner scores on a split of the base file alone: one column, named for it.
+    inner = _run("ml100k_features.py", "--smoke", "--inner", "u1", "--variants", "implicit").stdout
+    assert "| variant | u1.base 80/20 | mean |" in inner
