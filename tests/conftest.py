@@ -54,6 +54,20 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No network, no real data folder, a fresh cache under tmp_path (returned)."""
+    from probmf.data import movielens
+
+    def no_network(url, dest):
+        raise AssertionError(f"test tried to download {url}")
+
+    monkeypatch.setattr(movielens, "_fetch", no_network)
+    monkeypatch.delenv("PROBMF_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache" / "probmf"
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir():
     """$PROBMF_DATA_DIR/ml-100k, or skip with the reason."""

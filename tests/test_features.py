@@ -326,18 +326,6 @@ U_ITEM = (
 )
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No network, no real data folder: only the folder a test builds."""
-
-    def no_network(url, dest):
-        raise AssertionError(f"test tried to download {url}")
-
-    monkeypatch.setattr(ml, "_fetch", no_network)
-    monkeypatch.delenv("PROBMF_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-
-
 def folder(tmp_path, name: str, ratings: str, files: dict) -> Path:
     out = tmp_path / name
     out.mkdir()

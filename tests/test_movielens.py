@@ -20,18 +20,8 @@ from probmf.data import (
 )
 from probmf.data import movielens as ml
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No network, no real data folder, a fresh cache under tmp_path."""
-
-    def no_network(url, dest):
-        raise AssertionError(f"test tried to download {url}")
-
-    monkeypatch.setattr(ml, "_fetch", no_network)
-    monkeypatch.delenv("PROBMF_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    return tmp_path / "xdg-cache" / "probmf"
+# Every test here runs isolated (tests/conftest.py): no network, no real data folder.
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 U_ITEM = (
