@@ -1,5 +1,6 @@
 """experiments/peers.py: probmf beside LensKit and myFM on bench.py's data (--smoke), with the
-peers skipped where they are not installed (CI does not install them)."""
+peers skipped where they are not installed (CI does not install them); and
+experiments/gpu_check.sh, the GPU machine's script, in its CPU form (--dry-run)."""
 
 import importlib.util
 import json
@@ -146,3 +147,46 @@ def test_peers_refuses_bad_flags(capsys):
         with pytest.raises(SystemExit) as err:
             peers.main(argv)
         assert err.value.code == 2 and message in capsys.readouterr().err
+
+
+GPU_CHECK = ROOT / "experiments" / "gpu_check.sh"
+
+
+def _gpu_check(out_dir, *args):
+    env = {**os.environ, "OUT": str(out_dir), "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
+    )
+
+
+def test_gpu_check_dry_run_writes_its_files_and_installs_nothing(tmp_path):
+    import jax
+
+    out = _gpu_check(tmp_path, "--dry-run", "--bench", "")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["commands.log", "devices.txt", "summary.txt", "tests.log"]
+    assert (tmp_path / "summary.txt").read_text().splitlines() == [
+        "pip jax[cuda12]: dry-run", "devices: ok", "pip probmf[test]: dry-run", "tests (collected): ok",
+        f"gpu_check: done; results in {tmp_path}",
+    ]  # fmt: skip
+    commands = (tmp_path / "commands.log").read_text().splitlines()
+    assert commands[0].endswith(f"-m pip install jax\\[cuda12\\]=={jax.__version__}  # dry-run: not run")
+    assert commands[2].endswith("-m pip install .\\[test\\]  # dry-run: not run")
+    assert commands[3].endswith("tests/test_fitters_contract.py") and "--collect-only" in commands[3]
+    assert (tmp_path / "devices.txt").read_text().startswith(f"jax {jax.__version__} backend cpu")
+    assert "test_fitter_contract[nuts]" in (tmp_path / "tests.log").read_text()  # slow fitters too
+    bad = _gpu_check(tmp_path, "--dryrun")
+    assert bad.returncode == 2 and "unknown argument --dryrun" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_smokes_every_bench_run(tmp_path):
+    out = _gpu_check(tmp_path, "--dry-run")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    runs = [("als", 10), ("als", 64), ("gibbs", 10), ("optax", 32), ("svi", 10)]
+    assert [(r["model"], r["rank"]) for r in rows] == runs and {r["preset"] for r in rows} == {"tiny"}
+    commands = (tmp_path / "commands.log").read_text()
+    for model, rank in runs:
+        assert f"bench.py --preset ml20m --model {model} --rank {rank} --iters 3 --json --out" in commands
+        assert (tmp_path / f"bench-{model}-{rank}.log").stat().st_size > 0
