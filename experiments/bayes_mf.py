@@ -15,9 +15,24 @@ Methods (all the same likelihood r_ij ~ N(w_i.u_j + b_i + c_j + mu, sigma^2)):
 Expected (Salakhutdinov & Mnih 2008): MLE overfits as K grows, MAP much less, the Bayesian
 posterior hardly at all.
 
+Beside RMSE, the Bayesian criterion: the expected log predictive density of the held-out
+ratings, from `probmf.to_inference_data`'s log-likelihood (one value per rating and draw;
+a point fit is one draw of N(r_hat, s^2), s its plug-in sd):
+  elpd            sum_p log mean_s p(r_p | draw s), measured directly on the held-out ratings
+                  (elpd_per_rating: divided by their number; for a point fit it is -nll
+                  where no prediction is clipped: nll is scored at the clipped mean, elpd at
+                  the model's own)
+  elpd_loo        ArviZ's PSIS-LOO of the same log-likelihood (``az.loo``), with its se and
+                  p_loo; the draws are reweighted as if each rating were left out of the fit,
+                  which these never were, so elpd_loo = elpd - p_loo, lower by about each
+                  rating's spread over the draws (`probmf.inference_data`). A point fit's
+                  one draw is repeated (ArviZ needs two): elpd_loo = elpd, p_loo = 0.
+  loo_rank, elpd_diff, loo_weight   ``az.compare`` of the methods at each K (stacking weights)
+Needs arviz for these columns (null without it).
+
 Writes to ``--out`` (default results/bayes_mf/): results.csv and results.jsonl (one row per
-method and K, the `probmf evaluate` schema plus train_rmse), rmse_vs_rank.png,
-calibration.png, sd_vs_error.png and report.md; prints the table.
+method and K, the `probmf evaluate` schema plus train_rmse and the elpd columns),
+rmse_vs_rank.png, calibration.png, sd_vs_error.png and report.md; prints the table.
 
 Durations on 2 CPU cores: the full run took 3 min 9 s. ``--smoke`` checks the pipeline, not
 the science: one rank, a few sweeps, epochs and draws of each method on 800 synthetic
@@ -42,6 +57,8 @@ if __name__ == "__main__" and "--smoke" in sys.argv[1:]:
     # float rounding (tests/conftest.py does the same). Set before JAX starts; a user's own win.
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,6 +66,7 @@ from probmf.data.splits import random_split
 from probmf.evaluate import evaluate_fold, folds, score
 from probmf.fitters import FITTERS
 from probmf.fitters.run import fit_model
+from probmf.inference_data import to_inference_data
 from probmf.metrics import predict_ratings, rmse
 
 LEVELS = np.linspace(0.05, 0.95, 19)  # nominal central-interval levels for the calibration curve
@@ -93,6 +111,51 @@ def calibration(model, test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return observed, sd, np.abs(test.values - mean)
 
 
+ELPD_FIELDS = ("elpd", "elpd_per_rating", "elpd_loo", "elpd_loo_se", "p_loo", "loo_rank", "elpd_diff", "loo_weight")
+
+
+def elpd(model, test, seed: int):
+    """(elpd fields of one fit, its ``az.loo`` result or None without arviz); see the module
+    docstring."""
+    try:
+        import arviz as az
+    except ImportError:
+        return dict.fromkeys(ELPD_FIELDS), None
+    idata = to_inference_data(model, test, seed=seed)
+    ll = idata.log_likelihood["rating"]
+    draws = ll.sizes["chain"] * ll.sizes["draw"]
+    flat = ll.values.reshape(draws, -1)
+    lppd = float(np.sum(np.logaddexp.reduce(flat, axis=0) - np.log(draws)))
+    with warnings.catch_warnings():
+        if draws == 1:
+            # One draw, twice: every importance weight is equal, so ArviZ's Pareto k is infinite
+            # and meaningless, and LOO is exactly the plug-in likelihood.
+            twice = {g: idata[g].isel(draw=[0, 0]).assign_coords(draw=[0, 1]) for g in ("posterior", "log_likelihood")}
+            idata = az.InferenceData(**twice)
+            warnings.simplefilter("ignore")
+        loo = az.loo(idata, pointwise=True)
+    row = {"elpd": lppd, "elpd_per_rating": lppd / flat.shape[1], "elpd_loo": float(loo.elpd_loo),
+           "elpd_loo_se": float(loo.se), "p_loo": float(loo.p_loo)}  # fmt: skip
+    return row, loo
+
+
+def compare(rows: list[dict], loos: dict) -> None:
+    """``az.compare`` of the methods fitted at each rank, written into their rows."""
+    if not loos:
+        return
+    import arviz as az
+
+    for k in dict.fromkeys(r["rank"] for r in rows):
+        at_k = {r["method"]: loos[(r["method"], k)] for r in rows if r["rank"] == k and (r["method"], k) in loos}
+        if len(at_k) < 2:
+            continue
+        table = az.compare(at_k, ic="loo")
+        for r in rows:
+            if r["rank"] == k and r["method"] in table.index:
+                got = table.loc[r["method"]]
+                r.update(loo_rank=int(got["rank"]), elpd_diff=float(got["elpd_diff"]), loo_weight=float(got["weight"]))
+
+
 def run(args) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +166,7 @@ def run(args) -> list[dict]:
     print(f"data: {dataset} split {split}: {len(train):,} training / {len(test):,} held-out ratings", flush=True)
     ranks = args.ranks or ([2] if args.smoke else [1, 5, 10] if args.quick else [1, 2, 5, 10, 20, 50])
     grid = [0.5, 1.5, 4.0] if (args.quick or args.smoke) else [0.5, 1.0, 1.5, 2.5, 4.0]
-    rows, curves = [], {}
+    rows, curves, loos = [], {}, {}
     try:
         from tqdm import tqdm
     except ImportError:  # progress bars are optional
@@ -122,6 +185,10 @@ def run(args) -> list[dict]:
                 lam_chosen=lam if name.startswith("map") else None,
                 options={kk: v for kk, v in opts.items() if kk != "rank"},
             )
+            scores, loo = elpd(fitted, test, args.seed)
+            row.update(scores)
+            if loo is not None:
+                loos[(name, k)] = loo
             rows.append(row)
             if fitted.posterior is not None and k in (10, ranks[-1]):
                 curves[(name, k)] = calibration(fitted, test)
@@ -130,6 +197,7 @@ def run(args) -> list[dict]:
                 bar.set_postfix_str(f"K={k} {name} test {row['rmse']:.4f}")
     if bar:
         bar.close()
+    compare(rows, loos)
     _write(out, rows, curves)
     return rows
 
@@ -148,15 +216,22 @@ def _write(out: Path, rows: list[dict], curves: dict) -> None:
         "nll",
         "lam_chosen",
         "fit_seconds",
+        *ELPD_FIELDS,
     ]
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    table = ["| method | K | test RMSE | train RMSE | coverage 90% | NLL |", "|---|---|---|---|---|---|"]
+    table = [
+        "| method | K | test RMSE | train RMSE | coverage 90% | NLL | elpd / rating | elpd_loo (se) | p_loo "
+        "| LOO rank | weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     table += [
         f"| {r['method']} | {r['rank']} | {r['rmse']:.4f} | {r['train_rmse']:.4f} | "
-        f"{r['coverage_90']:.3f} | {r['nll']:.3f} |"
+        f"{r['coverage_90']:.3f} | {r['nll']:.3f} | {_fmt(r['elpd_per_rating'], '.4f')} | "
+        f"{_fmt(r['elpd_loo'], '.1f')} ({_fmt(r['elpd_loo_se'], '.1f')}) | {_fmt(r['p_loo'], '.1f')} | "
+        f"{_fmt(r.get('loo_rank'), 'd')} | {_fmt(r.get('loo_weight'), '.2f')} |"
         for r in rows
     ]
     print("\n".join(table))
@@ -171,6 +246,12 @@ def _write(out: Path, rows: list[dict], curves: dict) -> None:
         "",
         *table,
         "",
+        "elpd / rating: the held-out ratings' log predictive density, sum_p log mean_s p(r_p | draw s), per "
+        "rating (a point fit: -NLL, but at the unclipped mean). elpd_loo: ArviZ's PSIS-LOO of the same "
+        "log-likelihood, which reweights the draws as if each rating had been fitted and left out: lower "
+        "than the direct elpd by p_loo, so on held-out data it is the pessimistic one. LOO rank and weight: "
+        "`az.compare` at each K (stacking).",
+        "",
         "Calibration of the posterior predictive: ![calibration](calibration.png)",
         "",
         "Predictive sd against the absolute error: ![sd vs error](sd_vs_error.png)",
@@ -178,6 +259,10 @@ def _write(out: Path, rows: list[dict], curves: dict) -> None:
     ]
     (out / "report.md").write_text("\n".join(report))
     print(f"wrote {out}/results.csv, results.jsonl, report.md and plots", flush=True)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _plots(out: Path, rows: list[dict], curves: dict) -> None:

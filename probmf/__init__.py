@@ -10,6 +10,7 @@ The curated API (``__all__``); each name is imported on first use, so ``import p
     MFParams, predict                              the model's parameters and forward pass
     Predictor, PointPredictor                      what every fitted model answers
     Posterior                                      S draws and their predictive
+    to_inference_data                              any fit as ArviZ InferenceData (arviz imported on call)
     save_model, load_model                         safe persistence (no pickle)
 """
 
@@ -31,6 +32,7 @@ _EXPORTS = {
     "MFParams": "probmf.model",
     "predict": "probmf.model",
     "Posterior": "probmf.posterior",
+    "to_inference_data": "probmf.inference_data",
     "save_model": "probmf.persistence",
     "load_model": "probmf.persistence",
 }

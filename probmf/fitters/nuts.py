@@ -1,6 +1,8 @@
 """NUTS for the Bayesian biased MF model (`probmf.fitters.bayes_model.mf_model`): every
 parameter sampled jointly (`fit_nuts`), optionally on the ratings of the most active users
-and items only (`subset_ratings`), with R-hat and ESS of predictions (`NUTSInfo`).
+and items only (`subset_ratings`), with R-hat and ESS of predictions (`NUTSInfo`). The
+result keeps NumPyro's `MCMC` object (``NUTSResult.mcmc``), so ``arviz.from_numpyro`` reads
+the run as NumPyro recorded it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class NUTSInfo(NamedTuple):
     num_divergences: (C,) divergent transitions after warm-up, per chain.
     step_size: (C,) adapted step size per chain.
     mean_tree_depth: (C,) mean log2(leapfrog steps + 1) per chain.
-    r_hat, ess: (P,) split R-hat and effective sample size of the predictions at the check
-      pairs (all chains together).
+    r_hat, ess: (P,) rank-normalised split R-hat and bulk effective sample size of the
+      predictions at the check pairs (all chains together; `probmf.diagnostics`).
     check_users, check_items: (P,) the training pairs the diagnostics are computed on.
     seconds: wall time of warm-up and sampling.
     """
@@ -49,12 +51,40 @@ class NUTSInfo(NamedTuple):
     seconds: float
 
 
+class MCMCRun(tuple):
+    """NumPyro's `MCMC` object of a run (``.mcmc``), carried by a `NUTSResult` as an empty
+    tuple: a pytree with no leaves (tree maps and ``device_put`` keep it as it is), and what
+    `probmf.persistence` writes as an empty list, so a saved model leaves the object out and
+    loads with ``run=()`` (``NUTSResult.mcmc`` None). An MCMC object holds compiled
+    functions and the training data; it is not a file format."""
+
+    def __new__(cls, mcmc: MCMC | None = None):
+        self = super().__new__(cls)
+        self.mcmc = mcmc
+        return self
+
+    def __repr__(self) -> str:
+        return f"MCMCRun({type(self.mcmc).__name__})"
+
+
+jax.tree_util.register_pytree_node(MCMCRun, lambda run: ((), run.mcmc), lambda mcmc, _: MCMCRun(mcmc))
+
+
 class NUTSResult(NamedTuple):
     """``posterior``: the draws of every chain, chain-major (S = num_chains * num_samples);
-    ``info``: `NUTSInfo`."""
+    ``info``: `NUTSInfo`; ``run``: the `MCMCRun` holding NumPyro's `MCMC` (``()`` once saved
+    and loaded): ``arviz.from_numpyro(result.mcmc)``."""
 
     posterior: Posterior
     info: NUTSInfo
+    run: tuple = ()
+
+    @property
+    def mcmc(self) -> MCMC | None:
+        """The `numpyro.infer.MCMC` that drew the samples, None for a loaded model. Its
+        extra fields hold the per-draw ``diverging``, ``num_steps`` and
+        ``adapt_state.step_size``."""
+        return getattr(self.run, "mcmc", None)
 
     @property
     def rank(self) -> int:
@@ -158,7 +188,8 @@ def fit_nuts(
     Practical limits (2 shared CPU cores): a draw costs (leapfrog steps) x (one gradient over
     all n ratings). Measured on ML-100K u1 (80k ratings, rank 3, 15.7k parameters): 2 chains
     x (150 warm-up + 150 draws), trees of ~63 steps, took 212 s with no divergences, split
-    R-hat <= 1.014 and ESS >= 130 on 200 predictions; the defaults take ~5 minutes there.
+    R-hat <= 1.014 and ESS >= 130 on 200 predictions (the classic split R-hat and NumPyro's
+    ESS, the definitions then); the defaults take ~5 minutes there.
     Cost grows with n x rank x tree size, so ML-1M and up are out of reach: use
     ``max_users``/``max_items`` (the most active users and items; the others get zero
     factors and biases, i.e. they are predicted as cold), or SVI/Gibbs.
@@ -230,4 +261,4 @@ def _nuts(rng_key, train: Ratings, config: NUTSConfig) -> NUTSResult:
         check_items=check_i,
         seconds=seconds,
     )
-    return NUTSResult(posterior, info)
+    return NUTSResult(posterior, info, MCMCRun(mcmc))
