@@ -13,7 +13,7 @@ compile_seconds, seconds_per_iter (median of the timed iterations after compile)
 seconds_per_iter_all, ratings_per_second, peak_rss_mb, devices (``--devices``: rows or
 batches split across that many devices, as the fitters do), device_count, state_devices (the
 devices the final state lies on), backend, device_kind, probmf_version, batch_size (minibatch
-fitters), solver (als), linalg and implicit (gibbs). ``--smoke``: tiny data, for tests.
+fitters), solver (als), linalg, implicit and implicit_solver (gibbs). ``--smoke``: tiny data, for tests.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _optax(rng_key, train, args, run):
 
 def _gibbs(rng_key, train, args, run):
     config = GibbsConfig(rank=args.rank, num_warmup=0, num_samples=args.iters + 1, implicit=args.implicit,
-                         linalg=args.linalg).validate(run)  # fmt: skip
+                         linalg=args.linalg, implicit_solver=args.implicit_solver).validate(run)  # fmt: skip
     return prepare_gibbs(rng_key, train, config, run)
 
 
@@ -175,6 +175,7 @@ def run(args) -> dict:
         "solver": getattr(args, "solver_used", None),
         "linalg": args.linalg if args.model == "gibbs" else None,
         "implicit": args.implicit if args.model == "gibbs" else None,
+        "implicit_solver": args.implicit_solver if args.model == "gibbs" and args.implicit else None,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "probmf_version": probmf.__version__,
@@ -197,6 +198,7 @@ def main(argv=None) -> int:
         help="optax, svi: ratings per step; autorec-i: items per step (default: the fitter's)",
     )
     p.add_argument("--implicit", action="store_true", help="gibbs: with implicit feedback")
+    p.add_argument("--implicit-solver", default="auto", choices=["auto", "eigen", "cg"], help="gibbs --implicit")
     p.add_argument("--devices", type=int, default=1, help="split the work across this many devices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny data, for tests")

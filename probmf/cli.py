@@ -53,6 +53,7 @@ _MODEL_OPTIONS = (
     "keep_draws",
     "likelihood",
     "implicit",
+    "implicit_solver",
 )
 
 
@@ -88,6 +89,13 @@ def _add_model_options(p) -> None:
         action="store_const",
         const=True,
         help="gibbs: implicit feedback, which items each user rated and which users rated each item",
+    )
+    p.add_argument(
+        "--implicit-solver",
+        dest="implicit_solver",
+        choices=["auto", "eigen", "cg"],
+        help="gibbs --implicit: draw the implicit vectors exactly by eigendecomposition, by conjugate gradients, "
+        "or auto (eigen up to 12,000 users or items, CG past it)",
     )
     p.add_argument(
         "--summary-only",

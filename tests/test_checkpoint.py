@@ -23,6 +23,17 @@ FITS = {
         fit_gibbs,
         {"rank": 2, "num_warmup": 3, "num_samples": 4, "implicit": True, "checkpoint_every": 3},
     ),
+    "gibbs-implicit-cg": (
+        fit_gibbs,
+        {
+            "rank": 2,
+            "num_warmup": 3,
+            "num_samples": 4,
+            "implicit": True,
+            "implicit_solver": "cg",
+            "checkpoint_every": 3,
+        },
+    ),  # fmt: skip
 }
 
 KILLED_RUN = r"""

@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 
 from probmf.data.synthetic import synthetic_ratings
-from probmf.encoding import encode
+from probmf.encoding import Layout, encode
 from probmf.fitters.gibbs import _block_prior, _sample_rows, fit_gibbs, sample_normal_wishart
 from probmf.metrics import interval_scores
 from probmf.model import MFParams, init_params
@@ -317,15 +317,78 @@ def test_implicit_feedback_learns_from_which_items_were_rated():
     assert 0.85 <= scores[True]["coverage_90"] <= 0.95, scores
 
 
-def test_implicit_rejects_sides_too_large_for_the_exact_draw():
+def test_implicit_eigen_solver_refuses_sides_too_large_for_it():
     from probmf.data.ratings import IdMap, Ratings
     from probmf.fitters.gibbs import MAX_IMPLICIT_COLUMNS
 
     wide = Ratings(
-        [0, 1], [0, MAX_IMPLICIT_COLUMNS], [3.0, 4.0], IdMap.identity(2), IdMap.identity(MAX_IMPLICIT_COLUMNS + 1)
-    )
+        [0, 1, 1], [0, MAX_IMPLICIT_COLUMNS, 1], [3.0, 4.0, 2.0], IdMap.identity(2),
+        IdMap.identity(MAX_IMPLICIT_COLUMNS + 1),
+    )  # fmt: skip
     with pytest.raises(ValueError, match=f"at most {MAX_IMPLICIT_COLUMNS} users and items"):
-        fit_gibbs(jax.random.PRNGKey(0), wide, rank=2, implicit=True)
+        fit_gibbs(jax.random.PRNGKey(0), wide, rank=2, implicit=True, implicit_solver="eigen")
+
+
+@pytest.mark.slow
+def test_implicit_auto_solver_fits_sides_past_the_eigendecomposition_by_cg():
+    from probmf.data.ratings import IdMap, Ratings
+    from probmf.fitters.gibbs import MAX_IMPLICIT_COLUMNS
+
+    wide = Ratings(
+        [0, 1, 1], [0, MAX_IMPLICIT_COLUMNS, 1], [3.0, 4.0, 2.0], IdMap.identity(2),
+        IdMap.identity(MAX_IMPLICIT_COLUMNS + 1),
+    )  # fmt: skip
+    res = fit_gibbs(jax.random.PRNGKey(0), wide, rank=2, num_warmup=2, num_samples=3, implicit=True)
+    assert np.all(np.isfinite(np.asarray(res.predict(jnp.asarray([0, 1]), jnp.asarray([1, 0])))))
+
+
+@pytest.mark.parametrize(
+    "preset, side", [("tiny", 0), ("tiny", 1), pytest.param("ml100k", 0, marks=pytest.mark.slow),
+                     pytest.param("ml100k", 1, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_cg_draw_of_the_implicit_vectors_equals_the_exact_draw(preset, side):
+    """With the same noise, the CG draw of Y (from the tiles, and from the nonzeros) equals the
+    eigendecomposition's to within 1% of Y's posterior sd, entry by entry, at a small c (where
+    F^T F + c I is hardest to solve), whatever the warm start; on tiny and ML-100K-shaped data."""
+    from probmf.data.synthetic import synthetic_preset
+    from probmf.fitters.gibbs import implicit_operators, sample_implicit
+
+    train, _ = synthetic_preset(preset, seed=0)
+    data = encode(train)
+    num_rows = (train.num_users, train.num_items)[side]
+    eigen = implicit_operators(train, "eigen")[side]
+    rng = np.random.default_rng(side)
+    d = 4
+    B = rng.standard_normal((d, d))
+    P = jnp.asarray(B @ B.T / d + np.eye(d), jnp.float32)
+    T = jnp.asarray(0.3 * rng.standard_normal((num_rows, d)), jnp.float32)
+    c = jnp.float32(0.5)
+    key = jax.random.PRNGKey(side)
+    draw = jax.jit(sample_implicit)
+    exact = draw(key, T, P, c, eigen)
+    row_var = (eigen.vecs**2) @ (1.0 / (eigen.vals + c))  # diag((F^T F + c I)^-1)
+    sd = np.sqrt(np.asarray(row_var)[:, None] * np.diag(np.linalg.inv(np.asarray(P)))[None])
+    x0 = jnp.asarray(rng.standard_normal(exact.shape), jnp.float32)
+    for op in (implicit_operators(train, "cg", data)[side], implicit_operators(train, "cg")[side]):
+        assert op.vecs is None
+        for start in (None, x0):
+            error = np.abs(np.asarray(draw(key, T, P, c, op, x0=start)) - np.asarray(exact)) / sd
+            assert error.max() < 0.01, error.max()
+
+
+def test_row_sums_are_the_incidence_matrix_product():
+    """`row_sums` of either tile layout is S Z with S the 0/1 pattern of the ratings."""
+    from probmf.data.synthetic import synthetic_preset
+    from probmf.fitters.rows import row_sums
+
+    train, _ = synthetic_preset("tiny")
+    data = encode(train, Layout(tile_len=4, chunk_entries=16, block_rows=7))  # several blocks and chunks
+    S = np.zeros((train.num_users, train.num_items))
+    S[train.users, train.items] = 1.0
+    rng = np.random.default_rng(0)
+    Z_items, Z_users = rng.standard_normal((train.num_items, 3)), rng.standard_normal((train.num_users, 3))
+    np.testing.assert_allclose(row_sums(data.by_user, jnp.asarray(Z_items, jnp.float32)), S @ Z_items, atol=1e-4)
+    np.testing.assert_allclose(row_sums(data.by_item, jnp.asarray(Z_users, jnp.float32)), S.T @ Z_users, atol=1e-4)
 
 
 def _prior_draws(rng, num, hyper, k, F_users, F_items, X_users=None, X_items=None):
@@ -377,13 +440,17 @@ def _stats(W, b, U, c, tau, hw, hu, implicit=True, features=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("implicit, features", [(False, False), (True, False), (True, True)])
-def test_sampler_passes_geweke_successive_conditional_test(implicit, features):
+@pytest.mark.parametrize(
+    "implicit, features, solver",
+    [(False, False, "eigen"), (True, False, "eigen"), (True, True, "eigen"), (True, True, "cg")],
+)
+def test_sampler_passes_geweke_successive_conditional_test(implicit, features, solver):
     """Geweke (2004): alternately drawing ratings | parameters and one sweep of parameters |
     ratings (BPMF, with implicit feedback, and with side information too) leaves the prior
     invariant, so every statistic's mean along that chain equals its prior mean; a wrong
     conditional anywhere in the sweep (a scale, a degree of freedom, a prior mean) moves some
-    of them. Tight hyper-priors keep float32 away from heavy tails."""
+    of them. Tight hyper-priors keep float32 away from heavy tails. ``solver`` "cg": the implicit
+    vectors drawn by conjugate gradients over the tiles (`probmf.fitters.gibbs.implicit`)."""
     import scipy.sparse as sp
 
     from probmf.data.ratings import IdMap, Ratings
@@ -406,7 +473,8 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features):
     # Precisions around 2.5-4, not 1, so that a wrong power (c for sqrt(c)) would show.
     hyper = Hyperpriors(beta0=2.0, nu0_extra=4.0, a_tau=10.0, b_tau=4.0, a_bias=10.0, b_bias=3.0,
                         a_implicit=10.0, b_implicit=2.5, a_features=8.0, b_features=3.0)  # fmt: skip
-    ops = implicit_operators(ratings) if implicit else None
+    data = encode(ratings, with_slots=True)
+    ops = implicit_operators(ratings, solver, data) if implicit else None
     F_users, F_items = np.zeros((n_users, n_items)), np.zeros((n_items, n_users))
     if implicit:  # else F = 0: the implicit vectors are drawn but never enter the model
         F_users[users, items] = 1.0 / np.sqrt(np.bincount(users)[users])
@@ -430,7 +498,6 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features):
         MFParams(f32(W), f32(U), f32(b), f32(c), jnp.float32(0.0)), f32(tau), f32(hw[1]), f32(hw[0]), f32(hu[1]),
         f32(hu[0]), f32(hw[2]), f32(hu[2]), sides, feats,
     )  # fmt: skip
-    data = encode(ratings, with_slots=True)
     u, i = jnp.asarray(users), jnp.asarray(items)
 
     @jax.jit

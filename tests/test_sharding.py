@@ -36,6 +36,8 @@ for name, fit in {
                                  devices=d).posterior,
     "gibbs_implicit": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8,
                                           linalg="jax", implicit=True, devices=d).posterior,
+    "gibbs_implicit_cg": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8,
+                                             linalg="jax", implicit=True, implicit_solver="cg", devices=d).posterior,
     "gibbs_features": lambda d: fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=5, num_samples=8,
                                           linalg="jax", implicit=True, user_features=X_users,
                                           item_features=X_items, devices=d).posterior,
@@ -62,6 +64,7 @@ def test_row_sharded_fits_equal_single_device_fits():
     assert out["als"] == 0.0, out
     assert out["gibbs"] < 1e-5, out
     assert out["gibbs_implicit"] < 1e-5, out
+    assert out["gibbs_implicit_cg"] < 1e-5, out
     assert out["gibbs_features"] < 1e-5, out
 
 

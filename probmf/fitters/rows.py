@@ -145,3 +145,43 @@ def _update_sharded(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: Blo
     )(by_device(X), by_device(xb), jax.tree.map(by_device, per_row), tiles.rows, tiles.cols, tiles.vals,
       tiles.starts, Y, yb, mu)  # fmt: skip
     return X.reshape(d * n_local, -1)[:n], xb.reshape(-1)[:n], total
+
+
+def row_sums(tiles: RowTiles, Z: jax.Array) -> jax.Array:
+    """S Z (N, d) for Z (M, d), S (N, M) the 0/1 pattern of the tiles' entries: row i's sum of
+    Z[j] over the columns j it rated (implicit feedback's F Y, up to row weights). One pass
+    over the tiles, chunk by chunk as in `normal_equations`; split across devices like
+    `update_rows`, each device summing its own rows."""
+    if tiles.mesh is not None:
+        return _row_sums_sharded(tiles, Z)
+    r = tiles.block_rows
+    Zp = jnp.concatenate([Z, jnp.zeros((1, Z.shape[1]), Z.dtype)])  # padded entries read the zero row
+    # Chunk c belongs to block b with starts[b] <= c < starts[b + 1]; its rows are relative to b.
+    base = (jnp.searchsorted(tiles.starts, jnp.arange(tiles.rows.shape[0]), side="right") - 1) * r
+
+    def body(c, out):
+        return out.at[base[c] + tiles.rows[c]].add(jnp.sum(Zp[tiles.cols[c]], axis=1))
+
+    out = lax.fori_loop(0, tiles.starts[-1], body, jnp.zeros((tiles.num_blocks * r, Z.shape[1]), Z.dtype))
+    return out[: tiles.num_rows]
+
+
+def _row_sums_sharded(tiles: RowTiles, Z: jax.Array) -> jax.Array:
+    """`row_sums` with device d summing rows [d n_local, (d + 1) n_local), n_local = ceil(N / D)."""
+    mesh, n = tiles.mesh, tiles.num_rows
+    d = mesh.size
+    n_local = -(-n // d)
+
+    def local(rows, cols, starts, Z):
+        rows, cols, starts = rows[0], cols[0], starts[0]
+        counts = jnp.zeros((n_local,), jnp.float32)  # only its length is read
+        tiles_local = dataclasses.replace(
+            tiles, rows=rows, cols=cols, vals=jnp.zeros(cols.shape), starts=starts, counts=counts, mesh=None,
+            slots=None,
+        )  # fmt: skip
+        return row_sums(tiles_local, Z)[None]
+
+    out = jax.shard_map(local, mesh=mesh, in_specs=(P(AXIS),) * 3 + (P(),), out_specs=P(AXIS), check_vma=False)(
+        tiles.rows, tiles.cols, tiles.starts, Z
+    )
+    return out.reshape(d * n_local, -1)[:n]

@@ -13,7 +13,7 @@ Every conditional is conjugate, so a sweep draws each block exactly. The modules
   `rounded`   the rounded (ordered-probit) likelihood, ``likelihood="rounded"``: latent
               ratings drawn from truncated normals each sweep;
   `implicit`  implicit feedback, ``implicit=True`` (SVD++ in both directions): per-row prior
-              means F Y and the exact draw of Y;
+              means F Y and the draw of Y (eigendecomposition, or CG at any size);
   `features`  side information, ``user_features=``/``item_features=``: attribute matrices X
               whose vectors A are drawn as Y is; cold rows predicted from their attributes;
   `chain`     the driver: `fit_gibbs`, checkpointed chunks of sweeps (`gibbs_chunk`), the kept
@@ -34,12 +34,17 @@ from probmf.fitters.gibbs.chain import (
 )
 from probmf.fitters.gibbs.features import FeatureSide, feature_matrix, feature_operator, feature_operators
 from probmf.fitters.gibbs.implicit import (
+    CG_TOLERANCE,
+    IMPLICIT_SOLVERS,
     MAX_IMPLICIT_COLUMNS,
     ImplicitOperator,
     ImplicitSide,
     implicit_operator,
     implicit_operators,
+    implicit_solver,
     sample_implicit,
+    solve_cg,
+    tiled_operator,
 )
 from probmf.fitters.gibbs.kernel import (
     GibbsInfo,
@@ -60,6 +65,8 @@ from probmf.fitters.gibbs.rounded import (
 )
 
 __all__ = [
+    "CG_TOLERANCE",
+    "IMPLICIT_SOLVERS",
     "LIKELIHOODS",
     "MAX_IMPLICIT_COLUMNS",
     "SAVED_TYPES",
@@ -83,12 +90,15 @@ __all__ = [
     "gibbs_sweep",
     "implicit_operator",
     "implicit_operators",
+    "implicit_solver",
     "init_chain",
     "init_state",
     "rounding_intervals",
     "row_priors",
     "sample_implicit",
     "sample_normal_wishart",
+    "solve_cg",
+    "tiled_operator",
     "truncated_from_uniform",
     "truncated_standard_normal",
     "with_values",

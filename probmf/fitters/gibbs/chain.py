@@ -27,7 +27,7 @@ from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, encode, layout_for_rank
 from probmf.fitters.als import fit_als
 from probmf.fitters.gibbs.features import feature_matrix, feature_operators, features_of, side_matrix
-from probmf.fitters.gibbs.implicit import implicit_operators
+from probmf.fitters.gibbs.implicit import IMPLICIT_SOLVERS, implicit_operators, implicit_solver
 from probmf.fitters.gibbs.kernel import GibbsInfo, GibbsState, gibbs_sweep, init_state, row_priors
 from probmf.fitters.gibbs.rounded import Latent, rounding_intervals
 from probmf.linalg import LINALGS
@@ -154,6 +154,7 @@ class GibbsConfig(NamedTuple):
     keep_draws: bool = True
     predict_pairs: tuple | None = None
     linalg: str = "lapack"
+    implicit_solver: str = "auto"
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
         """The config with its defaults filled in, ``predict_pairs`` as int32 arrays and the
@@ -183,6 +184,8 @@ class GibbsConfig(NamedTuple):
             raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
         if not isinstance(c.implicit, bool):
             raise ValueError(f"implicit must be True or False, got {c.implicit!r}")
+        if c.implicit_solver not in IMPLICIT_SOLVERS:
+            raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {c.implicit_solver!r}")
         return c
 
 
@@ -202,9 +205,10 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     )
     pairs = c.predict_pairs
     mesh = device_mesh(check_devices(run.devices))
-    # Host-side set-up, before anything compiles: refuses sides too large for the exact draw
-    # and attribute matrices of the wrong size.
-    ops = implicit_operators(train) if c.implicit else None
+    # Host-side checks, before anything compiles: sides too large for an eigendecomposition
+    # asked for, attribute matrices of the wrong size.
+    if c.implicit:
+        implicit_solver(c.implicit_solver, max(train.num_users, train.num_items))
     feature_ops = feature_operators(c.user_features, c.item_features, train)
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
@@ -216,9 +220,10 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     if c.likelihood == "rounded":
         levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
         latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
+    ops = implicit_operators(train, c.implicit_solver, data) if c.implicit else None
     mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
     total = c.num_warmup + c.num_samples * c.thin
-    widths = None if feature_ops is None else tuple(None if op is None else op.vals.shape[0] for op in feature_ops)
+    widths = None if feature_ops is None else tuple(None if op is None else op.num_cols for op in feature_ops)
     chain = init_chain(
         init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths), total, c.num_samples, c.keep_draws,
         None if pairs is None else pairs[0].shape[0],
@@ -237,6 +242,8 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
 
     options = {**c._asdict(), "devices": run.devices}
     summary_pairs = options.pop("predict_pairs") or ()
+    if options["implicit_solver"] == "auto":  # as before the option: older checkpoints still resume
+        del options["implicit_solver"]
     # A matrix enters the checkpoint's fingerprint as its digest; none leaves the options as
     # they were before side information, so older checkpoints still resume.
     for name in ("user_features", "item_features"):
@@ -263,6 +270,7 @@ def fit_gibbs(
     keep_draws: bool = True,
     predict_pairs: tuple | None = None,
     linalg: str = "lapack",
+    implicit_solver: str = "auto",
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
@@ -279,8 +287,7 @@ def fit_gibbs(
       likelihood: "gaussian", or "rounded" (ratings are rounded latent Gaussians; see
         `probmf.fitters.gibbs.rounded`).
       implicit: implicit feedback in both directions (SVD++-like; see `probmf.fitters.gibbs.implicit`):
-        which items each user rated, and which users rated each item, in ``train``. Needs
-        at most `MAX_IMPLICIT_COLUMNS` users and items.
+        which items each user rated, and which users rated each item, in ``train``.
       user_features, item_features: side information (see `probmf.fitters.gibbs.features`):
         a `probmf.data.features.FeatureTable` on raw ids (`read_features`, or
         `probmf.data.movielens.load_features("ml-100k", "user")`), aligned with ``train``'s id
@@ -293,6 +300,10 @@ def fit_gibbs(
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean
         and variance are accumulated during sampling (`PredictiveSummary`).
       linalg: "lapack" or "jax" (no LAPACK calls; `probmf.linalg`).
+      implicit_solver: how each side's implicit vectors are drawn (`sample_implicit`):
+        "eigen" exactly through an eigendecomposition of F^T F (at most
+        `MAX_IMPLICIT_COLUMNS` columns), "cg" by conjugate gradients to a relative residual
+        of `CG_TOLERANCE`, "auto" eigen where it fits and CG past it.
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the chain in every ``checkpoint_every`` sweeps and resume
         from (`probmf.checkpoint`); None: no checkpoints.
@@ -302,5 +313,5 @@ def fit_gibbs(
     """
     run = RunOptions(devices, checkpoint, checkpoint_every)
     config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, user_features,
-                         item_features, keep_draws, predict_pairs, linalg).validate(run)  # fmt: skip
+                         item_features, keep_draws, predict_pairs, linalg, implicit_solver).validate(run)  # fmt: skip
     return run_program(prepare_gibbs(rng_key, train, config, run))

@@ -13,8 +13,14 @@ and C more degrees of freedom); lam_b | b - F Y, Y likewise; Y | W, b, c (matrix
 do the same with their raters. The kept draws store the combined vectors, so prediction is
 unchanged.
 
-This module holds F (`ImplicitOperator`, built on the host), each side's implicit
-parameters (`ImplicitSide`) and the exact draw of Y. Side information
+This module holds F (`ImplicitOperator`), each side's implicit parameters (`ImplicitSide`)
+and the draw of Y, a perturb-and-solve draw with the matrix F^T F + c I: solved exactly through
+its eigendecomposition (computed once on the host; C^3 flops and C^2 floats, so up to
+`MAX_IMPLICIT_COLUMNS` columns), or by conjugate gradients (`solve_cg`) with F^T F applied as
+two passes over the training tiles (`probmf.fitters.rows.row_sums`), preconditioned by its
+diagonal, warm-started from the previous sweep's Y and stopped at a relative residual of
+`CG_TOLERANCE` in every column (1e-4: each entry within ~0.1% of its posterior sd of the exact
+draw on ML-100K, `tests/test_gibbs.py`). "auto" takes the eigendecomposition where it fits. Side information
 (`probmf.fitters.gibbs.features`) is a second term of the same form, X A, whose operator
 and draw are these.
 """
@@ -30,61 +36,123 @@ import scipy.sparse as sp
 from jax import lax
 
 from probmf.data.ratings import Ratings
+from probmf.encoding import Encoded, RowTiles
+from probmf.fitters.rows import row_sums
 from probmf.linalg import cholesky, solve_lower
 
 
 class ImplicitOperator(NamedTuple):
-    """A sparse F (N, C) as its nonzeros (rows, cols, weights (n,)), with the
-    eigendecomposition F^T F = V diag(D) V^T (V (C, C), D (C,)) that makes the draw of the
-    vectors it weighs exact for any c (`sample_implicit`). For implicit feedback F_ij =
-    |N(i)|^-1/2 on row i's training set N(i); for side information F is an attribute matrix X
-    (`probmf.fitters.gibbs.features`)."""
+    """A sparse F (N, C), the diagonal of F^T F (``diag`` (C,)), and what its draws need:
 
-    rows: jax.Array
-    cols: jax.Array
-    weights: jax.Array
-    vecs: jax.Array
-    vals: jax.Array
+    - F as its nonzeros (``rows``, ``cols``, ``weights`` (n,)), or, for implicit feedback on
+      large data, as the training tiles (``tiles``: the `RowTiles` whose rows are F's rows,
+      those whose rows are F's columns, and F's row weights (N,)), so that F Y and F^T T are
+      tile passes like a half-sweep's instead of scatters over every rating;
+    - the eigendecomposition F^T F = V diag(D) V^T (``vecs`` (C, C), ``vals`` (C,)) that makes
+      the draw of the vectors it weighs exact for any c, or None: the draw then solves by
+      conjugate gradients (`sample_implicit`).
+
+    For implicit feedback F_ij = |N(i)|^-1/2 on row i's training set N(i); for side
+    information F is an attribute matrix X (`probmf.fitters.gibbs.features`)."""
+
+    rows: jax.Array | None
+    cols: jax.Array | None
+    weights: jax.Array | None
+    vecs: jax.Array | None
+    vals: jax.Array | None
+    diag: jax.Array
+    tiles: tuple | None = None
+
+    @property
+    def num_cols(self) -> int:
+        return self.diag.shape[0]
 
     def apply(self, Y: jax.Array, num_rows: int) -> jax.Array:
         """F Y: (C, d) -> (N, d)."""
+        if self.tiles is not None:
+            return self.tiles[2][:, None] * row_sums(self.tiles[0], Y)
         return jax.ops.segment_sum(Y[self.cols] * self.weights[:, None], self.rows, num_rows)
 
     def apply_t(self, T: jax.Array) -> jax.Array:
         """F^T T: (N, d) -> (C, d)."""
-        return jax.ops.segment_sum(T[self.rows] * self.weights[:, None], self.cols, self.vals.shape[0])
+        if self.tiles is not None:
+            return row_sums(self.tiles[1], self.tiles[2][:, None] * T)
+        return jax.ops.segment_sum(T[self.rows] * self.weights[:, None], self.cols, self.num_cols)
 
 
-# The exact draw eigendecomposes a C x C Gram on the host (C^3 flops, C^2 floats).
+# The exact draw eigendecomposes a C x C Gram on the host (C^3 flops, C^2 floats): up to this
+# many columns (12,000: ~1 min and 0.6 GB once); past it "auto" solves each draw by CG.
 MAX_IMPLICIT_COLUMNS = 12_000
+IMPLICIT_SOLVERS = ("auto", "eigen", "cg")
+# CG stops when every column's residual is below CG_TOLERANCE times its right-hand side (2-norms).
+CG_TOLERANCE = 1e-4
+CG_MAX_ITERATIONS = 1_000
+
+
+def implicit_solver(solver: str, num_cols: int) -> str:
+    """The solver, "eigen" or "cg", for a side with ``num_cols`` columns: ``solver`` as given, "auto" the
+    eigendecomposition up to `MAX_IMPLICIT_COLUMNS` columns and CG past them; a ValueError
+    for an unknown solver or an eigendecomposition too large."""
+    if solver not in IMPLICIT_SOLVERS:
+        raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        return "eigen" if num_cols <= MAX_IMPLICIT_COLUMNS else "cg"
+    if solver == "eigen" and num_cols > MAX_IMPLICIT_COLUMNS:
+        raise ValueError(
+            f"implicit feedback's exact draw eigendecomposes a {num_cols} x {num_cols} Gram; the eigen solver "
+            f"supports at most {MAX_IMPLICIT_COLUMNS} users and items (implicit_solver='cg' or 'auto' solves by CG)"
+        )
+    return solver
 
 
 def implicit_operator(
-    rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, weights: np.ndarray | None = None
-) -> ImplicitOperator:
+    rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, weights: np.ndarray | None = None,
+    solver: str = "eigen",
+) -> ImplicitOperator:  # fmt: skip
     """The `ImplicitOperator` of F with nonzeros F[rows[t], cols[t]] = weights[t] (distinct
     pairs); ``weights`` None: implicit feedback's |N(i)|^-1/2, for the training pairs (one per
-    rating)."""
-    if num_cols > MAX_IMPLICIT_COLUMNS:
-        raise ValueError(
-            f"implicit feedback draws exactly through a {num_cols} x {num_cols} eigendecomposition; "
-            f"it supports at most {MAX_IMPLICIT_COLUMNS} users and items"
-        )
+    rating). ``solver``: "eigen" (eigendecomposition), "cg" (none) or "auto" (`implicit_solver`)."""
+    solver = implicit_solver(solver, num_cols)
     if weights is None:
         counts = np.bincount(rows, minlength=num_rows).astype(np.float64)
         weights = 1.0 / np.sqrt(counts[rows])
     F = sp.csr_matrix((weights, (rows, cols)), shape=(num_rows, num_cols))
-    vals, vecs = np.linalg.eigh((F.T @ F).toarray())
+    diag = np.asarray(F.multiply(F).sum(axis=0)).ravel()
+    vals = vecs = None
+    if solver == "eigen":
+        vals, vecs = np.linalg.eigh((F.T @ F).toarray())
+        vals, vecs = jnp.asarray(np.maximum(vals, 0.0), jnp.float32), jnp.asarray(vecs, jnp.float32)
     return ImplicitOperator(
-        jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), jnp.asarray(weights, jnp.float32),
-        jnp.asarray(vecs, jnp.float32), jnp.asarray(np.maximum(vals, 0.0), jnp.float32),
+        jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), jnp.asarray(weights, jnp.float32), vecs, vals,
+        jnp.asarray(diag, jnp.float32),
     )  # fmt: skip
 
 
-def implicit_operators(train: Ratings) -> tuple[ImplicitOperator, ImplicitOperator]:
-    """(users', items') `ImplicitOperator`: the items each user rated, the users who rated each item."""
-    return (implicit_operator(train.users, train.items, train.num_users, train.num_items),
-            implicit_operator(train.items, train.users, train.num_items, train.num_users))  # fmt: skip
+def tiled_operator(tiles: RowTiles, tiles_t: RowTiles) -> ImplicitOperator:
+    """Implicit feedback's F for CG, as the training tiles: F_ij = |N(i)|^-1/2 on the entries
+    of ``tiles`` (rows = F's rows), whose transpose pattern is ``tiles_t``; no copy of the
+    ratings and no eigendecomposition. diag(F^T F)_j = sum over j's rows i of 1/|N(i)|."""
+    counts = tiles.counts
+    weights = jnp.where(counts > 0, 1.0 / jnp.sqrt(jnp.maximum(counts, 1.0)), 0.0)
+    diag = row_sums(tiles_t, (weights * weights)[:, None])[:, 0]
+    return ImplicitOperator(None, None, None, None, None, diag, (tiles, tiles_t, weights))
+
+
+def implicit_operators(
+    train: Ratings, solver: str = "eigen", data: Encoded | None = None
+) -> tuple[ImplicitOperator, ImplicitOperator]:
+    """(users', items') `ImplicitOperator`: the items each user rated, the users who rated each
+    item. ``solver`` per side (`implicit_solver`); a CG side uses ``data``'s tiles (the encoded
+    ``train``) when given, else the nonzeros."""
+
+    def side(rows, cols, num_rows, num_cols, tiles, tiles_t):
+        if implicit_solver(solver, num_cols) == "cg" and data is not None:
+            return tiled_operator(tiles, tiles_t)
+        return implicit_operator(rows, cols, num_rows, num_cols, solver=solver)
+
+    by_user, by_item = (data.by_user, data.by_item) if data is not None else (None, None)
+    return (side(train.users, train.items, train.num_users, train.num_items, by_user, by_item),
+            side(train.items, train.users, train.num_items, train.num_users, by_item, by_user))  # fmt: skip
 
 
 class ImplicitSide(NamedTuple):
@@ -95,19 +163,58 @@ class ImplicitSide(NamedTuple):
     c: jax.Array
 
 
-def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, linalg: str = "lapack") -> jax.Array:
+def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, linalg: str = "lapack", x0=None) -> jax.Array:
     """Y ~ p(Y | T) when the rows of T (N, d) are N(F_i Y, P^-1) and those of Y (C, d) are
     N(0, (c P)^-1): matrix normal with row covariance (F^T F + c I)^-1 and column covariance
     P^-1, drawn by perturbation, Y = (F^T F + c I)^-1 (F^T (T + E1) + sqrt(c) E2) with the
     rows of E1, E2 ~ N(0, P^-1) (its mean is the posterior mean and its covariance
-    (F^T F + c I)^-1 (F^T F + c I)(F^T F + c I)^-1 (x) P^-1); the inverse runs through F^T F's
-    eigenvectors, so the draw is exact."""
+    (F^T F + c I)^-1 (F^T F + c I)(F^T F + c I)^-1 (x) P^-1). The inverse runs through F^T F's
+    eigenvectors, exactly, or (``op.vecs`` None) by Jacobi-preconditioned conjugate gradients
+    from ``x0`` (C, d) (e.g. the previous sweep's Y; None: zeros), to `CG_TOLERANCE`."""
     key_1, key_2 = jax.random.split(rng_key)
     d = P.shape[0]
     L = cholesky(P, linalg)
     L_inv_t = solve_lower(jnp.broadcast_to(L, (d, d, d)), jnp.eye(d), transpose=True, linalg=linalg).T  # L^-T
     e1 = jax.random.normal(key_1, T.shape) @ L_inv_t.T  # rows L^-T z ~ N(0, P^-1)
-    e2 = jax.random.normal(key_2, (op.vals.shape[0], d)) @ L_inv_t.T
+    e2 = jax.random.normal(key_2, (op.num_cols, d)) @ L_inv_t.T
     rhs = op.apply_t(T + e1) + jnp.sqrt(c) * e2
+    if op.vecs is None:
+        return solve_cg(op, c, rhs, T.shape[0], jnp.zeros_like(rhs) if x0 is None else x0, CG_TOLERANCE)[0]
     hi = lax.Precision.HIGHEST
     return jnp.matmul(op.vecs, jnp.matmul(op.vecs.T, rhs, precision=hi) / (op.vals + c)[:, None], precision=hi)
+
+
+def solve_cg(
+    op: ImplicitOperator, c, rhs: jax.Array, num_rows: int, x0: jax.Array, tol: float = CG_TOLERANCE,
+    max_iterations: int = CG_MAX_ITERATIONS,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """(Y, iterations): Y (C, d) solving (F^T F + c I) Y = rhs column by column, by conjugate
+    gradients preconditioned with diag(F^T F) + c, from ``x0``, until every column's residual
+    2-norm is at most ``tol`` times its right-hand side's (or ``max_iterations``). Each
+    iteration applies F and F^T once (two passes over the ratings)."""
+
+    def gram(Y):
+        return op.apply_t(op.apply(Y, num_rows)) + c * Y
+
+    m_inv = (1.0 / (op.diag + c))[:, None]
+    bound = (tol * tol) * jnp.sum(rhs * rhs, axis=0)
+    r = rhs - gram(x0)
+    z = m_inv * r
+    state = (jnp.int32(0), x0, r, z, jnp.sum(r * z, axis=0))
+
+    def not_done(s):
+        return (s[0] < max_iterations) & jnp.any(jnp.sum(s[2] * s[2], axis=0) > bound)
+
+    def step(s):
+        it, x, r, p, rz = s
+        Ap = gram(p)
+        pAp = jnp.sum(p * Ap, axis=0)
+        alpha = jnp.where(pAp > 0, rz / jnp.where(pAp > 0, pAp, 1.0), 0.0)  # a converged column stays put
+        x, r = x + alpha * p, r - alpha * Ap
+        z = m_inv * r
+        rz_new = jnp.sum(r * z, axis=0)
+        p = z + jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0) * p
+        return it + 1, x, r, p, rz_new
+
+    it, x, *_ = lax.while_loop(not_done, step, state)
+    return x, it

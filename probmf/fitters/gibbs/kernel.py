@@ -168,7 +168,7 @@ def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, linalg):
                 resid = resid - offset
         # Z before c: from the start Z = 0, c | Z would be ~C(k+1)/2 and shrink Z so hard that c
         # took some 500 sweeps to come down to its posterior (implicit feedback, ML-100K).
-        Z = sample_implicit(key_z, resid, P, term.side[1], term.op, linalg)
+        Z = sample_implicit(key_z, resid, P, term.side[1], term.op, linalg, x0=term.side[0])  # CG warm start
         quad = jnp.sum((Z @ P) * Z)
         c = _sample_gamma(key_c, term.shape + Z.shape[0] * (k + 1) / 2.0, term.rate + 0.5 * quad)
         offsets[t] = term.op.apply(Z, n)
