@@ -15,19 +15,13 @@ import argparse
 import json
 import sys
 
-import jax
-import numpy as np
+from probmf import __version__
 
-from probmf.checkpoint import show_progress
-from probmf.data.features import read_features
-from probmf.data.io import read_new_user, read_pairs, read_ratings
-from probmf.data.movielens import load_features
-from probmf.evaluate import evaluate_fold, folds, load_ratings, mean_row
-from probmf.fitters import FITTERS
-from probmf.fitters.run import fit_model
-from probmf.persistence import FittedModel, load_model, save_model
-from probmf.recommend import STRATEGIES, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
-from probmf.sharding import to_host
+# JAX and the fitters are imported by the commands that need them, so that `probmf --help`
+# and `probmf --version` answer at once. The names the parser offers are spelled here (a test
+# checks them against `probmf.fitters.FITTERS` and `probmf.recommend.STRATEGIES`).
+MODELS = ("als", "autorec-i", "autorec-u", "baseline", "gibbs", "mlp", "nuts", "optax", "residual", "svd", "svi")
+STRATEGIES = ("mean", "ucb", "thompson")
 
 # The flags that are fitter options: each dest is the fitter keyword (flags spell it with
 # dashes; the older spellings --lambda, --sweeps, --epochs, --samples, --warmup are aliases)
@@ -65,7 +59,7 @@ def _hidden(text: str) -> int | tuple[int, ...]:
 
 def _add_model_options(p) -> None:
     """--model and every fitter option (each applies to the fitters that take it)."""
-    p.add_argument("--model", default="als", choices=sorted(FITTERS))
+    p.add_argument("--model", default="als", choices=MODELS)
     p.add_argument("--rank", type=int, help="number of latent factors k")
     p.add_argument("--lam", "--lambda", dest="lam", type=float, help="factor ridge strength (prior precision)")
     p.add_argument("--lam-bias", "--lambda-bias", dest="lam_bias", type=float, help="bias ridge strength")
@@ -144,7 +138,7 @@ def _print_row(row: dict, as_json: bool) -> None:
     print(
         f"{row['dataset']:>16} {row['split']:>7} {row['model']:>8} k={row['rank']:<3} "
         f"RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  cov90 {row['coverage_90']:.3f}  n_test {row['n_test']:,.0f} "
-        f"(cold {row['n_cold']:,.0f}{_cold_text(row)})  fit {row['fit_seconds']:.2f} s",
+        f"(cold {row['n_cold']:,.0f}{_cold_text(row)})  fit {row['fit_seconds']:.2f} s{_convergence_text(row)}",
         flush=True,
     )
 
@@ -154,6 +148,14 @@ def _cold_text(row: dict) -> str:
     if row.get("rmse_cold") is None:
         return ""
     return f": RMSE {row['rmse_cold']:.4f}  cov50 {row['coverage_50_cold']:.3f}  cov90 {row['coverage_90_cold']:.3f}"
+
+
+def _convergence_text(row: dict) -> str:
+    """A Bayesian model's worst R-hat and ESS over the checked test pairs, when it has them."""
+    if row.get("r_hat_max") is None:
+        return ""
+    ess = row.get("ess_min")
+    return f"  R-hat {row['r_hat_max']:.3f}" + ("" if ess is None else f"  ESS {ess:.0f}")
 
 
 SUMMARY_RANKING = (
@@ -170,6 +172,8 @@ def _check_evaluate_args(args) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    from probmf.evaluate import evaluate_fold, folds, mean_row
+
     _check_evaluate_args(args)
     given = _given_options(args)
     rows = []
@@ -197,6 +201,9 @@ def cmd_evaluate(args) -> int:
 def _given_options(args) -> dict:
     """The model options given on the command line; feature files and ``--features`` sides
     read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold)."""
+    from probmf.data.features import read_features
+    from probmf.data.movielens import load_features
+
     given = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
     for side in ("user", "item"):
         path = getattr(args, f"{side}_features")
@@ -231,6 +238,14 @@ def _fit_parser(sub) -> None:
 
 
 def cmd_fit(args) -> int:
+    import jax
+
+    from probmf.data.io import read_ratings
+    from probmf.evaluate import load_ratings
+    from probmf.fitters.run import fit_model
+    from probmf.persistence import FittedModel, save_model
+    from probmf.sharding import to_host
+
     if args.train:
         train, dataset = read_ratings(args.train), str(args.train)
     else:
@@ -258,6 +273,10 @@ def _predict_parser(sub) -> None:
 
 
 def cmd_predict(args) -> int:
+    from probmf.data.io import read_pairs
+    from probmf.persistence import load_model
+    from probmf.recommend import predict_pairs
+
     model = load_model(args.model)
     users, items = read_pairs(args.pairs)
     p = predict_pairs(model, users, items, clip=not args.no_clip)
@@ -290,6 +309,12 @@ def _recommend_parser(sub) -> None:
 
 
 def cmd_recommend(args) -> int:
+    import jax
+
+    from probmf.data.io import read_new_user
+    from probmf.persistence import load_model
+    from probmf.recommend import fold_in, recommend, score_user, title_of, titles_for
+
     model = load_model(args.model)
     titles = titles_for(args.titles, model.dataset)  # before scoring: a bad titles file fails fast
     key = jax.random.PRNGKey(args.seed)
@@ -322,6 +347,8 @@ def _info_parser(sub) -> None:
 
 
 def cmd_info(args) -> int:
+    from probmf.persistence import load_model
+
     model = load_model(args.model)
     info = {
         "model": model.model,
@@ -338,10 +365,14 @@ def cmd_info(args) -> int:
 
 def _round(x) -> float | None:
     """x to 4 decimals; None (JSON null) for NaN, the sd of a point model saved without one."""
+    import numpy as np
+
     return round(float(x), 4) if np.isfinite(x) else None
 
 
 def _py(x):
+    import numpy as np
+
     return x.item() if isinstance(x, np.generic) else x
 
 
@@ -354,6 +385,7 @@ def _as_int(text: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="probmf", description="Probabilistic matrix factorization in JAX.")
+    parser.add_argument("--version", action="version", version=f"probmf {__version__}")
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -367,6 +399,10 @@ def main(argv=None) -> int:
     for add in (_evaluate_parser, _fit_parser, _predict_parser, _recommend_parser, _info_parser):
         add(sub)
     args = parser.parse_args(argv)
+    import jax
+
+    from probmf.checkpoint import show_progress
+
     if args.distributed:
         # Without --coordinator, JAX detects the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
         # --devices then counts the devices of all hosts.

@@ -174,3 +174,34 @@ def test_evaluate_summary_only_checkpoint_and_devices_flags(tmp_path, capsys):
     assert again["rmse"] == first["rmse"] and again["coverage_90"] == first["coverage_90"]
     assert main([*base, "--devices", "64"]) == 2
     assert "xla_force_host_platform_device_count" in capsys.readouterr().err
+
+
+def test_help_and_version_answer_without_importing_jax_or_the_fitters():
+    """`probmf --help` and `--version` parse without JAX (imported by the commands that need it)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from probmf.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['evaluate', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('jax', 'numpy', 'probmf.fitters') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    import probmf
+
+    assert f"probmf {probmf.__version__}" in out
+    assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_the_parsers_names_are_the_registered_fitters_and_strategies():
+    from probmf import cli
+    from probmf.fitters import FITTERS
+    from probmf.recommend import STRATEGIES
+
+    assert cli.MODELS == tuple(sorted(FITTERS))
+    assert cli.STRATEGIES == STRATEGIES

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import probmf.evaluate
 from probmf import cli
 
 
@@ -16,8 +17,8 @@ def _never(*args, **kwargs):
 @pytest.mark.parametrize("ranking", [[], ["5"]])
 def test_summary_only_with_ranking_is_refused_before_fitting(capsys, monkeypatch, ranking):
     """Ranking needs predictions at every item of each user; a summary holds the test pairs only."""
-    monkeypatch.setattr(cli, "folds", _never)
-    monkeypatch.setattr(cli, "evaluate_fold", _never)
+    monkeypatch.setattr(probmf.evaluate, "folds", _never)  # the command imports them when it runs
+    monkeypatch.setattr(probmf.evaluate, "evaluate_fold", _never)
     argv = ["evaluate", "--model", "gibbs", "--summary-only", "--ranking", *ranking, "--samples", "5",
             "--warmup", "2", "--data", "synthetic:tiny"]  # fmt: skip
     assert cli.main(argv) == 2
