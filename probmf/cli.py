@@ -48,6 +48,7 @@ _MODEL_OPTIONS = (
     "likelihood",
     "implicit",
     "implicit_solver",
+    "num_chains",
 )
 
 
@@ -76,6 +77,7 @@ def _add_model_options(p) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="optax: ratings per step")
     p.add_argument("--num-samples", "--samples", dest="num_samples", type=int, help="gibbs: posterior draws kept")
     p.add_argument("--num-warmup", "--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
+    p.add_argument("--chains", dest="num_chains", type=int, help="gibbs: independent chains, pooled (default 1)")
     p.add_argument("--likelihood", choices=["gaussian", "rounded"], help="gibbs: ratings as rounded latent Gaussians")
     p.add_argument("--linalg", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or without it")
     p.add_argument(

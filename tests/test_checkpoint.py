@@ -23,6 +23,7 @@ FITS = {
         fit_gibbs,
         {"rank": 2, "num_warmup": 3, "num_samples": 4, "implicit": True, "checkpoint_every": 3},
     ),
+    "gibbs-chains": (fit_gibbs, {"rank": 2, "num_warmup": 3, "num_samples": 4, "num_chains": 2, "checkpoint_every": 3}),
     "gibbs-implicit-cg": (
         fit_gibbs,
         {

@@ -47,16 +47,17 @@ LIKELIHOODS = ("gaussian", "rounded")
 
 
 class GibbsResult(NamedTuple):
-    """``posterior``: the kept draws (None with ``keep_draws=False``); ``trace``: per sweep
-    (num_warmup + num_samples * thin,); ``summary``: running predictive moments at the pairs
-    given at fit time (None without them); ``num_factors``: the rank k (for a summary only)."""
+    """``posterior``: the kept draws (None with ``keep_draws=False``), chain-major with several
+    chains (S = num_chains x num_samples); ``trace``: per sweep (num_warmup + num_samples *
+    thin,), or (num_chains, that) with several chains; ``summary``: running predictive moments
+    at the pairs given at fit time, pooled over the chains (None without them);
+    ``num_factors``: the rank k (for a summary only); ``num_chains``: independent chains."""
 
     posterior: Posterior | None
     trace: GibbsInfo
     summary: PredictiveSummary | None = None
     num_factors: int = 0
-
-    num_chains = 1
+    num_chains: int = 1
 
     @property
     def rank(self) -> int:
@@ -155,6 +156,7 @@ class GibbsConfig(NamedTuple):
     predict_pairs: tuple | None = None
     linalg: str = "lapack"
     implicit_solver: str = "auto"
+    num_chains: int = 1
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
         """The config with its defaults filled in, ``predict_pairs`` as int32 arrays and the
@@ -171,11 +173,14 @@ class GibbsConfig(NamedTuple):
         )
         for name, v, low in (("rank", c.rank, 1), ("num_samples", c.num_samples, 1), ("thin", c.thin, 1),
                              ("num_warmup", c.num_warmup, 0), ("init_sweeps", c.init_sweeps, 1),
+                             ("num_chains", c.num_chains, 1),
                              ("checkpoint_every", run.checkpoint_every, 1)):  # fmt: skip
             if int(v) != v or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
         if c.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
+        if c.num_chains > 1 and run.devices != 1:
+            raise ValueError("several chains run vectorised on one device (devices=1)")
         if c.likelihood == "rounded" and run.devices != 1:
             raise ValueError("the rounded likelihood runs on one device (devices=1)")
         if c.linalg not in LINALGS:
@@ -213,7 +218,6 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if c.linalg == "jax" else "auto"
-    init = fit_als(key_init, train, rank=c.rank, num_sweeps=c.init_sweeps, solver=solver, devices=run.devices)
     # The rounded likelihood writes each sweep's latent ratings through the tiles' slots.
     data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded")
     latent = levels = None
@@ -221,29 +225,48 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
         levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
         latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
     ops = implicit_operators(train, c.implicit_solver, data) if c.implicit else None
-    mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
     total = c.num_warmup + c.num_samples * c.thin
     widths = None if feature_ops is None else tuple(None if op is None else op.num_cols for op in feature_ops)
-    chain = init_chain(
-        init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths), total, c.num_samples, c.keep_draws,
-        None if pairs is None else pairs[0].shape[0],
-    )  # fmt: skip
+
+    def start(key):  # one chain, from ALS's MAP estimate and its residual precision
+        init = fit_als(key, train, rank=c.rank, num_sweeps=c.init_sweeps, solver=solver, devices=run.devices)
+        mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
+        return init_chain(
+            init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths), total, c.num_samples, c.keep_draws,
+            None if pairs is None else pairs[0].shape[0],
+        )  # fmt: skip
+
+    # Chain 0 draws with the keys of a single chain; chain j > 0 with keys folded with j (its
+    # ALS start too), so one chain is the run it always was and the others are independent.
+    keys_init, keys_run = (jnp.stack([key] + [jax.random.fold_in(key, j) for j in range(1, c.num_chains)])
+                           for key in (key_init, key_run))  # fmt: skip
+    chain = start(key_init) if c.num_chains == 1 else jax.tree.map(lambda *a: jnp.stack(a), *map(start, keys_init))
     seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
 
     def run_chunk(chain, first, num):
-        return gibbs_chunk(key_run, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, feature_ops,
-                           num=num, num_warmup=c.num_warmup, thin=c.thin, linalg=c.linalg)  # fmt: skip
+        def one(key, chain):
+            return gibbs_chunk(key, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, feature_ops,
+                               num=num, num_warmup=c.num_warmup, thin=c.thin, linalg=c.linalg)  # fmt: skip
+
+        return one(key_run, chain) if c.num_chains == 1 else jax.vmap(one)(keys_run, chain)
 
     def finish(chain: GibbsChain) -> GibbsResult:
-        summary = None if pairs is None else PredictiveSummary(*pairs, *chain.moments)
+        draws, moments = chain.draws, chain.moments
+        if c.num_chains > 1:  # draws chain-major; the chains' moments pooled
+            draws = None if draws is None else jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), draws)
+            moments = None if moments is None else pooled_moments(moments)
+        summary = None if pairs is None else PredictiveSummary(*pairs, *moments)
         features = features_of(feature_ops)
-        draws = None if chain.draws is None else chain.draws._replace(levels=levels, seen=seen, features=features)
-        return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank))
+        draws = None if draws is None else draws._replace(levels=levels, seen=seen, features=features)
+        return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank), int(c.num_chains))
 
     options = {**c._asdict(), "devices": run.devices}
     summary_pairs = options.pop("predict_pairs") or ()
-    if options["implicit_solver"] == "auto":  # as before the option: older checkpoints still resume
-        del options["implicit_solver"]
+    # Options at the values they had before they existed leave the fingerprint as it was, so
+    # older checkpoints still resume.
+    for name, before in (("implicit_solver", "auto"), ("num_chains", 1)):
+        if options[name] == before:
+            del options[name]
     # A matrix enters the checkpoint's fingerprint as its digest; none leaves the options as
     # they were before side information, so older checkpoints still resume.
     for name in ("user_features", "item_features"):
@@ -252,6 +275,17 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
             options[name] = matrix_digest(matrix)
     ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "gibbs", rng_key, train, options, *summary_pairs)
     return Program(chain, run_chunk, finish, total, desc="Gibbs sweeps", checkpoint=ckpt)
+
+
+def pooled_moments(moments: tuple) -> tuple:
+    """The running moments (count, mean, m2, noise) of `probmf.posterior.moments_update` of C
+    chains (leading axis C) as those of all their draws: Chan et al.'s pairwise combination,
+    m2 = sum_c m2_c + n_c (mean_c - mean)^2."""
+    count, mean, m2, noise = moments
+    total = jnp.sum(count)
+    pooled = jnp.sum(count[:, None] * mean, axis=0) / jnp.maximum(total, 1.0)
+    m2 = jnp.sum(m2 + count[:, None] * (mean - pooled) ** 2, axis=0)
+    return total, pooled, m2, jnp.sum(noise, axis=0)
 
 
 def fit_gibbs(
@@ -271,6 +305,7 @@ def fit_gibbs(
     predict_pairs: tuple | None = None,
     linalg: str = "lapack",
     implicit_solver: str = "auto",
+    num_chains: int = 1,
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
@@ -304,6 +339,9 @@ def fit_gibbs(
         "eigen" exactly through an eigendecomposition of F^T F (at most
         `MAX_IMPLICIT_COLUMNS` columns), "cg" by conjugate gradients to a relative residual
         of `CG_TOLERANCE`, "auto" eigen where it fits and CG past it.
+      num_chains: independent chains, vectorised on one device (chain j > 0 from its own ALS
+        start, keys folded with j), each burning in and keeping ``num_samples`` draws; the
+        result pools them (R-hat and ESS between chains: `probmf.diagnostics`).
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the chain in every ``checkpoint_every`` sweeps and resume
         from (`probmf.checkpoint`); None: no checkpoints.
@@ -313,5 +351,6 @@ def fit_gibbs(
     """
     run = RunOptions(devices, checkpoint, checkpoint_every)
     config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, user_features,
-                         item_features, keep_draws, predict_pairs, linalg, implicit_solver).validate(run)  # fmt: skip
+                         item_features, keep_draws, predict_pairs, linalg, implicit_solver,
+                         num_chains).validate(run)  # fmt: skip
     return run_program(prepare_gibbs(rng_key, train, config, run))
