@@ -20,9 +20,9 @@ its eigendecomposition (computed once on the host; C^3 flops and C^2 floats, so 
 two passes over the training tiles (`probmf.fitters.rows.row_sums`), preconditioned by its
 diagonal, warm-started from the previous sweep's Y and stopped at a relative residual of
 `CG_TOLERANCE` in every column (1e-4: each entry within ~0.1% of its posterior sd of the exact
-draw on ML-100K, `tests/test_gibbs.py`). "auto" takes the eigendecomposition where it fits. Side information
-(`probmf.fitters.gibbs.features`) is a second term of the same form, X A, whose operator
-and draw are these.
+draw on ML-100K, `tests/test_gibbs.py`). "auto" takes the eigendecomposition where it fits.
+Side information (`probmf.fitters.gibbs.features`) is a second term of the same form, X A,
+whose operator and draw are these.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ CG_MAX_ITERATIONS = 1_000
 
 
 def implicit_solver(solver: str, num_cols: int) -> str:
-    """The solver, "eigen" or "cg", for a side with ``num_cols`` columns: ``solver`` as given, "auto" the
-    eigendecomposition up to `MAX_IMPLICIT_COLUMNS` columns and CG past them; a ValueError
-    for an unknown solver or an eigendecomposition too large."""
+    """The solver, "eigen" or "cg", of a side with ``num_cols`` columns: ``solver`` as given,
+    "auto" the eigendecomposition up to `MAX_IMPLICIT_COLUMNS` columns and CG past them; a
+    ValueError for an unknown solver or an eigendecomposition too large."""
     if solver not in IMPLICIT_SOLVERS:
         raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {solver!r}")
     if solver == "auto":
