@@ -60,11 +60,12 @@ def test_row_sharded_fits_equal_single_device_fits():
     assert out["devices"] == 4
     # Measured (4 forced host devices vs 1): ALS 0.0 exactly (CG solves of the same rows);
     # Gibbs up to ~1.2e-6 and ~6e-7 with implicit feedback after 13 sweeps (float32 rounding of
-    # the all-reduced sums). The bounds are ~10x those.
+    # the all-reduced sums); with the implicit vectors drawn by CG ~3.3e-5 (the CG iterations
+    # carry that rounding, well inside their 1e-4 relative tolerance). The bounds are ~10x those.
     assert out["als"] == 0.0, out
     assert out["gibbs"] < 1e-5, out
     assert out["gibbs_implicit"] < 1e-5, out
-    assert out["gibbs_implicit_cg"] < 1e-5, out
+    assert out["gibbs_implicit_cg"] < 3e-4, out
     assert out["gibbs_features"] < 1e-5, out
 
 
