@@ -118,15 +118,16 @@ def _uncertainty(fitted, test: Ratings, mean, sd) -> dict:
 
 
 def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
-    """Split R-hat (max) and ESS (min) of the predictions at up to ``num_pairs`` test pairs
-    spread over the test set (chains as the sampler ran them; one chain is split in two)."""
+    """Rank-normalised split R-hat (max) and bulk ESS (min) of the predictions at up to
+    ``num_pairs`` test pairs spread over the test set (`probmf.diagnostics`; chains as the
+    sampler ran them, between chains with several; one chain is split in two)."""
     chains = fitted.num_chains
     if fitted.posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
         return {"r_hat_max": None, "ess_min": None}
     pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))
     r_hat, ess = prediction_diagnostics(fitted.posterior, test.users[pick], test.items[pick], num_chains=chains)
-    # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat, and
-    # anti-correlated draws no finite ESS (`prediction_diagnostics`): both are left out.
+    # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat or ESS:
+    # it is left out.
     finite, ess_ok = np.isfinite(r_hat), np.isfinite(ess) & (ess > 0)
     r_hat_max = float(np.max(r_hat[finite])) if finite.any() else None
     return {"r_hat_max": r_hat_max, "ess_min": float(np.min(ess[ess_ok])) if ess_ok.any() else None}
