@@ -524,6 +524,7 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, s
     assert np.all(np.abs(z) < 4.5), np.round(z, 2)
 
 
+@pytest.mark.slow
 def test_several_chains_are_independent_pooled_and_diagnosed_between_chains(small):
     """Three chains: chain 0 follows the single chain's keys (up to float rounding of the
     vectorised sweep), the others differ from it; the result pools the draws chain-major, the
