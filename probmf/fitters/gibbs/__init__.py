@@ -16,6 +16,8 @@ Every conditional is conjugate, so a sweep draws each block exactly. The modules
               means F Y and the exact draw of Y;
   `features`  side information, ``user_features=``/``item_features=``: attribute matrices X
               whose vectors A are drawn as Y is; cold rows predicted from their attributes;
+  `temporal`  time effects, ``time=True`` (timeSVD++): item biases per time bin and user
+              drifts, per-rating offsets drawn as conjugate scalars each sweep;
   `chain`     the driver: `fit_gibbs`, checkpointed chunks of sweeps (`gibbs_chunk`), the kept
               draws and/or running predictive moments (`GibbsResult`).
 A chain depends only on (key, sweep, row), whatever the blocks, devices or checkpoint chunks.
@@ -58,8 +60,18 @@ from probmf.fitters.gibbs.rounded import (
     truncated_standard_normal,
     with_values,
 )
+from probmf.fitters.gibbs.temporal import (
+    DEFAULT_TIME_BINS,
+    TimeData,
+    TimeState,
+    init_time,
+    sample_time,
+    time_data,
+    training_clock,
+)
 
 __all__ = [
+    "DEFAULT_TIME_BINS",
     "LIKELIHOODS",
     "MAX_IMPLICIT_COLUMNS",
     "SAVED_TYPES",
@@ -71,6 +83,8 @@ __all__ = [
     "ImplicitOperator",
     "ImplicitSide",
     "Latent",
+    "TimeData",
+    "TimeState",
     "_block_prior",
     "_sample_rows",
     "fit_gibbs",
@@ -85,10 +99,14 @@ __all__ = [
     "implicit_operators",
     "init_chain",
     "init_state",
+    "init_time",
     "rounding_intervals",
     "row_priors",
     "sample_implicit",
     "sample_normal_wishart",
+    "sample_time",
+    "time_data",
+    "training_clock",
     "truncated_from_uniform",
     "truncated_standard_normal",
     "with_values",
