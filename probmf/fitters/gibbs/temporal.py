@@ -23,9 +23,9 @@ b_i + c_j + mu), every draw is a conjugate scalar per group:
 
 the vectors before their precisions (from zero, a precision drawn first would pin them there),
 and a group without ratings jointly with its precision (`_scalar_block`): it draws from the
-prior, so an item of the id map with no training rating carries prior draws of its bins. Kept draws store (c_{j,b}, alpha, 1/lam_bins)
-(`probmf.posterior.TimeEffects`); the posterior keeps the clock that maps a pair's timestamp to
-its bin and dev (`probmf.posterior.TimeClock`).
+prior, so an item of the id map with no training rating carries prior draws of its bins. Kept
+draws store (c_{j,b}, alpha, 1/lam_bins) (`probmf.posterior.TimeEffects`); the posterior keeps
+the clock that maps a pair's timestamp to its bin and dev (`probmf.posterior.TimeClock`).
 """
 
 from __future__ import annotations
