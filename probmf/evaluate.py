@@ -44,15 +44,18 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
     ``n_cold`` and scored apart in ``rmse_cold``, ``coverage_50_cold``, ``coverage_90_cold``
     (None when there are none); posteriors predict them under each draw's prior, point
     estimates from biases and mu. ``ranking_k`` adds top-k metrics (`probmf.metrics.ranking`).
-    A model with time effects (``fitted.uses_time``, the Gibbs sampler's ``time=True``) is
-    given the test ratings' timestamps when they have them.
+    A posterior with time effects (``fitted.posterior.time``, the Gibbs sampler's ``time=True``)
+    is given the test ratings' timestamps when they have them.
     """
     if clip is True:
         clip = (float(train.values.min()), float(train.values.max()))
     t0 = time.perf_counter()
     # One pass over the test pairs (and, for a posterior, over its draws) serves both
     # accuracy and calibration.
-    times = {"times": test.timestamps} if getattr(fitted, "uses_time", False) and test.timestamps is not None else {}
+    # A posterior with time effects predicts at the pairs' times (a summary-only run already
+    # holds its pairs' fit-time times).
+    timed = fitted.posterior is not None and fitted.posterior.time is not None and test.timestamps is not None
+    times = {"times": test.timestamps} if timed else {}
     mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items), **times))
     predict_seconds = time.perf_counter() - t0
     pred = np.clip(mean, *clip) if clip else mean
