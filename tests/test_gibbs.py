@@ -455,7 +455,8 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, t
     state = GibbsState(
         MFParams(f32(W), f32(U), f32(b), f32(c), jnp.float32(0.0)), f32(tau), f32(hw[1]), f32(hw[0]), f32(hu[1]),
         f32(hu[0]), f32(hw[2]), f32(hu[2]), sides, feats,
-        TimeState(*(f32(a[0]) for a in _prior_time(np.random.default_rng(4), 1, hyper, n_users, n_items, 3)))
+        TimeState(*(f32(t[j][0]) for t in [_prior_time(np.random.default_rng(4), 1, hyper, n_users, n_items, 3)]
+                    for j in (1, 3, 0, 2)))  # (item_bins, drift, lam_bins, lam_drift)
         if time else None,
     )  # fmt: skip
     data = encode(ratings, with_slots=True)

@@ -155,7 +155,7 @@ def test_planted_time_effects_are_recovered_and_predicted_at_the_pairs_times():
 
 
 @pytest.mark.slow
-def test_prediction_with_times_and_the_summary_only_path_agree_with_the_draws():
+def test_prediction_with_times_and_the_summary_only_path_agree_with_the_draws(tmp_path):
     """times=None is "now": each draw's last bin and no drift; times= gives each pair its
     bin and drift (checked against a direct computation from the draws); a summary-only run
     given the pairs' times at fit time keeps the same predictive; `score` passes the test
@@ -186,11 +186,8 @@ def test_prediction_with_times_and_the_summary_only_path_agree_with_the_draws():
     row = score(res, train, held, clip=False)
     assert row["rmse"] == pytest.approx(float(np.sqrt(np.mean((mean - held.values) ** 2))), rel=1e-5)
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        save_model(folder, FittedModel.from_training("gibbs", {"time": True}, res, train))
-        loaded = load_model(folder).fitted
+    save_model(tmp_path / "m", FittedModel.from_training("gibbs", {"time": True}, res, train))
+    loaded = load_model(tmp_path / "m").fitted
     np.testing.assert_array_equal(np.asarray(loaded.predictive(*pairs, times=times)), np.asarray((mean, sd)))
 
 

@@ -5,7 +5,9 @@ w_i ~ N(mu_w, Lam_w^-1) with (mu_w, Lam_w) ~ Normal-Wishart(mu0 = 0, beta0, W0 =
 u_j likewise with its own hyper-parameters; b_i ~ N(0, 1/lam_b), c_j ~ N(0, 1/lam_c) with
 lam_b, lam_c ~ Gamma(a_bias, b_bias); mu fixed at the training mean.
 With implicit feedback and/or side information each row's prior mean gains F_i Y and/or
-X_i A (the items a user rated; the user's known attributes), items likewise.
+X_i A (the items a user rated; the user's known attributes), items likewise. With time
+effects (``time=True``) a rating at time t also gains c_{j,bin(t)} + alpha_i dev_i(t)
+(timeSVD++'s item bias per time bin and user drift).
 
 Every conditional is conjugate, so a sweep draws each block exactly. The modules:
   `kernel`    the sampler's state and one sweep: Normal-Wishart and Gamma hyper-parameter
