@@ -214,3 +214,22 @@ def test_the_cli_takes_features_time_and_refuses_a_file_without_timestamps(tmp_p
             "gibbs", "--rank", "2", "--features", "time", "--time-bins", "4"]  # fmt: skip
     assert main(args) == 2
     assert f"{tmp_path / 'train.csv'} has no timestamps" in capsys.readouterr().err
+
+
+def test_the_rounded_likelihoods_latent_draw_centres_on_the_prediction_with_the_time_terms():
+    """latent_values with offsets o draws y ~ N(r_hat + o, 1/tau) truncated: with o constant
+    it is the same draw as with mu + o (same key), and without o as before."""
+    from probmf.fitters.gibbs import Latent
+    from probmf.fitters.gibbs.rounded import latent_values
+    from probmf.model import MFParams
+
+    rng = np.random.default_rng(0)
+    parts = (rng.normal(size=(3, 2)), rng.normal(size=(4, 2)), rng.normal(size=3), rng.normal(size=4), 3.0)
+    params = MFParams(*(jnp.asarray(a, jnp.float32) for a in parts))
+    latent = Latent(jnp.array([0, 1, 2, 2]), jnp.array([0, 3, 1, 2]), jnp.array([-jnp.inf, 2.5, 3.5, 4.5]),
+                    jnp.array([1.5, 3.5, 4.5, jnp.inf]))  # fmt: skip
+    key = jax.random.PRNGKey(0)
+    shifted = latent_values(key, params._replace(mu=jnp.float32(3.7)), 2.0, latent)
+    np.testing.assert_allclose(np.asarray(latent_values(key, params, 2.0, latent, jnp.full(4, 0.7))),
+                               np.asarray(shifted), rtol=1e-6)  # fmt: skip
+    assert not np.allclose(np.asarray(latent_values(key, params, 2.0, latent)), np.asarray(shifted))
