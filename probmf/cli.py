@@ -49,6 +49,7 @@ _MODEL_OPTIONS = (
     "implicit",
     "implicit_solver",
     "num_chains",
+    "time_bins",
 )
 
 
@@ -103,8 +104,10 @@ def _add_model_options(p) -> None:
     p.add_argument(
         "--features",
         type=_feature_sides,
-        help="gibbs: side information of a MovieLens --data, any of user,item (ML-100K u.user, u.item; ...)",
+        help="gibbs: side information of a MovieLens --data, any of user,item (ML-100K u.user, u.item; ...), "
+        "and time (time effects from the ratings' timestamps, as in timeSVD++)",
     )
+    p.add_argument("--time-bins", dest="time_bins", type=int, help="gibbs --features time: number of item time bins")
     p.add_argument("--user-features", dest="user_features", metavar="PATH", help="gibbs: user attributes (CSV)")
     p.add_argument("--item-features", dest="item_features", metavar="PATH", help="gibbs: item attributes (CSV)")
     p.add_argument("--devices", type=int, help="split the work across this many devices (JAX sharding)")
@@ -202,11 +205,14 @@ def cmd_evaluate(args) -> int:
 
 def _given_options(args) -> dict:
     """The model options given on the command line; feature files and ``--features`` sides
-    read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold)."""
+    read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold);
+    ``--features time`` is ``time=True``."""
     from probmf.data.features import read_features
     from probmf.data.movielens import load_features
 
     given = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
+    if "time" in (args.features or ()):
+        given["time"] = True
     for side in ("user", "item"):
         path = getattr(args, f"{side}_features")
         if path is not None:
@@ -222,9 +228,9 @@ def _given_options(args) -> dict:
 
 def _feature_sides(text: str) -> tuple[str, ...]:
     sides = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in sides if s not in ("user", "item")]
+    bad = [s for s in sides if s not in ("user", "item", "time")]
     if bad or not sides:
-        raise argparse.ArgumentTypeError(f"--features takes any of user,item (comma-separated), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--features takes any of user,item,time (comma-separated), got {text!r}")
     return sides
 
 

@@ -44,13 +44,19 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
     ``n_cold`` and scored apart in ``rmse_cold``, ``coverage_50_cold``, ``coverage_90_cold``
     (None when there are none); posteriors predict them under each draw's prior, point
     estimates from biases and mu. ``ranking_k`` adds top-k metrics (`probmf.metrics.ranking`).
+    A posterior with time effects (``fitted.posterior.time``, the Gibbs sampler's ``time=True``)
+    is given the test ratings' timestamps when they have them.
     """
     if clip is True:
         clip = (float(train.values.min()), float(train.values.max()))
     t0 = time.perf_counter()
     # One pass over the test pairs (and, for a posterior, over its draws) serves both
     # accuracy and calibration.
-    mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items)))
+    # A posterior with time effects predicts at the pairs' times (a summary-only run already
+    # holds its pairs' fit-time times).
+    timed = fitted.posterior is not None and fitted.posterior.time is not None and test.timestamps is not None
+    times = {"times": test.timestamps} if timed else {}
+    mean, sd = (np.asarray(a) for a in fitted.predictive(jnp.asarray(test.users), jnp.asarray(test.items), **times))
     predict_seconds = time.perf_counter() - t0
     pred = np.clip(mean, *clip) if clip else mean
     uncertainty = _uncertainty(fitted, test, pred, sd)
@@ -85,7 +91,8 @@ def evaluate_fold(
     """Fit ``model`` on ``train`` and score it on ``test``: one row of `probmf evaluate`.
 
     With ``keep_draws=False`` (Gibbs) the sampler is given the test pairs and keeps only the
-    running moments of their predictive, never a draw (ML-20M-size posteriors)."""
+    running moments of their predictive, never a draw (ML-20M-size posteriors), and with
+    time effects their timestamps."""
     if options.get("keep_draws") is False and ranking_k:
         raise ValueError(
             "keep_draws=False cannot be combined with ranking_k: ranking scores every item for each test user, "
@@ -93,8 +100,11 @@ def evaluate_fold(
         )
     if options.get("keep_draws") is False:
         options = {**options, "predict_pairs": (test.users, test.items)}
+        if options.get("time") and test.timestamps is not None:
+            options["predict_times"] = test.timestamps
     fitted, options, seconds = fit_model(model, train, options=options, seed=seed, clip=clip)
     options.pop("predict_pairs", None)
+    options.pop("predict_times", None)
     return {
         "model": model,
         **score(fitted, train, test, clip=clip, ranking_k=ranking_k),

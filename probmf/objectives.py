@@ -64,6 +64,10 @@ class Hyperpriors(NamedTuple):
       rate) (Gibbs with side information).
     a_lam, b_lam: each factor dimension's precision ~ Gamma(shape, rate) (NUTS/SVI's "gamma", ARD).
     lam, lam_bias: the fixed factor and bias precisions of NUTS/SVI's "fixed" (= `Priors.uniform`).
+    a_time_bins, b_time_bins: the precision lam_bins of the item-by-time-bin biases c_{j,b}
+      ~ Gamma(shape, rate) (Gibbs with time effects).
+    a_drift, b_drift: the precision lam_drift of the user drifts alpha_i ~ Gamma(shape, rate)
+      (Gibbs with time effects).
     """
 
     beta0: float = 2.0
@@ -80,6 +84,10 @@ class Hyperpriors(NamedTuple):
     b_lam: float = 1.0
     lam: float = 2.0
     lam_bias: float = 2.0
+    a_time_bins: float = 1.0
+    b_time_bins: float = 1.0
+    a_drift: float = 1.0
+    b_drift: float = 1.0
 
 
 def sum_squared_error(params: MFParams, users, items, ratings) -> jax.Array:

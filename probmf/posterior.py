@@ -27,6 +27,12 @@ attributes x_i, and its prior mean in draw s is [m_s; 0] + x_i A_s: vector and b
 shift (`RowPrior.attributes`, `Posterior.features`). An unknown id's attributes are unknown:
 its mean takes the id map's average row, [m_s; 0] + xbar A_s (the spread of x_i A_s over
 the rows is not added to its variance).
+Time (the Gibbs sampler's ``time=True``, `probmf.fitters.gibbs.temporal`): draw s adds
+c_{j,bin(t),s} + alpha_{i,s} dev_i(t) to a pair's mean (`TimeEffects`, `time_offset`); the
+pair's timestamp t gives its bin and dev through the training data's `TimeClock`. Without a
+timestamp a pair is predicted "now": the last training bin and dev 0 (the user's drift at
+their mean training day). An unknown item's bin effect is integrated out (mean 0, variance
+1/lam_bins); a user without training ratings has dev 0.
 Predictions average per-draw predictions, never predictions of averaged factors (factors
 are only identified up to rotation).
 """
@@ -57,6 +63,63 @@ class RowPrior(NamedTuple):
     attributes: jax.Array | None = None
 
 
+# timeSVD++'s exponent of the user drift dev_i(t) = sign(t - t_i) |t - t_i|^beta (t in days).
+TIME_BETA = 0.4
+
+
+class TimeEffects(NamedTuple):
+    """Per-draw time effects: item_bins (S, M, B) c_{j,b}, drift (S, N) alpha_i and bin_var
+    (S,) 1/lam_bins (the prior variance of an unknown item's bin effect)."""
+
+    item_bins: jax.Array
+    drift: jax.Array
+    bin_var: jax.Array
+
+
+class TimeClock(NamedTuple):
+    """The map from a timestamp (seconds) to a bin and dev_i(t): bins of ``width`` days from
+    day ``start`` (day = seconds / 86400), ``num_bins`` of them (times outside go to the end
+    bins); user_day (N,): each user's mean training day minus ``start`` (NaN: no rating)."""
+
+    start: jax.Array
+    width: jax.Array
+    user_day: jax.Array
+    num_bins: int
+
+
+def clock_inputs(clock: TimeClock, users, times=None) -> tuple[np.ndarray, np.ndarray]:
+    """(bins (P,) int32, dev (P,) float32) of pairs with dense ``users`` at timestamps
+    ``times`` (seconds, (P,)); None: "now", the last bin and dev 0. dev is 0 for an unknown
+    user or one without training ratings. Host-side (float64 days)."""
+    users = np.asarray(users)
+    num_bins = int(clock.num_bins)
+    if times is None:
+        return np.full(users.shape, num_bins - 1, np.int32), np.zeros(users.shape, np.float32)
+    times = np.asarray(times, np.float64)
+    if times.shape != users.shape:
+        raise ValueError(f"times must have one timestamp per pair, shape {users.shape}, got {times.shape}")
+    day = times / 86_400.0 - float(clock.start)
+    bins = np.clip(np.floor(day / float(clock.width)), 0, num_bins - 1).astype(np.int32)
+    user_day = np.asarray(clock.user_day, np.float64)
+    inside = (users >= 0) & (users < user_day.shape[0])
+    t_i = np.where(inside, user_day[np.where(inside, users, 0)], np.nan)
+    gap = day - t_i
+    dev = np.where(np.isfinite(gap), np.sign(gap) * np.abs(np.nan_to_num(gap)) ** TIME_BETA, 0.0)
+    return bins, dev.astype(np.float32)
+
+
+def time_offset(effects: TimeEffects, users, items, bins, dev) -> tuple[jax.Array, jax.Array]:
+    """(offset (P,), variance (P,)) of ONE draw's time terms at the pairs: c_{j,bin} + alpha_i
+    dev for known ids; an unknown item's (-1) c_{j,bin} is integrated out (0, bin_var), an
+    unknown user's term is 0 (its dev is 0)."""
+    M, N = effects.item_bins.shape[0], effects.drift.shape[0]
+    known_i, known_u = (items >= 0) & (items < M), (users >= 0) & (users < N)
+    cb = effects.item_bins[jnp.where(known_i, items, 0), bins]
+    drift = effects.drift[jnp.where(known_u, users, 0)]
+    offset = jnp.where(known_i, cb, 0.0) + jnp.where(known_u, drift * dev, 0.0)
+    return offset, jnp.where(known_i, 0.0, effects.bin_var)
+
+
 class Posterior(NamedTuple):
     """S posterior draws.
 
@@ -71,6 +134,8 @@ class Posterior(NamedTuple):
         predicted as cold. None: every row in range is seen.
       features: (users', items') attribute matrices X (N, G) of the priors' ``attributes``, each
         as its nonzeros (rows, cols, values) or None; None: no attributes.
+      time: the draws' `TimeEffects` (leaves (S, ...)); None: no time effects.
+      clock: the `TimeClock` of ``time`` (None without it).
     """
 
     draws: MFParams
@@ -79,6 +144,8 @@ class Posterior(NamedTuple):
     priors: tuple[RowPrior, RowPrior] | None = None
     seen: tuple[jax.Array, jax.Array] | None = None
     features: tuple | None = None
+    time: TimeEffects | None = None
+    clock: TimeClock | None = None
 
     @property
     def num_samples(self) -> int:
@@ -88,25 +155,32 @@ class Posterior(NamedTuple):
     def rank(self) -> int:
         return self.draws.W.shape[-1]
 
-    def predictive(self, users, items) -> tuple[jax.Array, jax.Array]:
+    def predictive(self, users, items, times=None) -> tuple[jax.Array, jax.Array]:
         """Mean and standard deviation (n,) of the posterior predictive of r for each pair
-        (dense indices; -1 or an unseen row is cold, see the module docstring)."""
-        return _predictive(self, jnp.asarray(users), jnp.asarray(items))
+        (dense indices; -1 or an unseen row is cold, see the module docstring). ``times``:
+        the pairs' timestamps (seconds, (n,)) for a posterior with time effects; None: "now"
+        (module docstring); ignored without time effects."""
+        users, items = jnp.asarray(users), jnp.asarray(items)
+        pair_time = None
+        if self.time is not None:
+            pair_time = tuple(jnp.asarray(a) for a in clock_inputs(self.clock, users, times))
+        return _predictive(self._replace(clock=None), users, items, pair_time)
 
-    def predict(self, users, items) -> jax.Array:
+    def predict(self, users, items, times=None) -> jax.Array:
         """Posterior predictive mean (n,)."""
-        return self.predictive(users, items)[0]
+        return self.predictive(users, items, times)[0]
 
 
 @jax.jit
-def _predictive(posterior: Posterior, users, items):
+def _predictive(posterior: Posterior, users, items, pair_time=None):
     def step(moments, draw):
-        params, tau, priors = draw
+        params, tau, priors, time = draw
+        offset = None if time is None else time_offset(time, users, items, *pair_time)
         pred, var = draw_predictive(params, tau, users, items, priors, posterior.seen, posterior.levels,
-                                    posterior.features)  # fmt: skip
+                                    posterior.features, offset)  # fmt: skip
         return moments_update(moments, pred, var), None
 
-    draws = (posterior.draws, posterior.tau, posterior.priors)
+    draws = (posterior.draws, posterior.tau, posterior.priors, posterior.time)
     moments, _ = lax.scan(step, moments_init(users.shape[0]), draws)
     return summarize(*moments)
 
@@ -128,7 +202,7 @@ def known_rows(index: jax.Array, size: int, seen: jax.Array | None = None) -> ja
 
 def draw_predictive(
     params: MFParams, tau, users: jax.Array, items: jax.Array, priors: tuple | None = None, seen: tuple | None = None,
-    levels: jax.Array | None = None, features: tuple | None = None,
+    levels: jax.Array | None = None, features: tuple | None = None, offset: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Mean and variance (P,) of the rating predictive under ONE draw (``params`` unbatched,
     ``tau`` (), ``priors`` the draw's (users', items') `RowPrior` without the S axis, or None).
@@ -138,7 +212,8 @@ def draw_predictive(
     with ``priors`` None it falls back to a zero vector and bias, as
     `probmf.model.predict_with_fallback` does. ``features``: `Posterior.features`, which
     with the priors' ``attributes`` shift a cold row's prior mean by x_i A (an unknown id's
-    by xbar A, the mean row's).
+    by xbar A, the mean row's). ``offset``: (mean (P,), variance (P,)) the draw adds to each
+    pair (its time terms, `time_offset`); None: none.
     With ``levels`` the moments are those of the rounded latent (`rounded_moments`).
     """
     W, U, b, c, mu = params
@@ -162,6 +237,8 @@ def draw_predictive(
         both = jnp.sum(prior_u.cov * prior_i.cov)
         var = var + jnp.where(known_u, 0.0, cold_u) + jnp.where(known_i, 0.0, cold_i)
         var = var + jnp.where(known_u | known_i, 0.0, both)
+    if offset is not None:
+        pred, var = pred + offset[0], var + offset[1]
     if levels is None:
         return pred, jnp.broadcast_to(var, pred.shape)
     return rounded_moments(pred, 1.0 / var, levels)
@@ -242,8 +319,9 @@ class PredictiveSummary(NamedTuple):
     def num_samples(self) -> int:
         return int(self.count)
 
-    def predictive(self, users, items) -> tuple[jax.Array, jax.Array]:
-        """(mean, sd) (P,) at exactly the summarised pairs; any other pairs are an error."""
+    def predictive(self, users, items, times=None) -> tuple[jax.Array, jax.Array]:
+        """(mean, sd) (P,) at exactly the summarised pairs; any other pairs are an error.
+        ``times``: ignored, the moments are at the pairs' times given at fit time."""
         users, items = np.asarray(users), np.asarray(items)
         if not (np.array_equal(users, np.asarray(self.users)) and np.array_equal(items, np.asarray(self.items))):
             raise ValueError(
@@ -252,5 +330,5 @@ class PredictiveSummary(NamedTuple):
             )
         return summarize(self.count, self.mean, self.m2, self.noise)
 
-    def predict(self, users, items) -> jax.Array:
+    def predict(self, users, items, times=None) -> jax.Array:
         return self.predictive(users, items)[0]

@@ -425,10 +425,20 @@ def _prior_draws(rng, num, hyper, k, F_users, F_items, X_users=None, X_items=Non
     return Xw[..., :k], Xw[..., k], Xu[..., :k], Xu[..., k], tau, hw, hu
 
 
-def _stats(W, b, U, c, tau, hw, hu, implicit=True, features=False):
+def _prior_time(rng, num, hyper, num_users, num_items, num_bins):
+    """``num`` prior draws of the time effects (numpy): (lam_bins, c_{j,b} (num, M, B),
+    lam_drift, alpha (num, N))."""
+    lam_bins = rng.gamma(hyper.a_time_bins, 1.0 / hyper.b_time_bins, num)
+    lam_drift = rng.gamma(hyper.a_drift, 1.0 / hyper.b_drift, num)
+    cb = rng.standard_normal((num, num_items, num_bins)) / np.sqrt(lam_bins)[:, None, None]
+    return lam_bins, cb, lam_drift, rng.standard_normal((num, num_users)) / np.sqrt(lam_drift)[:, None]
+
+
+def _stats(W, b, U, c, tau, hw, hu, implicit=True, features=False, time=None):
     """The scalar functions of the parameters compared between the two simulators (any
     leading axes); the implicit vectors and their scales only with ``implicit``, the
-    attribute vectors and theirs only with ``features``."""
+    attribute vectors and theirs only with ``features``, the time effects (lam_bins, c_{j,b},
+    lam_drift, alpha) when given (c_{4,2}: a group without ratings)."""
     log = np.log if isinstance(tau, np.ndarray) else jnp.log
     out = [log(tau), log(hw[2]), log(hw[0][..., 0, 0]), hw[0][..., 0, 1], hw[1][..., 0], W[..., 0, 0], b[..., 0],
            log(hu[2]), U[..., 1, 1], c[..., 2]]  # fmt: skip
@@ -436,21 +446,27 @@ def _stats(W, b, U, c, tau, hw, hu, implicit=True, features=False):
         out += [log(hw[3]), hw[4][..., 0, 0], hw[4][..., 1, 2], log(hu[3]), hu[4][..., 0, 1]]
     if features:
         out += [log(hw[5]), hw[6][..., 0, 0], hw[6][..., 2, 2], hw[6][..., 1, 0], log(hu[5]), hu[6][..., 1, 1]]
+    if time is not None:
+        lam_bins, cb, lam_drift, alpha = time
+        out += [log(lam_bins), cb[..., 0, 0], cb[..., 1, 1], cb[..., 4, 2], log(lam_drift), alpha[..., 0],
+                alpha[..., 3]]  # fmt: skip
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "implicit, features, solver",
-    [(False, False, "eigen"), (True, False, "eigen"), (True, True, "eigen"), (True, True, "cg")],
-)
-def test_sampler_passes_geweke_successive_conditional_test(implicit, features, solver):
+    "implicit, features, time, solver",
+    [(False, False, False, "eigen"), (True, False, False, "eigen"), (True, True, False, "eigen"),
+     (False, False, True, "eigen"), (True, True, True, "eigen"), (True, True, False, "cg")],
+)  # fmt: skip
+def test_sampler_passes_geweke_successive_conditional_test(implicit, features, time, solver):
     """Geweke (2004): alternately drawing ratings | parameters and one sweep of parameters |
-    ratings (BPMF, with implicit feedback, and with side information too) leaves the prior
-    invariant, so every statistic's mean along that chain equals its prior mean; a wrong
-    conditional anywhere in the sweep (a scale, a degree of freedom, a prior mean) moves some
-    of them. Tight hyper-priors keep float32 away from heavy tails. ``solver`` "cg": the implicit
-    vectors drawn by conjugate gradients over the tiles (`probmf.fitters.gibbs.implicit`)."""
+    ratings (BPMF, with implicit feedback, with side information too, and with time effects)
+    leaves the prior invariant, so every statistic's mean along that chain equals its prior
+    mean; a wrong conditional anywhere in the sweep (a scale, a degree of freedom, a prior
+    mean) moves some of them. Tight hyper-priors keep float32 away from heavy tails. ``solver``
+    "cg": the implicit vectors drawn by conjugate gradients over the tiles
+    (`probmf.fitters.gibbs.implicit`)."""
     import scipy.sparse as sp
 
     from probmf.data.ratings import IdMap, Ratings
@@ -458,6 +474,8 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, s
         FeatureSide,
         GibbsState,
         ImplicitSide,
+        TimeData,
+        TimeState,
         feature_operator,
         gibbs_sweep,
         implicit_operators,
@@ -472,7 +490,8 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, s
     ratings = Ratings(users, items, np.zeros(users.size), IdMap.identity(n_users), IdMap.identity(n_items))
     # Precisions around 2.5-4, not 1, so that a wrong power (c for sqrt(c)) would show.
     hyper = Hyperpriors(beta0=2.0, nu0_extra=4.0, a_tau=10.0, b_tau=4.0, a_bias=10.0, b_bias=3.0,
-                        a_implicit=10.0, b_implicit=2.5, a_features=8.0, b_features=3.0)  # fmt: skip
+                        a_implicit=10.0, b_implicit=2.5, a_features=8.0, b_features=3.0, a_time_bins=10.0,
+                        b_time_bins=3.0, a_drift=8.0, b_drift=3.0)  # fmt: skip
     data = encode(ratings, with_slots=True)
     ops = implicit_operators(ratings, solver, data) if implicit else None
     F_users, F_items = np.zeros((n_users, n_items)), np.zeros((n_items, n_users))
@@ -486,7 +505,13 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, s
     X = (X_users, X_items) if features else (None, None)
     fops = tuple(feature_operator(sp.csr_matrix(x)) for x in X) if features else None
 
-    stats = _stats(*_prior_draws(np.random.default_rng(0), 100_000, hyper, k, F_users, F_items, *X), implicit, features)
+    # Time: 3 bins (group (4, 2) has no rating), drifts of either sign, user 5's last one 0.
+    bins = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 2, 0, 1, 2, 0])
+    dev = np.random.default_rng(2).normal(0, 1.5, users.size)
+    dev[-1] = 0.0
+    prior_time = _prior_time(np.random.default_rng(3), 100_000, hyper, n_users, n_items, 3) if time else None
+    stats = _stats(*_prior_draws(np.random.default_rng(0), 100_000, hyper, k, F_users, F_items, *X), implicit, features,
+                   prior_time)  # fmt: skip
     prior = np.stack(stats, 1)
 
     W, b, U, c, tau, hw, hu = jax.tree.map(lambda a: a[0], _prior_draws(np.random.default_rng(1), 1, hyper, k,
@@ -497,8 +522,12 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, s
     state = GibbsState(
         MFParams(f32(W), f32(U), f32(b), f32(c), jnp.float32(0.0)), f32(tau), f32(hw[1]), f32(hw[0]), f32(hu[1]),
         f32(hu[0]), f32(hw[2]), f32(hu[2]), sides, feats,
+        TimeState(*(f32(t[j][0]) for t in [_prior_time(np.random.default_rng(4), 1, hyper, n_users, n_items, 3)]
+                    for j in (1, 3, 0, 2)))  # (item_bins, drift, lam_bins, lam_drift)
+        if time else None,
     )  # fmt: skip
     u, i = jnp.asarray(users), jnp.asarray(items)
+    time_data = TimeData(u, i, jnp.asarray(bins), f32(dev), jnp.zeros(users.size)) if time else None
 
     @jax.jit
     def chain(state, data, key):
@@ -506,13 +535,19 @@ def test_sampler_passes_geweke_successive_conditional_test(implicit, features, s
             state, data = carry
             key_y, key_sweep = jax.random.split(jax.random.fold_in(key, s))
             y = predict(state.params, u, i) + jax.random.normal(key_y, u.shape) / jnp.sqrt(state.tau)
+            t, td = state.time, time_data
+            if time:  # the ratings' time terms; the sweep reads y from the time data
+                y = y + t.item_bins[i, td.bins] + t.drift[u] * td.dev
+                td = td._replace(values=y)
             data = with_values(data, y)
-            state, _ = gibbs_sweep(key_sweep, state, data, hyper, ops=ops, feature_ops=fops)
+            state, _ = gibbs_sweep(key_sweep, state, data, hyper, ops=ops, feature_ops=fops, time_data=td)
             (sw, su), p = state.implicit or (ImplicitSide(None, None),) * 2, state.params
             fw, fu = state.features or (FeatureSide(None, None),) * 2
             hw = (state.lam_w, state.mu_w, state.lam_b, sw.c, sw.Y, fw.c, fw.A)
             hu = (state.lam_u, state.mu_u, state.lam_c, su.c, su.Y, fu.c, fu.A)
-            return (state, data), jnp.stack(_stats(p.W, p.b, p.U, p.c, state.tau, hw, hu, implicit, features))
+            t = state.time
+            t = None if t is None else (t.lam_bins, t.item_bins, t.lam_drift, t.drift)
+            return (state, data), jnp.stack(_stats(p.W, p.b, p.U, p.c, state.tau, hw, hu, implicit, features, t))
 
         return lax.scan(step, (state, data), jnp.arange(20_000))[1]
 

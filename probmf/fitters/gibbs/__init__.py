@@ -5,7 +5,9 @@ w_i ~ N(mu_w, Lam_w^-1) with (mu_w, Lam_w) ~ Normal-Wishart(mu0 = 0, beta0, W0 =
 u_j likewise with its own hyper-parameters; b_i ~ N(0, 1/lam_b), c_j ~ N(0, 1/lam_c) with
 lam_b, lam_c ~ Gamma(a_bias, b_bias); mu fixed at the training mean.
 With implicit feedback and/or side information each row's prior mean gains F_i Y and/or
-X_i A (the items a user rated; the user's known attributes), items likewise.
+X_i A (the items a user rated; the user's known attributes), items likewise. With time
+effects (``time=True``) a rating at time t also gains c_{j,bin(t)} + alpha_i dev_i(t)
+(timeSVD++'s item bias per time bin and user drift).
 
 Every conditional is conjugate, so a sweep draws each block exactly. The modules:
   `kernel`    the sampler's state and one sweep: Normal-Wishart and Gamma hyper-parameter
@@ -16,6 +18,8 @@ Every conditional is conjugate, so a sweep draws each block exactly. The modules
               means F Y and the draw of Y (eigendecomposition, or CG at any size);
   `features`  side information, ``user_features=``/``item_features=``: attribute matrices X
               whose vectors A are drawn as Y is; cold rows predicted from their attributes;
+  `temporal`  time effects, ``time=True`` (timeSVD++): item biases per time bin and user
+              drifts, per-rating offsets drawn as conjugate scalars each sweep;
   `chain`     the driver: `fit_gibbs`, checkpointed chunks of sweeps (`gibbs_chunk`), the kept
               draws and/or running predictive moments (`GibbsResult`).
 A chain depends only on (key, sweep, row), whatever the blocks, devices or checkpoint chunks.
@@ -63,10 +67,20 @@ from probmf.fitters.gibbs.rounded import (
     truncated_standard_normal,
     with_values,
 )
+from probmf.fitters.gibbs.temporal import (
+    DEFAULT_TIME_BINS,
+    TimeData,
+    TimeState,
+    init_time,
+    sample_time,
+    time_data,
+    training_clock,
+)
 
 __all__ = [
     "CG_TOLERANCE",
     "IMPLICIT_SOLVERS",
+    "DEFAULT_TIME_BINS",
     "LIKELIHOODS",
     "MAX_IMPLICIT_COLUMNS",
     "SAVED_TYPES",
@@ -78,6 +92,8 @@ __all__ = [
     "ImplicitOperator",
     "ImplicitSide",
     "Latent",
+    "TimeData",
+    "TimeState",
     "_block_prior",
     "_sample_rows",
     "fit_gibbs",
@@ -93,12 +109,16 @@ __all__ = [
     "implicit_solver",
     "init_chain",
     "init_state",
+    "init_time",
     "rounding_intervals",
     "row_priors",
     "sample_implicit",
     "sample_normal_wishart",
     "solve_cg",
     "tiled_operator",
+    "sample_time",
+    "time_data",
+    "training_clock",
     "truncated_from_uniform",
     "truncated_standard_normal",
     "with_values",

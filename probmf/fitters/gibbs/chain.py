@@ -8,7 +8,9 @@ running moments of the predictive (`PredictiveSummary`), which never stores a dr
 kept draw also keeps its cold-row priors, N(mu_w, Lam_w^-1) and N(0, 1/lam_b) (items
 likewise), so a user or item with no training rating is predicted under that draw's prior
 (`probmf.posterior.draw_predictive`), never as a zero vector; with side information that
-prior's mean is m + x_i A, the row's attributes (`probmf.fitters.gibbs.features`).
+prior's mean is m + x_i A, the row's attributes (`probmf.fitters.gibbs.features`). With time
+effects each kept draw also keeps them (`probmf.posterior.TimeEffects`) and the posterior the
+clock that maps a pair's timestamp to its bin and drift (`probmf.fitters.gibbs.temporal`).
 """
 
 from __future__ import annotations
@@ -30,15 +32,20 @@ from probmf.fitters.gibbs.features import feature_matrix, feature_operators, fea
 from probmf.fitters.gibbs.implicit import IMPLICIT_SOLVERS, implicit_operators, implicit_solver
 from probmf.fitters.gibbs.kernel import GibbsInfo, GibbsState, gibbs_sweep, init_state, row_priors
 from probmf.fitters.gibbs.rounded import Latent, rounding_intervals
+from probmf.fitters.gibbs.temporal import DEFAULT_TIME_BINS, time_data, training_clock
 from probmf.linalg import LINALGS
 from probmf.objectives import Hyperpriors
 from probmf.posterior import (
     Posterior,
     PredictiveSummary,
+    TimeClock,
+    TimeEffects,
+    clock_inputs,
     draw_predictive,
     moments_init,
     moments_update,
     seen_rows,
+    time_offset,
 )
 from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import check_devices, device_mesh
@@ -67,17 +74,24 @@ class GibbsResult(NamedTuple):
     def num_samples(self) -> int:
         return int((self.posterior if self.posterior is not None else self.summary).num_samples)
 
-    def predict(self, users, items):
-        return self.predictive(users, items)[0]
+    @property
+    def uses_time(self) -> bool:
+        """Whether the model has time effects (its predictions then take the pairs' ``times``)."""
+        return self.posterior is not None and self.posterior.time is not None
 
-    def predictive(self, users, items):
+    def predict(self, users, items, times=None):
+        return self.predictive(users, items, times)[0]
+
+    def predictive(self, users, items, times=None):
+        """(mean, sd) of the pairs; ``times``: their timestamps (seconds) with time effects
+        (None: "now", `probmf.posterior`); a summary's pairs have their fit-time times."""
         if self.posterior is not None:
-            return self.posterior.predictive(users, items)
+            return self.posterior.predictive(users, items, times)
         return self.summary.predictive(users, items)
 
 
 # The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
-SAVED_TYPES = (GibbsResult, GibbsInfo)
+SAVED_TYPES = (GibbsResult, GibbsInfo, TimeEffects, TimeClock)
 
 
 class GibbsChain(NamedTuple):
@@ -95,7 +109,8 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
     """An empty `GibbsChain` for ``total`` sweeps keeping ``num_samples`` draws."""
     draws = None
     if keep_draws:
-        like = Posterior(state.params, state.tau, priors=row_priors(state))
+        time = None if state.time is None else state.time.effects()
+        like = Posterior(state.params, state.tau, priors=row_priors(state), time=time)
         draws = jax.tree.map(lambda a: jnp.zeros((num_samples,) + a.shape, a.dtype), like)
     moments = None if num_pairs is None else moments_init(num_pairs)
     nan = jnp.full((total,), jnp.nan, jnp.float32)
@@ -105,19 +120,21 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
 @functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "linalg"))
 def gibbs_chunk(
     rng_key, chain: GibbsChain, data: Encoded, hyperpriors: Hyperpriors, pairs, first, latent=None, levels=None,
-    ops=None, seen=None, feature_ops=None, *, num, num_warmup, thin, linalg="lapack",
+    ops=None, seen=None, feature_ops=None, time_data=None, pair_time=None, *, num, num_warmup, thin, linalg="lapack",
 ) -> GibbsChain:  # fmt: skip
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
     then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
     (users (P,), items (P,)) of the summary, or None; ``latent``, ``levels``: the rounded
     likelihood's `Latent` and rating levels (None: Gaussian); ``ops``, ``feature_ops``: the
     implicit and attribute operators (`gibbs_sweep`); ``seen``: (users (N,), items (M,))
-    bool rows with training ratings (the others are cold in the summary)."""
+    bool rows with training ratings (the others are cold in the summary); ``time_data``: the
+    training ratings' `probmf.fitters.gibbs.temporal.TimeData` with time effects, else None;
+    ``pair_time``: the summary pairs' (bins, dev) with time effects."""
     features = features_of(feature_ops)
 
     def sweep(chain: GibbsChain, s):
         state, info = gibbs_sweep(
-            jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, linalg, latent, ops, feature_ops
+            jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, linalg, latent, ops, feature_ops, time_data
         )
         after = s - num_warmup
         kept = (after >= 0) & ((after + 1) % thin == 0)
@@ -126,10 +143,12 @@ def gibbs_chunk(
         if draws is not None:
             # Sweeps between kept draws write the slot of the next kept draw, which overwrites them.
             slot = jnp.clip(after // thin, 0, draws.tau.shape[0] - 1)
-            draw = Posterior(state.params, state.tau, priors=priors)
+            time = None if state.time is None else state.time.effects()
+            draw = Posterior(state.params, state.tau, priors=priors, time=time)
             draws = jax.tree.map(lambda d, x: lax.dynamic_update_index_in_dim(d, x, slot, 0), draws, draw)
         if moments is not None:
-            pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels, features)
+            offset = None if state.time is None else time_offset(state.time.effects(), *pairs, *pair_time)
+            pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels, features, offset)
             moments = moments_update(moments, pred, var, kept.astype(jnp.float32))
         trace = jax.tree.map(lambda t, v: t.at[s].set(v), chain.trace, info)
         return GibbsChain(state, draws, moments, trace), None
@@ -141,7 +160,9 @@ class GibbsConfig(NamedTuple):
     """The Gibbs sampler's options (`fit_gibbs` documents each); ``num_warmup`` and
     ``num_samples`` None are 50 and 200, or 200 and 800 with ``implicit`` (`validate` fills
     them in); ``user_features``, ``item_features``: scipy.sparse CSR once validated (a
-    `FeatureTable` once prepared, when it is aligned with the training ids)."""
+    `FeatureTable` once prepared, when it is aligned with the training ids); ``time``,
+    ``time_bins``: time effects (`probmf.fitters.gibbs.temporal`); ``predict_times``: the
+    summary pairs' timestamps (seconds), None: predicted "now"."""
 
     rank: int = 10
     num_warmup: int | None = None
@@ -157,6 +178,9 @@ class GibbsConfig(NamedTuple):
     linalg: str = "lapack"
     implicit_solver: str = "auto"
     num_chains: int = 1
+    time: bool = False
+    time_bins: int = DEFAULT_TIME_BINS
+    predict_times: object = None
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
         """The config with its defaults filled in, ``predict_pairs`` as int32 arrays and the
@@ -191,6 +215,18 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"implicit must be True or False, got {c.implicit!r}")
         if c.implicit_solver not in IMPLICIT_SOLVERS:
             raise ValueError(f"implicit_solver must be one of {IMPLICIT_SOLVERS}, got {c.implicit_solver!r}")
+        if not isinstance(c.time, bool):
+            raise ValueError(f"time must be True or False, got {c.time!r}")
+        if int(c.time_bins) != c.time_bins or c.time_bins < 1:
+            raise ValueError(f"time_bins must be an integer >= 1, got {c.time_bins!r}")
+        if c.time and run.devices != 1:
+            raise ValueError("time effects run on one device (devices=1)")
+        times = c.predict_times
+        if times is not None:
+            times = np.asarray(times, np.float64)
+            if c.predict_pairs is None or times.shape != c.predict_pairs[0].shape:
+                raise ValueError("predict_times needs predict_pairs and one timestamp per pair")
+            c = c._replace(predict_times=times)
         return c
 
 
@@ -215,11 +251,13 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     if c.implicit:
         implicit_solver(c.implicit_solver, max(train.num_users, train.num_items))
     feature_ops = feature_operators(c.user_features, c.item_features, train)
+    clock = training_clock(train, int(c.time_bins)) if c.time else None
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if c.linalg == "jax" else "auto"
-    # The rounded likelihood writes each sweep's latent ratings through the tiles' slots.
-    data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded")
+    # The rounded likelihood writes each sweep's latent ratings through the tiles' slots, and
+    # time effects the ratings minus their time terms.
+    data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded" or c.time)
     latent = levels = None
     if c.likelihood == "rounded":
         levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
@@ -232,8 +270,8 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
         init = fit_als(key, train, rank=c.rank, num_sweeps=c.init_sweeps, solver=solver, devices=run.devices)
         mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
         return init_chain(
-            init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths), total, c.num_samples, c.keep_draws,
-            None if pairs is None else pairs[0].shape[0],
+            init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths, int(c.time_bins) if c.time else None),
+            total, c.num_samples, c.keep_draws, None if pairs is None else pairs[0].shape[0],
         )  # fmt: skip
 
     # Chain 0 draws with the keys of a single chain; chain j > 0 with keys folded with j (its
@@ -242,11 +280,17 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
                            for key in (key_init, key_run))  # fmt: skip
     chain = start(key_init) if c.num_chains == 1 else jax.tree.map(lambda *a: jnp.stack(a), *map(start, keys_init))
     seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
+    times = pair_time = None
+    if clock is not None:
+        times = time_data(train, clock)
+        if pairs is not None:
+            pair_time = tuple(jnp.asarray(a) for a in clock_inputs(clock, pairs[0], c.predict_times))
 
     def run_chunk(chain, first, num):
         def one(key, chain):
             return gibbs_chunk(key, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, feature_ops,
-                               num=num, num_warmup=c.num_warmup, thin=c.thin, linalg=c.linalg)  # fmt: skip
+                               times, pair_time, num=num, num_warmup=c.num_warmup, thin=c.thin,
+                               linalg=c.linalg)  # fmt: skip
 
         return one(key_run, chain) if c.num_chains == 1 else jax.vmap(one)(keys_run, chain)
 
@@ -257,7 +301,7 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
             moments = None if moments is None else pooled_moments(moments)
         summary = None if pairs is None else PredictiveSummary(*pairs, *moments)
         features = features_of(feature_ops)
-        draws = None if draws is None else draws._replace(levels=levels, seen=seen, features=features)
+        draws = None if draws is None else draws._replace(levels=levels, seen=seen, features=features, clock=clock)
         return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank), int(c.num_chains))
 
     options = {**c._asdict(), "devices": run.devices}
@@ -267,6 +311,11 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     for name, before in (("implicit_solver", "auto"), ("num_chains", 1)):
         if options[name] == before:
             del options[name]
+    predict_times = options.pop("predict_times")
+    if not c.time:
+        del options["time"], options["time_bins"]
+    elif predict_times is not None:
+        summary_pairs = (*summary_pairs, predict_times)
     # A matrix enters the checkpoint's fingerprint as its digest; none leaves the options as
     # they were before side information, so older checkpoints still resume.
     for name in ("user_features", "item_features"):
@@ -306,6 +355,9 @@ def fit_gibbs(
     linalg: str = "lapack",
     implicit_solver: str = "auto",
     num_chains: int = 1,
+    time: bool = False,
+    time_bins: int = DEFAULT_TIME_BINS,
+    predict_times=None,
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
@@ -342,6 +394,11 @@ def fit_gibbs(
       num_chains: independent chains, vectorised on one device (chain j > 0 from its own ALS
         start, keys folded with j), each burning in and keeping ``num_samples`` draws; the
         result pools them (R-hat and ESS between chains: `probmf.diagnostics`).
+      time: time effects as in timeSVD++ (see `probmf.fitters.gibbs.temporal`): an item bias
+        per time bin and a user drift alpha_i dev_i(t); needs ``train.timestamps``. Predictions
+        then take the pairs' ``times`` (None: "now", the last training bin and no drift).
+      time_bins: the number of equal-width time bins over the training time range.
+      predict_times: the ``predict_pairs``' timestamps (seconds) with ``time``; None: "now".
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the chain in every ``checkpoint_every`` sweeps and resume
         from (`probmf.checkpoint`); None: no checkpoints.
@@ -351,6 +408,6 @@ def fit_gibbs(
     """
     run = RunOptions(devices, checkpoint, checkpoint_every)
     config = GibbsConfig(rank, num_warmup, num_samples, thin, init_sweeps, likelihood, implicit, user_features,
-                         item_features, keep_draws, predict_pairs, linalg, implicit_solver,
-                         num_chains).validate(run)  # fmt: skip
+                         item_features, keep_draws, predict_pairs, linalg, implicit_solver, num_chains, time,
+                         time_bins, predict_times).validate(run)  # fmt: skip
     return run_program(prepare_gibbs(rng_key, train, config, run))

@@ -15,7 +15,9 @@ the blocks or the number of devices (rows split as in ALS).
 With implicit feedback (`probmf.fitters.gibbs.implicit`) or side information
 (`probmf.fitters.gibbs.features`) each side's hyper-parameter block also draws its implicit
 or attribute vectors and the rows' prior means change; with the rounded likelihood
-(`probmf.fitters.gibbs.rounded`) a sweep first draws the latent ratings.
+(`probmf.fitters.gibbs.rounded`) a sweep first draws the latent ratings. With time effects
+(`probmf.fitters.gibbs.temporal`) a sweep then draws them, given the (latent) ratings and the
+rows, and the blocks above see the ratings minus the time terms.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import jax.numpy as jnp
 from probmf.encoding import Encoded
 from probmf.fitters.gibbs.features import FeatureSide
 from probmf.fitters.gibbs.implicit import ImplicitOperator, ImplicitSide, sample_implicit
-from probmf.fitters.gibbs.rounded import Latent, _sample_latent
+from probmf.fitters.gibbs.rounded import Latent, _sample_latent, latent_values, with_values
+from probmf.fitters.gibbs.temporal import TimeData, TimeState, init_time, offsets, sample_time
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.linalg import cholesky, solve_lower
-from probmf.model import MFParams
+from probmf.model import MFParams, predict_with_fallback
 from probmf.objectives import Hyperpriors
 from probmf.posterior import RowPrior
 
@@ -51,6 +54,7 @@ class GibbsState(NamedTuple):
     lam_c: jax.Array  # () precision of the item biases
     implicit: tuple | None = None  # (users', items') `ImplicitSide` with implicit feedback, else None
     features: tuple | None = None  # (users', items') `FeatureSide` (or None) with side information, else None
+    time: TimeState | None = None  # the time effects with ``time=True``, else None
 
 
 class GibbsInfo(NamedTuple):
@@ -191,15 +195,32 @@ def _terms(rng_key, index: int, implicit, implicit_op, features, feature_op, hyp
 def gibbs_sweep(
     rng_key, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, linalg: str = "lapack",
     latent: Latent | None = None, ops: tuple | None = None, feature_ops: tuple | None = None,
+    time_data: TimeData | None = None,
 ) -> tuple[GibbsState, GibbsInfo]:  # fmt: skip
     """One full sweep of the blocked Gibbs sampler (see the module docstring); ``linalg``:
     "lapack" or "jax" linear algebra (`probmf.linalg`); ``latent``: the rounded likelihood's
     intervals (None: Gaussian likelihood); ``ops``: the (users', items') `ImplicitOperator`
     with implicit feedback (``state.implicit`` set), else None; ``feature_ops``: the
     (users', items') attribute operators (`probmf.fitters.gibbs.features`; None for a side
-    without) with side information (``state.features`` set), else None."""
+    without) with side information (``state.features`` set), else None; ``time_data``: the
+    ratings' bins and devs with time effects (``state.time`` set; ``data`` then needs its
+    tiles' slots), else None.
+
+    Order: the latent ratings y | everything (at the current time terms); the time effects |
+    y and the rows; then the blocks below on y minus the new time terms. Each block is drawn
+    at the latest values of the others, so this is a Gibbs sweep of the joint model."""
     keys = jax.random.split(rng_key, 8)
-    if latent is not None:
+    time = state.time
+    if time_data is not None:
+        if latent is not None:
+            y = latent_values(keys[7], state.params, state.tau, latent, offsets(time, time_data))
+        else:
+            y = time_data.values
+        base = y - predict_with_fallback(state.params, time_data.users, time_data.items)
+        # fold_in(rng_key, 5): keys 1..4 are the implicit and attribute terms' (`_terms`).
+        time = sample_time(jax.random.fold_in(rng_key, 5), time, base, time_data, state.tau, hyperpriors)
+        data = with_values(data, y - offsets(time, time_data))
+    elif latent is not None:
         data = _sample_latent(keys[7], state.params, state.tau, latent, data)
     W, U, b, c, mu = state.params
     side_w, side_u = state.implicit or (None, None)
@@ -222,7 +243,8 @@ def gibbs_sweep(
     tau = _sample_gamma(keys[6], hyperpriors.a_tau + n / 2.0, hyperpriors.b_tau + 0.5 * sse)
     implicit = None if ops is None else (side_w, side_u)
     features = None if feature_ops is None else (feat_w, feat_u)
-    state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c, implicit, features)
+    state = GibbsState(MFParams(W, U, b, c, mu), tau, mu_w, lam_w, mu_u, lam_u, lam_b, lam_c, implicit, features,
+                       time)  # fmt: skip
     return state, GibbsInfo(tau=tau, train_rmse=jnp.sqrt(sse / n))
 
 
@@ -258,16 +280,20 @@ def _spd_inverse(A: jax.Array, linalg: str) -> jax.Array:
     return X @ X.T
 
 
-def init_state(params: MFParams, tau, implicit: bool = False, features: tuple | None = None) -> GibbsState:
+def init_state(
+    params: MFParams, tau, implicit: bool = False, features: tuple | None = None, time_bins: int | None = None
+) -> GibbsState:
     """Start from a point estimate (e.g. ALS's MAP) with unit hyper-precisions (and, with
     ``implicit``, zero implicit vectors with c = 1). ``features``: (users', items') number
     of attributes G (None for a side without) with side information, whose vectors start
-    at zero with c_A = 1; None: none."""
+    at zero with c_A = 1; None: none. ``time_bins``: the number of time bins with time
+    effects (zero effects, unit precisions; `probmf.fitters.gibbs.temporal.init_time`), None: none."""
     n, k = params.W.shape
     m = params.U.shape[0]
     one = jnp.float32(1.0)
     sides = (ImplicitSide(jnp.zeros((m, k + 1)), one), ImplicitSide(jnp.zeros((n, k + 1)), one)) if implicit else None
     if features is not None:
         features = tuple(None if g is None else FeatureSide(jnp.zeros((g, k + 1)), one) for g in features)
+    time = None if time_bins is None else init_time(n, m, time_bins)
     return GibbsState(params, jnp.float32(tau), jnp.zeros(k), jnp.eye(k), jnp.zeros(k), jnp.eye(k), one, one, sides,
-                      features)  # fmt: skip
+                      features, time)  # fmt: skip

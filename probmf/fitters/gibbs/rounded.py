@@ -71,10 +71,18 @@ def truncated_from_uniform(u: jax.Array, lower: jax.Array, upper: jax.Array) -> 
 def _sample_latent(rng_key, params: MFParams, tau, latent: Latent, data: Encoded) -> Encoded:
     """Draw y_ij ~ N(r_hat_ij, 1/tau) truncated to its rating's interval and write it into
     both row layouts in place of the ratings."""
+    return with_values(data, latent_values(rng_key, params, tau, latent))
+
+
+def latent_values(rng_key, params: MFParams, tau, latent: Latent, offset: jax.Array | None = None) -> jax.Array:
+    """y_ij ~ N(r_hat_ij + o_ij, 1/tau) truncated to its rating's interval (n,), in input
+    order; ``offset`` o (n,): per-rating terms outside the factors (the time effects of
+    `probmf.fitters.gibbs.temporal`), None: none."""
     pred = predict_with_fallback(params, latent.users, latent.items)
+    if offset is not None:
+        pred = pred + offset
     sd = 1.0 / jnp.sqrt(tau)
-    y = pred + sd * truncated_standard_normal(rng_key, (latent.lower - pred) / sd, (latent.upper - pred) / sd)
-    return with_values(data, y)
+    return pred + sd * truncated_standard_normal(rng_key, (latent.lower - pred) / sd, (latent.upper - pred) / sd)
 
 
 def with_values(data: Encoded, values: jax.Array) -> Encoded:
