@@ -1,5 +1,7 @@
 """The optax fitter and the minibatch trainer: exact steps, masking, MAP vs MLE, early stopping."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import optax
 import pytest
 
 from probmf.data.splits import random_split
-from probmf.data.synthetic import synthetic_ratings
+from probmf.data.synthetic import synthetic_preset, synthetic_ratings
 from probmf.fitters import optax_mf
 from probmf.fitters.minibatch import make_epoch, train_minibatch
 from probmf.fitters.optax_mf import fit_optax, mf_objective
@@ -198,3 +200,44 @@ def test_bad_options_raise_before_compiling(small, bad, monkeypatch):
     monkeypatch.setattr(optax_mf, "minibatch_program", fail)
     with pytest.raises(ValueError, match=next(iter(bad)).replace("lam", "lambda").split("_")[0]):
         fit_optax(KEY, small[0], **bad)
+
+
+def test_any_optax_transformation_and_a_user_loss_replace_the_named_ones():
+    """``optimizer=optax.adam(lr)`` is ``optimizer="adam"`` at a constant ``lr``, and the squared
+    error written as a user loss is the default loss, to float rounding."""
+    train, _ = synthetic_preset("tiny")
+    base = {"rank": 2, "num_epochs": 3, "batch_size": 128}
+    named = fit_optax(jax.random.PRNGKey(0), train, optimizer="adam", learning_rate=0.02, schedule="constant", **base)
+    given = fit_optax(jax.random.PRNGKey(0), train, optimizer=optax.adam(0.02), **base)
+    own_loss = fit_optax(jax.random.PRNGKey(0), train, optimizer="adam", learning_rate=0.02, schedule="constant",
+                         loss=lambda pred, r: 0.5 * (r - pred) ** 2, **base)  # fmt: skip
+    for other in (given, own_loss):
+        for a, b in zip(jax.tree.leaves(named.params), jax.tree.leaves(other.params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_a_robust_user_loss_resists_outlying_ratings():
+    """A tenth of the training ratings shifted by +8: the Huber loss (quadratic within 1 of the
+    prediction, linear beyond) is pulled less than the squared error, so it predicts the clean
+    held-out ratings better (measured: RMSE 0.69 against 1.35)."""
+    ratings, _ = synthetic_ratings(num_users=200, num_items=100, num_ratings=6000, rank=2, noise=0.5, seed=1)
+    train, test = random_split(ratings, 0.2, seed=0)
+    hit = np.random.default_rng(0).random(len(train)) < 0.1
+    dirty = dataclasses.replace(train, values=np.where(hit, train.values + 8.0, train.values).astype(np.float32))
+    base = {"rank": 2, "num_epochs": 20, "batch_size": 512, "schedule": "constant", "learning_rate": 0.02}
+    rmse = {}
+    for name, loss in (("squared", None), ("huber", lambda pred, r: optax.huber_loss(pred, r, delta=1.0))):
+        fit = fit_optax(jax.random.PRNGKey(0), dirty, loss=loss, **base)
+        pred = np.asarray(predict(fit.params, jnp.asarray(test.users), jnp.asarray(test.items)))
+        rmse[name] = float(np.sqrt(np.mean((pred - test.values) ** 2)))
+    assert rmse["huber"] < rmse["squared"] - 0.1, rmse
+
+
+def test_custom_optimizers_and_losses_refuse_checkpoints(tmp_path):
+    train, _ = synthetic_preset("tiny")
+    with pytest.raises(ValueError, match="cannot be fingerprinted"):
+        fit_optax(jax.random.PRNGKey(0), train, optimizer=optax.sgd(0.1), checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="cannot be fingerprinted"):
+        fit_optax(jax.random.PRNGKey(0), train, loss=optax.huber_loss, checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="loss must be None or a function"):
+        fit_optax(jax.random.PRNGKey(0), train, loss="huber")

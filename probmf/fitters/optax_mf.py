@@ -60,23 +60,33 @@ class OptaxResult(NamedTuple):
 SAVED_TYPES = (OptaxResult, MinibatchTrace)
 
 
-def mf_objective(params: MFParams, batch, weights, *, priors: Priors, num_ratings: int) -> jax.Array:
-    """loss_S = sum_k w_k 1/2 (r_k - r_hat_k)^2 / sum_k w_k + penalty(params, priors) / n.
+def mf_objective(
+    params: MFParams, batch, weights, *, priors: Priors, num_ratings: int, loss=None
+) -> jax.Array:  # fmt: skip
+    """loss_S = sum_k w_k l(r_hat_k, r_k) / sum_k w_k + penalty(params, priors) / n, with
+    l(r_hat, r) = 1/2 (r - r_hat)^2 (``loss`` None) or ``loss(r_hat, r)`` (elementwise, (B,)).
 
     batch: (users, items, ratings) each (B,); weights: (B,) 0/1 mask. ``mu`` gets no gradient.
     """
     users, items, ratings = batch
     params = params._replace(mu=jax.lax.stop_gradient(params.mu))
-    err = ratings - predict(params, users, items)
-    data = 0.5 * jnp.sum(weights * err * err) / jnp.maximum(jnp.sum(weights), 1.0)
+    pred = predict(params, users, items)
+    if loss is None:
+        err = ratings - pred
+        per_rating = 0.5 * err * err
+    else:
+        per_rating = loss(pred, ratings)
+    data = jnp.sum(weights * per_rating) / jnp.maximum(jnp.sum(weights), 1.0)
     return data + penalty(params, priors) / num_ratings
 
 
 def make_optimizer(
-    name: str, learning_rate: float, *, schedule: str = "constant", total_steps: int = 1
+    name, learning_rate: float, *, schedule: str = "constant", total_steps: int = 1
 ) -> optax.GradientTransformation:
     """optax ``adam``/``sgd``/``adagrad`` at ``learning_rate``, constant or cosine-decayed to
-    0 over ``total_steps``."""
+    0 over ``total_steps``; an `optax.GradientTransformation` given as ``name`` as it is."""
+    if isinstance(name, optax.GradientTransformation):
+        return name
     lr = learning_rate if schedule == "constant" else optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
     return {"adam": optax.adam, "sgd": optax.sgd, "adagrad": optax.adagrad}[name](lr)
 
@@ -89,8 +99,10 @@ class OptaxConfig(NamedTuple):
     lam: factor ridge; row i gets lam * n_i ** weight_exponent (n_i its fitted ratings).
     lam_bias: bias ridge.
     weight_exponent: 0 plain L2, 1 ALS-WR style scaling of the factor ridge.
-    optimizer: "adam", "sgd" or "adagrad".
-    learning_rate: > 0; schedule "constant" or "cosine" (decay to 0 over all steps).
+    optimizer: "adam", "sgd" or "adagrad", or any `optax.GradientTransformation` (e.g.
+      ``optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))``), used as given.
+    learning_rate: > 0; schedule "constant" or "cosine" (decay to 0 over all steps); both
+      apply to a named optimizer only.
     batch_size: ratings per step (the last partial batch is masked, not dropped).
     num_epochs: most passes over the fitted ratings.
     validation_fraction: share of ``train`` held out for early stopping (0: none, run all
@@ -98,6 +110,9 @@ class OptaxConfig(NamedTuple):
       training rating range.
     patience: epochs without a better validation RMSE before stopping.
     init_scale: sd of the initial factors.
+    loss: None, the squared error 1/2 (r - r_hat)^2 of the MLE and MAP objectives; or a
+      per-rating loss ``loss(r_hat, r) -> (B,)`` in its place, e.g. ``optax.huber_loss``
+      (the prior penalty stays; the objective is then no longer a Gaussian likelihood).
     """
 
     rank: int = 10
@@ -113,6 +128,7 @@ class OptaxConfig(NamedTuple):
     validation_fraction: float = 0.0
     patience: int = 5
     init_scale: float = 0.1
+    loss: object = None
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> OptaxConfig:
         """Self, or a ValueError naming the option out of range (``run``'s too)."""
@@ -150,7 +166,7 @@ def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions 
         priors = Priors(*(jnp.float32(0.0),) * 4)
 
     def loss_fn(p, batch, weights):
-        return mf_objective(p, batch, weights, priors=priors, num_ratings=n)
+        return mf_objective(p, batch, weights, priors=priors, num_ratings=n, loss=c.loss)
 
     steps = c.num_epochs * -(-n // min(c.batch_size, n))
     program = minibatch_program(
@@ -173,6 +189,7 @@ def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions 
         return OptaxResult(result.params, result.trace, result.best_epoch, priors)
 
     options = {**c._asdict(), "devices": run.devices, "checkpoint_every": run.checkpoint_every}
+    del options["loss"]  # None whenever there is a checkpoint (`check_optax_options`): as before the option
     ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "optax", rng_key, train, options)
     return program._replace(finish=finish, checkpoint=ckpt)
 
@@ -194,6 +211,7 @@ def fit_optax(
     validation_fraction: float = 0.0,
     patience: int = 5,
     init_scale: float = 0.1,
+    loss=None,
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 1,
@@ -204,7 +222,8 @@ def fit_optax(
     Args:
       rng_key: PRNG key (initialisation, validation split, shuffles).
       train: training `Ratings` (every id known).
-      rank .. init_scale: `OptaxConfig`.
+      rank .. loss: `OptaxConfig` (``optimizer`` may be any optax `GradientTransformation`,
+        ``loss`` any per-rating loss).
       devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
         divide by D. The result equals the 1-device fit up to float rounding.
       checkpoint: folder to save the epochs in and resume from (None: no checkpoints); the
@@ -221,7 +240,7 @@ def fit_optax(
       ((60, 2), (3,))
     """
     config = OptaxConfig(rank, objective, lam, lam_bias, weight_exponent, optimizer, learning_rate, schedule,
-                         batch_size, num_epochs, validation_fraction, patience, init_scale)  # fmt: skip
+                         batch_size, num_epochs, validation_fraction, patience, init_scale, loss)  # fmt: skip
     run = RunOptions(devices, checkpoint, checkpoint_every)
     return run_program(prepare_optax(rng_key, train, config.validate(run), run))
 
@@ -241,11 +260,20 @@ def check_optax_options(
     validation_fraction,
     patience,
     init_scale,
+    loss=None,
     devices=1,
     checkpoint=None,
     checkpoint_every=1,
 ) -> None:
     """Reject out-of-range options before anything is compiled."""
+    custom = isinstance(optimizer, optax.GradientTransformation)
+    if loss is not None and not callable(loss):
+        raise ValueError(f"loss must be None or a function loss(r_hat, r), got {loss!r}")
+    if checkpoint is not None and (custom or loss is not None):
+        # A checkpoint resumes only the run that saved it, and it cannot tell two optimisers
+        # or loss functions apart: resuming under a different one would mix two fits.
+        raise ValueError("checkpoints need a named optimizer and the default loss: a custom optax "
+                         "GradientTransformation or loss function cannot be fingerprinted")  # fmt: skip
     if int(rank) != rank or rank < 0:
         raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
     if objective not in OBJECTIVES:
@@ -256,8 +284,10 @@ def check_optax_options(
         raise ValueError(f"lambda_bias must be >= 0, got {lam_bias!r}")
     if not np.isfinite(weight_exponent):
         raise ValueError(f"weight_exponent must be finite, got {weight_exponent!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if not custom and optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS} or pass an optax.GradientTransformation"
+        )
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     if schedule not in SCHEDULES:
