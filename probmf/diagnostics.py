@@ -28,38 +28,40 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtri
 
-from probmf.posterior import Posterior, draw_predictive
+from probmf.posterior import Posterior, draw_offsets, draw_predictive
 
 __all__ = ["bulk_ess", "prediction_diagnostics", "prediction_draws", "rank_rhat", "to_inference_data"]
 
 
-def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1) -> np.ndarray:
+def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1, times=None) -> np.ndarray:
     """Predicted means of every draw, float64 (num_chains, S / num_chains, P), for the P
-    pairs (users[p], items[p])."""
+    pairs (users[p], items[p]) at ``times`` (seconds; with time effects, None: "now")."""
     S = posterior.num_samples
     if int(num_chains) != num_chains or num_chains < 1 or S % num_chains:
         raise ValueError(f"num_chains={num_chains!r} must be a positive divisor of the {S} draws")
     users, items = jnp.asarray(users), jnp.asarray(items)
     # A loaded model holds numpy arrays: as device arrays they can be indexed by traced ids.
-    seen, features = jax.tree.map(jnp.asarray, (posterior.seen, posterior.features))
+    seen, features, time = jax.tree.map(jnp.asarray, (posterior.seen, posterior.features, posterior.time))
+    offset = draw_offsets(posterior, users, items, times)
 
     def means(draw):
-        params, tau, priors = draw
-        return draw_predictive(params, tau, users, items, priors, seen, features=features)[0]
+        params, tau, priors, time = draw
+        return draw_predictive(params, tau, users, items, priors, seen, features=features, offset=offset(time))[0]
 
-    preds = jax.lax.map(means, (posterior.draws, posterior.tau, posterior.priors))
+    preds = jax.lax.map(means, (posterior.draws, posterior.tau, posterior.priors, time))
     return np.asarray(preds, np.float64).reshape(num_chains, S // num_chains, -1)
 
 
-def prediction_diagnostics(posterior: Posterior, users, items, *, num_chains: int = 1):
+def prediction_diagnostics(posterior: Posterior, users, items, *, num_chains: int = 1, times=None):
     """Rank-normalised split R-hat and bulk ESS (each float64 (P,)) of the predicted means
     at P pairs (module docstring: ArviZ's ``rhat`` and ``ess`` defaults).
 
     The draws are read as ``num_chains`` chains, chain-major; each chain is split in halves,
     so one chain gives a (split) R-hat too. Needs >= 4 draws per chain. A pair predicted
     identically by every draw (e.g. a cold pair without row priors) has R-hat NaN and ESS S.
+    ``times``: the pairs' timestamps (seconds) with time effects; None: "now".
     """
-    x = prediction_draws(posterior, users, items, num_chains=num_chains)
+    x = prediction_draws(posterior, users, items, num_chains=num_chains, times=times)
     if x.shape[1] < 4:
         raise ValueError(f"need >= 4 draws per chain for split R-hat, got {x.shape[1]}")
     return rank_rhat(x), bulk_ess(x)

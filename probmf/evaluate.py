@@ -135,7 +135,9 @@ def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
     if fitted.posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
         return {"r_hat_max": None, "ess_min": None}
     pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))
-    r_hat, ess = prediction_diagnostics(fitted.posterior, test.users[pick], test.items[pick], num_chains=chains)
+    times = None if test.timestamps is None else test.timestamps[pick]
+    r_hat, ess = prediction_diagnostics(fitted.posterior, test.users[pick], test.items[pick], num_chains=chains,
+                                        times=times)  # fmt: skip
     # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat or ESS:
     # it is left out.
     finite, ess_ok = np.isfinite(r_hat), np.isfinite(ess) & (ess > 0)

@@ -49,7 +49,7 @@ import jax.scipy.stats
 import numpy as np
 from jax.scipy.special import log_ndtr
 
-from probmf.posterior import Posterior, draw_predictive
+from probmf.posterior import Posterior, draw_offsets, draw_predictive
 
 __all__ = ["inference_groups", "to_inference_data"]
 
@@ -119,6 +119,7 @@ def inference_groups(result, test=None, *, seed: int = 0, num_chains: int | None
     pair_coords = {}
     if pairs is not None:
         users, items, ratings, raw_users, raw_items = pairs
+        times = getattr(test, "timestamps", None)  # `Ratings` carry them; (users, items) tuples do not
         pair_coords = {"pair": np.arange(users.size), "user": ("pair", raw_users), "item": ("pair", raw_items)}
         key = jax.random.PRNGKey(seed)
         if posterior is None:
@@ -128,7 +129,7 @@ def inference_groups(result, test=None, *, seed: int = 0, num_chains: int | None
             obs = _observe(key, mean, jnp.full(mean.shape, noise_sd**2, jnp.float32), None, ratings)
             mean_rating, replicated, loglik = (None if a is None else a[None] for a in obs)
         else:
-            mean_rating, replicated, loglik = _per_draw(key, posterior, users, items, ratings)
+            mean_rating, replicated, loglik = _per_draw(key, posterior, users, items, ratings, times)
         dims = ("chain", "draw", "pair")
         variables["mean_rating"] = (dims, per_draw(mean_rating))
         groups["posterior_predictive"] = xr.Dataset({"rating": (dims, per_draw(replicated))}, {**base, **pair_coords})
@@ -195,21 +196,25 @@ def _hyper(posterior: Posterior) -> dict[str, np.ndarray]:
     return out
 
 
-def _per_draw(key, posterior: Posterior, users, items, ratings):
-    """(mean_rating, replicated rating, log-likelihood or None), each (S, P), draw by draw."""
+def _per_draw(key, posterior: Posterior, users, items, ratings, times=None):
+    """(mean_rating, replicated rating, log-likelihood or None), each (S, P), draw by draw;
+    ``times``: the pairs' timestamps for a posterior with time effects (None: "now")."""
+    offset = draw_offsets(posterior, users, items, times)
     users, items = jnp.asarray(users), jnp.asarray(items)
     values = None if ratings is None else jnp.asarray(ratings, jnp.float32)
     # A loaded model holds numpy arrays: as device arrays they can be indexed by traced ids.
-    seen, levels, features = jax.tree.map(jnp.asarray, (posterior.seen, posterior.levels, posterior.features))
+    seen, levels, features, time = jax.tree.map(
+        jnp.asarray, (posterior.seen, posterior.levels, posterior.features, posterior.time)
+    )
 
     def one(draw):
-        s, params, tau, priors = draw
+        s, params, tau, priors, time = draw
         # The latent predictive (no levels); `_observe` rounds it where the likelihood does.
-        mean, var = draw_predictive(params, tau, users, items, priors, seen, None, features)
+        mean, var = draw_predictive(params, tau, users, items, priors, seen, None, features, offset(time))
         return _observe(jax.random.fold_in(key, s), mean, var, levels, values)
 
     S = posterior.num_samples
-    out = jax.lax.map(one, (jnp.arange(S), posterior.draws, posterior.tau, posterior.priors))
+    out = jax.lax.map(one, (jnp.arange(S), posterior.draws, posterior.tau, posterior.priors, time))
     return tuple(None if a is None else np.asarray(a) for a in out)
 
 

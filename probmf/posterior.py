@@ -108,6 +108,17 @@ def clock_inputs(clock: TimeClock, users, times=None) -> tuple[np.ndarray, np.nd
     return bins, dev.astype(np.float32)
 
 
+def draw_offsets(posterior: Posterior, users, items, times=None):
+    """``offset(time) -> (offset (P,), variance (P,)) or None``: one draw's time terms at the
+    pairs (`time_offset`, the pairs' ``times`` in seconds; None: "now"), for code that walks
+    the draws itself and hands each draw's `TimeEffects` in; always None without time effects."""
+    if posterior.time is None:
+        return lambda time: None
+    bins, dev = (jnp.asarray(a) for a in clock_inputs(posterior.clock, np.asarray(users), times))
+    users, items = jnp.asarray(users), jnp.asarray(items)
+    return lambda time: time_offset(time, users, items, bins, dev)
+
+
 def time_offset(effects: TimeEffects, users, items, bins, dev) -> tuple[jax.Array, jax.Array]:
     """(offset (P,), variance (P,)) of ONE draw's time terms at the pairs: c_{j,bin} + alpha_i
     dev for known ids; an unknown item's (-1) c_{j,bin} is integrated out (0, bin_var), an

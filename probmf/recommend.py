@@ -36,7 +36,7 @@ from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
 from probmf.model import MFParams
 from probmf.persistence import FittedModel
-from probmf.posterior import Posterior, draw_predictive
+from probmf.posterior import Posterior, draw_offsets, draw_predictive
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
@@ -116,8 +116,11 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     if posterior is None:
         return np.asarray(mean), np.asarray(sd), None
     s = _draw_index(rng_key, posterior.num_samples)
-    params, tau, priors = jax.tree.map(lambda a: a[s], (posterior.draws, posterior.tau, posterior.priors))
-    draw = draw_predictive(params, tau, users, items, priors, posterior.seen, features=posterior.features)[0]
+    draws = (posterior.draws, posterior.tau, posterior.priors, posterior.time)
+    params, tau, priors, time = jax.tree.map(lambda a: a[s], draws)
+    offset = draw_offsets(posterior, users, items)(time)  # with time effects: "now", as the mean
+    draw = draw_predictive(params, tau, users, items, priors, posterior.seen, features=posterior.features,
+                           offset=offset)[0]  # fmt: skip
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 

@@ -233,3 +233,28 @@ def test_the_rounded_likelihoods_latent_draw_centres_on_the_prediction_with_the_
     np.testing.assert_allclose(np.asarray(latent_values(key, params, 2.0, latent, jnp.full(4, 0.7))),
                                np.asarray(shifted), rtol=1e-6)  # fmt: skip
     assert not np.allclose(np.asarray(latent_values(key, params, 2.0, latent)), np.asarray(shifted))
+
+
+def test_every_walk_over_the_draws_carries_the_time_terms():
+    """The per-draw predictions that R-hat and ESS, the ArviZ export and Thompson sampling use
+    average to the predictive mean, at the pairs' times or "now": none drops the time terms."""
+    from probmf.diagnostics import prediction_draws
+    from probmf.inference_data import _per_draw
+    from probmf.persistence import FittedModel
+    from probmf.recommend import _draw_index, score_user
+
+    ratings, _, _ = _planted(num_users=30, num_items=15, num_ratings=400)
+    res = fit_gibbs(jax.random.PRNGKey(2), ratings, rank=2, num_warmup=3, num_samples=4, time=True, time_bins=4)
+    post = res.posterior
+    users, items, times = ratings.users[:50], ratings.items[:50], ratings.timestamps[:50]
+    for at in (times, None):
+        mean = np.asarray(post.predict(users, items, times=at))
+        draws = prediction_draws(post, users, items, times=at)
+        np.testing.assert_allclose(draws.mean(axis=(0, 1)), mean, rtol=1e-5, atol=1e-5)
+        per_draw = _per_draw(jax.random.PRNGKey(0), post, users, items, None, at)[0]
+        np.testing.assert_allclose(per_draw.mean(0), mean, rtol=1e-5, atol=1e-5)
+    model = FittedModel.from_training("gibbs", {"time": True}, res, ratings)
+    now = prediction_draws(post, np.zeros(15, np.int32), np.arange(15))[0]  # user 0, every item, "now"
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        np.testing.assert_allclose(score_user(model, 0, rng_key=key)[2], now[_draw_index(key, 4)], rtol=1e-5, atol=1e-5)
