@@ -343,8 +343,8 @@ def test_implicit_auto_solver_fits_sides_past_the_eigendecomposition_by_cg():
 
 
 @pytest.mark.parametrize(
-    "preset, side", [("tiny", 0), ("tiny", 1), pytest.param("ml100k", 0, marks=pytest.mark.slow),
-                     pytest.param("ml100k", 1, marks=pytest.mark.slow)],
+    "preset, side",
+    [("tiny", 0)] + [pytest.param(*c, marks=pytest.mark.slow) for c in (("tiny", 1), ("ml100k", 0), ("ml100k", 1))],
 )  # fmt: skip
 def test_cg_draw_of_the_implicit_vectors_equals_the_exact_draw(preset, side):
     """With the same noise, the CG draw of Y (from the tiles, and from the nonzeros) equals the

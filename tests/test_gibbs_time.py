@@ -235,6 +235,7 @@ def test_the_rounded_likelihoods_latent_draw_centres_on_the_prediction_with_the_
     assert not np.allclose(np.asarray(latent_values(key, params, 2.0, latent)), np.asarray(shifted))
 
 
+@pytest.mark.slow
 def test_every_walk_over_the_draws_carries_the_time_terms():
     """The per-draw predictions that R-hat and ESS, the ArviZ export and Thompson sampling use
     average to the predictive mean, at the pairs' times or "now": none drops the time terms."""

@@ -61,6 +61,7 @@ def _check_rows(rows, lines, *, ranks, fitters, iters):
     return by, table
 
 
+@pytest.mark.slow
 def test_peers_smoke_als_beside_lenskit_prints_a_table_and_json(tmp_path):
     lines, rows = _peers(tmp_path, "--rank", "2", "--iters", "1", "--fitters", "als", "--peers", "lenskit", "--json")
     by, table = _check_rows(rows, lines, ranks={"als": [2]}, fitters=["als"], iters=1)
@@ -159,6 +160,7 @@ def _gpu_check(out_dir, *args):
     )
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_its_files_and_installs_nothing(tmp_path):
     import jax
 
