@@ -71,28 +71,34 @@ def rank_rhat(x) -> np.ndarray:
     """Rank-normalised split R-hat, bulk and tail (module docstring), of draws ``x``
     (chains, draws, ...): float64 of shape ``x.shape[2:]``; NaN where it is undefined (a
     constant quantity, NaN draws, fewer than 4 draws per chain)."""
-    x = np.asarray(x, np.float64)
-    out = np.full(x.shape[2:], np.nan)
-    if x.shape[1] < 4:
-        return out
-    for index in np.ndindex(*x.shape[2:]):
-        split = _split_chains(x[(slice(None), slice(None), *index)])
-        if np.isnan(split).any():
-            continue
-        folded = np.abs(split - np.median(split))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[index] = max(_rhat(_z_scale(split)), _rhat(_z_scale(folded)))
-    return out
+
+    def rhat(split):
+        return max(_rhat(_z_scale(split)), _rhat(_z_scale(np.abs(split - np.median(split)))))
+
+    return _each_quantity(x, rhat)
 
 
 def bulk_ess(x) -> np.ndarray:
     """Bulk effective sample size (module docstring) of draws ``x`` (chains, draws, ...):
     float64 of shape ``x.shape[2:]``; S for a constant quantity, NaN with NaN draws or fewer
     than 4 draws per chain."""
+    return _each_quantity(x, lambda split: _ess(_z_scale(split)))
+
+
+def _each_quantity(x, statistic) -> np.ndarray:
+    """``statistic`` of the split chains (`_split_chains`) of each quantity of draws ``x``
+    (chains, draws, ...), float64 of shape ``x.shape[2:]``; NaN for a quantity with a NaN
+    draw, and everywhere with fewer than 4 draws per chain."""
     x = np.asarray(x, np.float64)
     out = np.full(x.shape[2:], np.nan)
     if x.shape[1] < 4:
         return out
+    for index in np.ndindex(*x.shape[2:]):
+        split = _split_chains(x[(slice(None), slice(None), *index)])
+        if not np.isnan(split).any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[index] = statistic(split)
+    return out
     for index in np.ndindex(*x.shape[2:]):
         split = _split_chains(x[(slice(None), slice(None), *index)])
         if not np.isnan(split).any():
