@@ -300,9 +300,14 @@ def cmd_predict(args) -> int:
 def _recommend_parser(sub) -> None:
     p = sub.add_parser("recommend", help="top-N items for a user of a saved model, or for a new user")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="a user id the model was trained on")
-    who.add_argument("--ratings", help="a new user's ratings (CSV movieId,rating), folded in without retraining")
+    p.add_argument("--user", help="a user id the model was trained on, or a new user's id in --user-features")
+    p.add_argument("--ratings", help="a new user's ratings (CSV movieId,rating), folded in without retraining")
+    p.add_argument(
+        "--user-features",
+        metavar="PATH",
+        help="the user attributes file the model was fitted with: a new user's (--user) attributes are its row "
+        "(gibbs fitted with user features; with or without --ratings)",
+    )
     p.add_argument("-n", type=int, default=10, help="how many items")
     p.add_argument("--strategy", choices=list(STRATEGIES), default="mean",
                    help="rank by predicted mean, upper 90%% bound (ucb) or one posterior draw (thompson)")  # fmt: skip
@@ -320,20 +325,30 @@ def cmd_recommend(args) -> int:
     import jax
 
     from probmf.data.io import read_new_user
+    from probmf.data.ratings import UNKNOWN
     from probmf.persistence import load_model
     from probmf.recommend import fold_in, recommend, score_user, title_of, titles_for
 
     model = load_model(args.model)
     titles = titles_for(args.titles, model.dataset)  # before scoring: a bad titles file fails fast
     key = jax.random.PRNGKey(args.seed)
-    if args.ratings:
-        new = read_new_user(args.ratings)
-        scores, rated = fold_in(model, new[0], new[1], rng_key=key)
+    if args.user is None and args.ratings is None:
+        raise ValueError("recommend needs --user ID (known, or new with --user-features) or --ratings FILE")
+    raw_user = None if args.user is None else args.user if model.user_ids.raw.dtype.kind in "US" else _as_int(args.user)
+    user = UNKNOWN if raw_user is None else int(model.user_ids.index([raw_user])[0])
+    if user != UNKNOWN and args.ratings:
+        raise ValueError(f"user {args.user!r} is known to the model; --ratings folds in a new user")
+    attributes = _new_user_attributes(model, args.user_features, raw_user) if user == UNKNOWN else None
+    if user != UNKNOWN:
+        scores, rated = score_user(model, user, rng_key=key), model.rated(user)
+    elif args.ratings or attributes is not None:
+        new = read_new_user(args.ratings) if args.ratings else ([], [])
+        scores, rated = fold_in(model, new[0], new[1], attributes=attributes, rng_key=key)
     else:
-        user = model.user_ids.index([args.user if model.user_ids.raw.dtype.kind in "US" else _as_int(args.user)])[0]
-        if user < 0:
-            raise ValueError(f"user {args.user!r} is not known to the model; pass --ratings FILE to fold in a new user")
-        scores, rated = score_user(model, int(user), rng_key=key), model.rated(int(user))
+        raise ValueError(
+            f"user {args.user!r} is not known to the model; pass --ratings FILE to fold in a new user, "
+            "or --user-features PATH with their attributes"
+        )
     rec = recommend(model, scores, n=args.n, exclude=rated, strategy=args.strategy)
     for k in range(len(rec.items)):
         row = {"rank": k + 1, "movieId": _py(rec.items[k]), "score": round(float(rec.score[k]), 4),
@@ -346,6 +361,29 @@ def cmd_recommend(args) -> int:
                 row["title"] = "?"
         print(json.dumps(row) if args.json else "  ".join(f"{name}={v}" for name, v in row.items()))
     return 0
+
+
+def _new_user_attributes(model, path, raw_user):
+    """The (1, G) row of ``raw_user`` in the user attributes file ``path`` (None without a
+    path), checked against the attributes the model was fitted with."""
+    if path is None:
+        return None
+    from probmf.data.features import read_features, row_of
+
+    if raw_user is None:
+        raise ValueError("--user-features needs --user: the new user's id in that file")
+    fitted_with = model.options.get("user_features")
+    if not isinstance(fitted_with, str):
+        raise ValueError(f"--user-features: the model ({model.model}) was not fitted with user attributes")
+    table = read_features(path)
+    # describe(): "<source>: <n> rows x <F> columns (<groups>)"; the columns must be the fit's.
+    columns = table.describe().rpartition(" rows x ")[2]
+    if fitted_with.rpartition(" rows x ")[2] != columns:
+        raise ValueError(f"{path}: its columns, {columns}, are not those the model was fitted with ({fitted_with})")
+    row = row_of(table, raw_user)
+    if row is None:
+        raise ValueError(f"{path} has no row for user {raw_user!r}")
+    return row
 
 
 def _info_parser(sub) -> None:

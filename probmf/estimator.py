@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from probmf.checkpoint import show_progress
+from probmf.data.features import FeatureTable, row_of
 from probmf.data.io import dataframe_columns, to_ratings
 from probmf.data.ratings import UNKNOWN
 from probmf.data.splits import kfold
@@ -95,8 +96,10 @@ class Recommender:
 
         Returns a DataFrame user, rank (1 = best), item, score, mean, sd (+ title when
         ``titles``, a titles file, or the model's MovieLens dataset names them). An unknown
-        user gets the fallback ranking (every user's: biases and mu, or the prior) and its
-        rows ``known=False``. ``exclude_rated``: leave out the user's training items.
+        user gets the fallback ranking (every user's: biases and mu, or the prior), or, when
+        the ``user_features`` table given at fit has their row, a posterior's prediction from
+        their attributes (`fold_in` with no ratings); its rows are ``known=False``.
+        ``exclude_rated``: leave out the user's training items.
         ``strategy``: "mean", "ucb" or "thompson" (posteriors; `probmf.recommend.recommend`).
         """
         model = self._fitted()
@@ -107,29 +110,47 @@ class Recommender:
         frames = []
         for raw, u in zip(users, dense, strict=True):
             key, sub = jax.random.split(key)
-            scores = score_user(model, int(u), sub if strategy == "thompson" else None)
-            exclude = model.rated(int(u)) if exclude_rated and u != UNKNOWN else ()
+            rng_key = sub if strategy == "thompson" else None
+            row = self._attributes_of(raw) if u == UNKNOWN else None
+            if row is not None:  # a new user with known attributes: a cold start from them
+                scores, exclude = fold_in(model, [], [], attributes=row, rng_key=rng_key)
+            else:
+                scores = score_user(model, int(u), rng_key)
+                exclude = model.rated(int(u)) if exclude_rated and u != UNKNOWN else ()
             rec = recommend(model, scores, n=n, exclude=exclude, strategy=strategy)
             frames.append(_recommendations(raw, rec, u != UNKNOWN, names))
         return pd.concat(frames, ignore_index=True)
 
-    def fold_in(self, data, *, n: int = 10, user="new", strategy: str = "mean") -> pd.DataFrame:
+    def fold_in(self, data=None, *, n: int = 10, user="new", strategy: str = "mean", attributes=None) -> pd.DataFrame:
         """Top-``n`` items for a NEW user given their ratings (a DataFrame with item and
-        rating columns, or a dict item -> rating), without refitting
-        (`probmf.recommend.fold_in`). Returns the DataFrame of `recommend` with user ``user``;
-        the rated items are left out."""
+        rating columns, or a dict item -> rating; None or empty: none) and, for a posterior
+        fitted with user attributes, their attributes, without refitting
+        (`probmf.recommend.fold_in`). ``attributes``: the user's row in the columns of the
+        training `FeatureTable` (`probmf.data.row_of`); None: the row of ``user`` in the table
+        given as ``user_features`` at fit, when it has one. Returns the DataFrame of `recommend`
+        with user ``user``; the rated items are left out."""
         model = self._fitted()
+        if data is None:
+            data = {}
         if isinstance(data, dict):
             raw_items, values = np.asarray(list(data)), np.asarray(list(data.values()), np.float64)
         else:
             roles = dataframe_columns(data, None, need=("item", "rating"))
             raw_items, values = data[roles["item"]].to_numpy(), data[roles["rating"]].to_numpy(np.float64)
-        if len(values) == 0 or not np.all(np.isfinite(values)):
-            raise ValueError(f"fold-in needs at least one finite rating, got {values.tolist()[:5]}")
+        if attributes is None:
+            attributes = self._attributes_of(user)
+        if not np.all(np.isfinite(values)) or (len(values) == 0 and attributes is None):
+            raise ValueError(f"fold-in needs finite ratings or the user's attributes, got {values.tolist()[:5]}")
         key = jax.random.PRNGKey(self.seed)
-        scores, rated = fold_in(model, raw_items, values, rng_key=key if strategy == "thompson" else None)
+        rng_key = key if strategy == "thompson" else None
+        scores, rated = fold_in(model, raw_items, values, attributes=attributes, rng_key=rng_key)
         rec = recommend(model, scores, n=n, exclude=rated, strategy=strategy)
         return _recommendations(user, rec, True, titles_for(None, model.dataset))
+
+    def _attributes_of(self, user):
+        """The (1, G) row of raw user id ``user`` in the fit's user `FeatureTable`, or None."""
+        table = self.options.get("user_features")
+        return row_of(table, user) if isinstance(table, FeatureTable) else None
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path):

@@ -30,13 +30,24 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from scipy.stats import norm
 
 from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
 from probmf.model import MFParams
 from probmf.persistence import FittedModel
-from probmf.posterior import Posterior, draw_offsets, draw_predictive
+from probmf.posterior import (
+    Posterior,
+    clock_inputs,
+    draw_offsets,
+    draw_predictive,
+    moments_init,
+    moments_update,
+    rounded_moments,
+    summarize,
+    time_offset,
+)
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
@@ -124,22 +135,31 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 
-def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
-    """Scores over all items for a NEW user given their ratings of known items, without
-    retraining (see the module docstring). Returns (scores as `score_user`, dense indices of
-    the rated items)."""
+def fold_in(model: FittedModel, raw_items, ratings, *, attributes=None, rng_key=None):
+    """Scores over all items for a NEW user given their ratings of known items (none is
+    allowed: a cold start) and, for a posterior fitted with user attributes, their attribute
+    row, without retraining (see the module docstring). ``attributes``: (G,) numbers or a (1, G)
+    scipy.sparse row in the columns of the model's user attributes (`probmf.data.row_of` of the
+    training feature table); None: unknown, the id map's average row. Returns (scores as
+    `score_user`, dense indices of the rated items)."""
     items = model.item_ids.index(raw_items)
     if np.any(items == UNKNOWN):
         bad = np.asarray(raw_items)[items == UNKNOWN][0]
         raise ValueError(f"item {bad!r} is not known to the model; fold-in needs items it was trained on")
     r = np.asarray(ratings, np.float32)
+    if r.shape != items.shape:
+        raise ValueError(f"fold-in needs one rating per item, got {r.shape[0]} ratings for {items.shape[0]} items")
     posterior: Posterior | None = model.fitted.posterior
+    x = _attribute_row(posterior, attributes)
     if posterior is not None:
+        s = _draw_index(rng_key, posterior.num_samples)
         key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-        preds = np.asarray(_fold_in_draws(key, posterior, jnp.asarray(items), jnp.asarray(r)))
-        noise = float(np.mean(1.0 / np.asarray(posterior.tau)))
-        s = _draw_index(rng_key, preds.shape[0])
-        return (preds.mean(0), np.sqrt(preds.var(0) + noise), preds[s]), items
+        now = None  # the time terms "now" (`probmf.posterior.clock_inputs`): last bin, no drift
+        if posterior.time is not None:
+            now = tuple(jnp.asarray(a) for a in clock_inputs(posterior.clock, np.full(len(model.item_ids), UNKNOWN)))
+        post = posterior._replace(clock=None)
+        mean, sd, draw = _fold_in_draws(key, post, jnp.asarray(items), jnp.asarray(r), x, jnp.int32(s), now)
+        return (np.asarray(mean), np.asarray(sd), np.asarray(draw)), items
     params: MFParams | None = model.fitted.params if model.fitted.num_samples == 1 else None
     if params is not None:
         lam, lam_b = _ridge(model, len(r))
@@ -147,6 +167,20 @@ def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
         mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
         return (mean, np.full(mean.shape, model.fitted.noise_sd, np.float32), None), items
     raise ValueError(f"fold-in is not available for model {model.model!r}")
+
+
+def _attribute_row(posterior: Posterior | None, attributes) -> jax.Array | None:
+    """``attributes`` as a dense float32 (G,), checked against the posterior's user attributes."""
+    if attributes is None:
+        return None
+    prior = None if posterior is None or posterior.priors is None else posterior.priors[0]
+    if prior is None or prior.attributes is None:
+        raise ValueError("attributes need a posterior fitted with user attributes (gibbs with user_features)")
+    x = np.asarray(attributes.toarray() if sp.issparse(attributes) else attributes, np.float64).reshape(-1)
+    width = prior.attributes.shape[1]
+    if x.shape[0] != width or not np.all(np.isfinite(x)):
+        raise ValueError(f"attributes must be {width} finite numbers (the model's user attributes), got {x.size}")
+    return jnp.asarray(x, jnp.float32)
 
 
 def _ridge(model: FittedModel, count: int) -> tuple[float, float]:
@@ -168,27 +202,69 @@ def _solve_row(U, c, mu, r, lam, lam_b):
 
 
 @jax.jit
-def _fold_in_draws(rng_key, posterior: Posterior, items, r):
-    """Per draw: sample [w; b] from its conditional and return the (S, M) predicted means."""
+def _fold_in_draws(rng_key, posterior: Posterior, items, r, x, s, now):
+    """(mean (M,), sd (M,), draw s's means (M,)) of the predictive for a new user.
 
-    def one(key, params, tau):
-        W, U, b, c, mu = params
+    Per draw: the row [w; b] | r ~ N(A^-1 h, A^-1) with A = tau a^T a + P, h = tau a^T (r - mu
+    - c - o) + P m over the rated items (a_j = [u_j; 1], o the time terms "now"), and the
+    prior (m, P^-1): the draw's cold-user prior (`RowPrior`, its mean shifted by x A with
+    attributes ``x``, else by the average row's), or without one the empirical mean and
+    covariance of the draw's user rows. Each item's mean B x_hat + c + mu + o and variance
+    B A^-1 B^T + 1/tau (B = [U, 1]) enter the running moments exactly; draw s's means come
+    from one sampled row."""
+    priors = None if posterior.priors is None else posterior.priors[0]
+    X = None if posterior.features is None else posterior.features[0]  # (rows, cols, values)
+
+    def prior_of(params, prior):
+        W, b = params.W, params.b
         k = W.shape[1]
-        prior_mean = jnp.concatenate([jnp.mean(W, 0), jnp.zeros(1)])
-        cov = jnp.cov(W.T).reshape(k, k) + 1e-6 * jnp.eye(k)
-        prior_prec = (
-            jnp.zeros((k + 1, k + 1)).at[:k, :k].set(jnp.linalg.inv(cov)).at[k, k].set(1.0 / (jnp.var(b) + 1e-6))
-        )
-        a = jnp.concatenate([U[items], jnp.ones((items.shape[0], 1))], axis=1)
-        A = tau * a.T @ a + prior_prec
-        L = jnp.linalg.cholesky(A)
-        y = jax.scipy.linalg.solve_triangular(L, tau * a.T @ (r - mu - c[items]) + prior_prec @ prior_mean, lower=True)
-        z = jax.random.normal(key, y.shape)
-        x = jax.scipy.linalg.solve_triangular(L, y + z, lower=True, trans="T")
-        return U @ x[:-1] + x[-1] + c + mu
+        if prior is None:  # no kept prior: the draw's user rows, empirically
+            mean, cov, bias_var = jnp.mean(W, 0), jnp.cov(W.T).reshape(k, k) + 1e-6 * jnp.eye(k), jnp.var(b) + 1e-6
+            shift = jnp.zeros(k + 1)
+        else:
+            mean, cov, bias_var = prior.mean, prior.cov, prior.bias_var
+            if prior.attributes is None:
+                shift = jnp.zeros(k + 1)
+            elif x is None:  # unknown attributes: the average row's, as for an unknown id
+                rows, cols, values = X
+                shift = jnp.sum(values[:, None] * prior.attributes[cols], axis=0) / W.shape[0]
+            else:
+                shift = x @ prior.attributes
+        prec = jnp.zeros((k + 1, k + 1)).at[:k, :k].set(jnp.linalg.inv(cov)).at[k, k].set(1.0 / bias_var)
+        return jnp.concatenate([mean, jnp.zeros(1)]) + shift, prec
 
-    keys = jax.random.split(rng_key, posterior.num_samples)
-    return jax.lax.map(lambda args: one(*args), (keys, posterior.draws, posterior.tau))
+    def step(carry, draw):
+        moments, chosen = carry
+        index, key, params, tau, prior, time = draw
+        U, c, mu = params.U, params.c, params.mu
+        offset = jnp.zeros_like(c)
+        if time is not None:  # a new user: no drift; an item's bin effect "now"
+            offset = time_offset(time, jnp.full(c.shape, -1), jnp.arange(c.shape[0]), *now)[0]
+        prior_mean, prior_prec = prior_of(params, prior)
+        a = jnp.concatenate([U[items], jnp.ones((items.shape[0], 1))], axis=1)
+        L = jnp.linalg.cholesky(tau * a.T @ a + prior_prec)
+        y = jax.scipy.linalg.solve_triangular(
+            L, tau * a.T @ (r - mu - c[items] - offset[items]) + prior_prec @ prior_mean, lower=True
+        )
+        B = jnp.concatenate([U, jnp.ones((U.shape[0], 1))], axis=1)
+        base = c + mu + offset
+        x_hat = jax.scipy.linalg.solve_triangular(L, y, lower=True, trans="T")
+        spread = jnp.sum(jax.scipy.linalg.solve_triangular(L, B.T, lower=True) ** 2, axis=0)  # diag B A^-1 B^T
+        pred, var = B @ x_hat + base, spread + 1.0 / tau
+        z = jax.random.normal(key, y.shape)
+        sampled = B @ jax.scipy.linalg.solve_triangular(L, y + z, lower=True, trans="T") + base
+        if posterior.levels is not None:
+            pred, var = rounded_moments(pred, 1.0 / var, posterior.levels)
+            sampled = rounded_moments(sampled, tau, posterior.levels)[0]
+        moments = moments_update(moments, pred, var)
+        return (moments, jnp.where(index == s, sampled, chosen)), None
+
+    S, M = posterior.num_samples, posterior.draws.U.shape[1]
+    keys = jax.random.split(rng_key, S)
+    draws = (jnp.arange(S), keys, posterior.draws, posterior.tau, priors, posterior.time)
+    (moments, chosen), _ = jax.lax.scan(step, (moments_init(M), jnp.zeros(M)), draws)
+    mean, sd = summarize(*moments)
+    return mean, sd, chosen
 
 
 def _draw_index(rng_key, num: int) -> int:
