@@ -314,9 +314,12 @@ class PredictiveSummary(NamedTuple):
     draws themselves are never stored).
 
     Attributes:
-      users, items: (P,) dense ids of the pairs; count: () draws seen; mean, m2: (P,) Welford
-      mean and sum of squared deviations of the per-draw predictions; noise: (P,) sum of the
-      draws' noise variances.
+      users: (P,) dense user ids of the pairs.
+      items: (P,) dense item ids of the pairs.
+      count: () draws seen.
+      mean: (P,) Welford mean of the per-draw predictions.
+      m2: (P,) Welford sum of squared deviations of the per-draw predictions.
+      noise: (P,) sum of the draws' noise variances.
     """
 
     users: jax.Array

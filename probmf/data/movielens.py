@@ -269,7 +269,8 @@ def load_features(name: str, side: str, *, path=None, download: bool = True) -> 
     Args:
       name: one of `DATASETS`; user attributes exist for ml-100k and ml-1m only.
       side: "user" or "item".
-      path, download: as for `load_movielens`.
+      path: as for `load_movielens`.
+      download: as for `load_movielens`.
 
     Raises:
       ValueError: ``side="user"`` for a dataset without user attributes.

@@ -92,15 +92,17 @@ def synthetic_ratings(
       * user i's items are drawn from p without replacement (no duplicate pair).
 
     Args:
-      num_users, num_items: sizes of the identity id maps (a user or item may end up unrated
-        only if ``min_per_user == 0`` or it is far in the popularity tail).
+      num_users: size of the users' identity id map (a user or item may end up unrated only
+        if ``min_per_user == 0`` or it is far in the popularity tail).
+      num_items: size of the items' identity id map.
       num_ratings: exact number of ratings, in [num_users * min_per_user, num_users * num_items].
       rank: K, the length of w_i and u_j.
       noise: sd of eps (rating units).
       mu: global offset.
       factor_scale: sd of each entry of w_i and u_j; by default ``(0.25 / rank) ** 0.25``, so
         Var(w_i . u_j) = rank * factor_scale^4 = 0.25, the default noise variance.
-      user_bias_scale, item_bias_scale: sd of b_i and c_j.
+      user_bias_scale: sd of b_i.
+      item_bias_scale: sd of c_j.
       item_popularity_exponent: Zipf exponent a (0 = uniform popularity).
       user_activity_sigma: sigma of the lognormal activity weights (0 = equal activity).
       min_per_user: every user has at least this many ratings.

@@ -270,10 +270,11 @@ def fit_als(
     """Fit the biased MF model by ALS (MAP; lam = lam_bias = 0 gives the MLE): `prepare_als`
     run by `probmf.program.run_program`.
 
+    The options ``rank`` .. ``init_scale`` are `ALSConfig`'s fields.
+
     Args:
       rng_key: PRNG key for the factor initialisation.
       train: training `Ratings` (every id known).
-      rank .. init_scale: `ALSConfig`.
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the parameters in every ``checkpoint_every`` sweeps and
         resume from (`probmf.checkpoint`); None: no checkpoints.

@@ -63,9 +63,12 @@ def mf_model(
     """The Bayesian biased MF model (module docstring) over one minibatch of ratings.
 
     Args:
-      users, items: int (B,) dense indices of the minibatch.
+      users: int (B,) dense user indices of the minibatch.
+      items: int (B,) dense item indices of the minibatch.
       ratings: float (B,) observed ratings, or None to sample them.
-      num_users, num_items, rank: N, M, k.
+      num_users: N.
+      num_items: M.
+      rank: k.
       mu: the fixed global offset (a float or a () array).
       hyper: "fixed", "gamma" or "wishart" (factor and bias priors).
       num_ratings: n, the size of the full data; the likelihood is scaled by n / B

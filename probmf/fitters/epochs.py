@@ -101,7 +101,8 @@ def epoch_program(
     Args:
       epoch_step: ``(params, opt_state, epoch, rng) -> (params, opt_state, loss)``: one epoch,
         shuffling with the numpy generator ``rng``; ``loss`` () may be None (not traced).
-      params, opt_state: the initial parameters and optimiser state (pytrees).
+      params: the initial parameters (a pytree).
+      opt_state: the initial optimiser state (a pytree).
       num_epochs: most epochs.
       rng: the host shuffle generator (PCG64, e.g. ``np.random.default_rng(seed)``).
       score_fn: ``params -> float`` validation RMSE after each epoch (None: no validation).

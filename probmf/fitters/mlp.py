@@ -243,11 +243,14 @@ def fit_mlp(
       rank: embedding dim (each of p_i, q_j).
       hidden: widths of the ReLU layers, a tuple (or an int: one layer).
       dropout: rate in [0, 1) after each hidden layer.
-      lam, lam_bias: ridge of the embeddings and biases, lam n_i^weight_exponent per row.
+      lam: ridge of the embeddings, lam n_i^weight_exponent per row.
+      lam_bias: ridge of the biases, likewise.
       lam_net: L2 of the dense weights (over the whole objective F).
-      learning_rate, batch_size, num_epochs, patience: Adam and the trainer; training stops
-        after ``patience`` epochs without a better validation RMSE (of the predictions
-        clipped to the training rating range).
+      learning_rate: Adam's step size.
+      batch_size: ratings per step.
+      num_epochs: most epochs.
+      patience: training stops after this many epochs without a better validation RMSE (of
+        the predictions clipped to the training rating range).
       validation_fraction: share of ``train`` held out for early stopping (0: none).
       refit: retrain on all of ``train`` for the chosen number of epochs.
       init_scale: sd of the initial embeddings.

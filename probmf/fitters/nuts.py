@@ -199,10 +199,14 @@ def fit_nuts(
       train: training `Ratings` (every id known).
       rank: k >= 1.
       hyper: "fixed", "gamma" or "wishart" (see `mf_model`).
-      num_warmup, num_samples: per chain; num_chains: >= 1.
-      max_tree_depth, target_accept_prob: NUTS settings.
+      num_warmup: warm-up draws per chain.
+      num_samples: kept draws per chain.
+      num_chains: >= 1.
+      max_tree_depth: NUTS's tree depth limit.
+      target_accept_prob: NUTS's target acceptance probability.
       init_scale: sd of the initial factors.
-      max_users, max_items: fit only the ratings among this many most active users/items.
+      max_users: fit only the ratings among this many most active users.
+      max_items: and among this many most active items.
       num_check_pairs: training pairs whose predictions get R-hat/ESS.
 
     Returns:

@@ -219,11 +219,12 @@ def fit_optax(
     """Fit the biased MF model by minibatch gradient descent on the MLE or MAP objective:
     `prepare_optax` run by `probmf.program.run_program`.
 
+    The options ``rank`` .. ``loss`` are `OptaxConfig`'s fields (``optimizer`` may be any optax
+    `GradientTransformation`, ``loss`` any per-rating loss).
+
     Args:
       rng_key: PRNG key (initialisation, validation split, shuffles).
       train: training `Ratings` (every id known).
-      rank .. loss: `OptaxConfig` (``optimizer`` may be any optax `GradientTransformation`,
-        ``loss`` any per-rating loss).
       devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
         divide by D. The result equals the 1-device fit up to float rounding.
       checkpoint: folder to save the epochs in and resume from (None: no checkpoints); the

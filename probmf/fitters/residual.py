@@ -267,7 +267,10 @@ def fit_residual(
         keeps the base's own factor ridge for the MF (lam 1.5, exponent 0.5 for ALS).
       lam_net: L2 of the dense weights (over the whole objective F).
       lam_bias: ridge of the MF biases when ``joint``.
-      learning_rate, batch_size, num_epochs, patience: Adam and the trainer.
+      learning_rate: Adam's step size.
+      batch_size: ratings per step.
+      num_epochs: most epochs.
+      patience: epochs without a better validation RMSE before training stops.
       validation_fraction: share of ``train`` held out to stop the network and to decide
         whether to keep it, in (0, 1).
       refit: refit the MF on all of ``train`` and retrain the network on it for the chosen

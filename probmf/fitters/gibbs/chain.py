@@ -375,13 +375,14 @@ def fit_gibbs(
         `probmf.fitters.gibbs.rounded`).
       implicit: implicit feedback in both directions (SVD++-like; see `probmf.fitters.gibbs.implicit`):
         which items each user rated, and which users rated each item, in ``train``.
-      user_features, item_features: side information (see `probmf.fitters.gibbs.features`):
+      user_features: the users' side information (see `probmf.fitters.gibbs.features`):
         a `probmf.data.features.FeatureTable` on raw ids (`read_features`, or
         `probmf.data.movielens.load_features("ml-100k", "user")`), aligned with ``train``'s id
         map here (an id without a row gets zeros, with a warning); or a scipy.sparse or dense
         float matrix (num_users, G_u) / (num_items, G_i), row i for dense index i. Each row's
         prior mean gains x_i A, and a row with no training rating is predicted from its
         attributes. None: none.
+      item_features: the items' side information, likewise.
       keep_draws: store every kept draw (S x (N + M)(k + 1) floats); False keeps only the
         running predictive moments at ``predict_pairs``, for data whose draws would not fit.
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean
