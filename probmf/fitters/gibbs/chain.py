@@ -205,8 +205,6 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
         if c.num_chains > 1 and run.devices != 1:
             raise ValueError("several chains run vectorised on one device (devices=1)")
-        if c.likelihood == "rounded" and run.devices != 1:
-            raise ValueError("the rounded likelihood runs on one device (devices=1)")
         if c.linalg not in LINALGS:
             raise ValueError(f"linalg must be one of {LINALGS}, got {c.linalg!r}")
         if not c.keep_draws and c.predict_pairs is None:
@@ -219,8 +217,6 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"time must be True or False, got {c.time!r}")
         if int(c.time_bins) != c.time_bins or c.time_bins < 1:
             raise ValueError(f"time_bins must be an integer >= 1, got {c.time_bins!r}")
-        if c.time and run.devices != 1:
-            raise ValueError("time effects run on one device (devices=1)")
         times = c.predict_times
         if times is not None:
             times = np.asarray(times, np.float64)

@@ -16,9 +16,12 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from probmf.encoding import Encoded
 from probmf.model import MFParams, predict_with_fallback
+from probmf.sharding import AXIS
 
 
 class Latent(NamedTuple):
@@ -91,6 +94,8 @@ def with_values(data: Encoded, values: jax.Array) -> Encoded:
 
     def write(tiles):
         vals = jnp.zeros(tiles.vals.size, values.dtype).at[tiles.slots].set(values).reshape(tiles.vals.shape)
+        if tiles.mesh is not None:  # keep each device's tiles on it (the stacked axis 0 is split)
+            vals = jax.lax.with_sharding_constraint(vals, NamedSharding(tiles.mesh, P(AXIS)))
         return dataclasses.replace(tiles, vals=vals)
 
     return Encoded(write(data.by_user), write(data.by_item))
