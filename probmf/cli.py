@@ -275,7 +275,12 @@ def cmd_fit(args) -> int:
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict ratings for (user, item) pairs with a saved model")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
-    p.add_argument("--pairs", required=True, help="CSV with header userId,movieId[,...] (or tab format)")
+    p.add_argument(
+        "--pairs",
+        required=True,
+        help="CSV with header userId,movieId[,timestamp,...] (or tab format); a model with time effects "
+        "predicts each pair at its timestamp (seconds), or now without one",
+    )
     p.add_argument("--no-clip", action="store_true")
     p.add_argument("--json", action="store_true", help="one JSON object per pair")
 
@@ -286,8 +291,8 @@ def cmd_predict(args) -> int:
     from probmf.recommend import predict_pairs
 
     model = load_model(args.model)
-    users, items = read_pairs(args.pairs)
-    p = predict_pairs(model, users, items, clip=not args.no_clip)
+    users, items, times = read_pairs(args.pairs, times=True)
+    p = predict_pairs(model, users, items, times=times, clip=not args.no_clip)
     if not args.json:
         print("userId,movieId,prediction,sd,known")
     for k in range(len(users)):

@@ -73,20 +73,24 @@ class Recommender:
         return self.model_
 
     # ---- answers in raw ids -----------------------------------------------------------------
-    def predict(self, data, items=None, *, clip: bool = True) -> pd.DataFrame:
-        """Predictions for (user, item) pairs: a DataFrame with user and item columns, or two
-        arrays of raw ids. Returns a DataFrame user, item, mean, sd, known (False: the user or
-        item had no training rating; it got the fallback). ``clip``: means bounded to the
+    def predict(self, data, items=None, *, times=None, clip: bool = True) -> pd.DataFrame:
+        """Predictions for (user, item) pairs: a DataFrame with user and item columns (and a
+        timestamp column, when it has one), or two arrays of raw ids. Returns a DataFrame user,
+        item, mean, sd, known (False: the user or item had no training rating; it got the
+        fallback). ``times``: the pairs' timestamps (seconds), for a posterior with time effects;
+        None: the DataFrame's timestamp column, else "now". ``clip``: means bounded to the
         training rating range."""
         model = self._fitted()
         if items is None:
             roles = dataframe_columns(data, _pair_columns(self.columns), need=("user", "item"))
             users, items = data[roles["user"]].to_numpy(), data[roles["item"]].to_numpy()
+            if times is None and "timestamp" in roles:
+                times = data[roles["timestamp"]].to_numpy(np.float64)
         else:
             users, items = np.asarray(data), np.asarray(items)
             if users.shape != items.shape or users.ndim != 1:
                 raise ValueError(f"users and items must be 1-d arrays of one length, got {users.shape}, {items.shape}")
-        pred = predict_pairs(model, users, items, clip=clip)
+        pred = predict_pairs(model, users, items, times=times, clip=clip)
         return pd.DataFrame({"user": users, "item": items, "mean": pred.mean, "sd": pred.sd, "known": pred.known})
 
     def recommend(

@@ -63,15 +63,20 @@ class Predictions(NamedTuple):
     known: np.ndarray
 
 
-def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True) -> Predictions:
-    """Predictions for raw (user, item) ids; unknown ids fall back and are flagged."""
+def predict_pairs(model: FittedModel, raw_users, raw_items, *, times=None, clip: bool = True) -> Predictions:
+    """Predictions for raw (user, item) ids; unknown ids fall back and are flagged. ``times``:
+    the pairs' timestamps (seconds, (n,)) for a posterior with time effects (None: "now";
+    `probmf.posterior`); not used by a model without them."""
     users, items = model.user_ids.index(raw_users), model.item_ids.index(raw_items)
     known = (users != UNKNOWN) & (items != UNKNOWN)
     if model.rated_indptr is not None:  # ids in the maps with no training rating are cold too
         seen_u = np.diff(model.rated_indptr) > 0
         seen_i = np.bincount(model.rated_items, minlength=len(model.item_ids)) > 0
         known &= seen_u[np.maximum(users, 0)] & seen_i[np.maximum(items, 0)]
-    mean, sd = (np.asarray(a) for a in model.fitted.predictive(jnp.asarray(users), jnp.asarray(items)))
+    posterior: Posterior | None = model.fitted.posterior
+    timed = times is not None and posterior is not None and posterior.time is not None
+    at = {"times": np.asarray(times, np.float64)} if timed else {}
+    mean, sd = (np.asarray(a) for a in model.fitted.predictive(jnp.asarray(users), jnp.asarray(items), **at))
     if clip:
         mean = np.clip(mean, *model.rating_range)
     return Predictions(mean, sd, known)

@@ -84,12 +84,30 @@ def read_ratings(
     return _to_ratings(src, rating_scale=rating_scale, duplicates=duplicates, id_type=id_type)
 
 
-def read_pairs(path) -> tuple[np.ndarray, np.ndarray]:
+def read_pairs(path, *, times: bool = False):
     """(users, items) raw ids from a CSV with a header naming the user and item columns
     (``userId,movieId[,...]``; other columns are ignored). Every pair is kept, repeats too;
-    an empty id is a `RatingsFileError` naming the line."""
+    an empty id is a `RatingsFileError` naming the line. ``times``: also return the pairs'
+    ``timestamp`` column (float64 seconds, (n,)), or None when the file has none; a value
+    that is not a finite number is a `RatingsFileError` naming the line."""
+    path = Path(os.fspath(path))
     df = _read_small_csv(path, ("user", "item"))
-    return df["user"].to_numpy(), df["item"].to_numpy()
+    if not times:
+        return df["user"].to_numpy(), df["item"].to_numpy()
+    try:
+        df = _read_small_csv(path, ("user", "item", "timestamp"))
+    except RatingsFileError as err:
+        if "no timestamp column" not in str(err):
+            raise
+        return df["user"].to_numpy(), df["item"].to_numpy(), None
+    stamps = pd.to_numeric(df["timestamp"].str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(stamps)
+    if bad.any():
+        k = int(np.argmax(bad))
+        value, line = df["timestamp"].iloc[k], int(df.index[k])
+        raise RatingsFileError(f"{path}, line {line}: timestamp {value!r} is not a finite number", path=path,
+                               line=line, value=value)  # fmt: skip
+    return df["user"].to_numpy(), df["item"].to_numpy(), stamps
 
 
 def read_new_user(path) -> tuple[np.ndarray, np.ndarray]:
