@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from probmf import __version__
 
@@ -59,7 +61,7 @@ def _hidden(text: str) -> int | tuple[int, ...]:
     return widths[0] if len(widths) == 1 else widths
 
 
-def _add_model_options(p) -> None:
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--model and every fitter option (each applies to the fitters that take it)."""
     p.add_argument("--model", default="als", choices=MODELS)
     p.add_argument("--rank", type=int, help="number of latent factors k")
@@ -115,7 +117,7 @@ def _add_model_options(p) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
 
 
-def _evaluate_parser(sub) -> None:
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="fit on training ratings, report accuracy on held-out ratings")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]")
     p.add_argument("--split", default="u1", help="u1..u5, ua, ub, all (u1..u5 and their mean), holdout")
@@ -170,13 +172,13 @@ SUMMARY_RANKING = (
 )
 
 
-def _check_evaluate_args(args) -> None:
+def _check_evaluate_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, before any data is read or model fitted."""
     if args.keep_draws is False and args.ranking is not None:
         raise ValueError(SUMMARY_RANKING)
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from probmf.evaluate import evaluate_fold, folds, mean_row
 
     _check_evaluate_args(args)
@@ -203,7 +205,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _given_options(args) -> dict:
+def _given_options(args: argparse.Namespace) -> dict:
     """The model options given on the command line; feature files and ``--features`` sides
     read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold);
     ``--features time`` is ``time=True``."""
@@ -234,7 +236,7 @@ def _feature_sides(text: str) -> tuple[str, ...]:
     return sides
 
 
-def _fit_parser(sub) -> None:
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a model on all given ratings and save it")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ..., synthetic[:preset] (all ratings are used)")
     p.add_argument("--train", help="ratings file to fit instead of --data")
@@ -245,7 +247,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_fit(args) -> int:
+def cmd_fit(args: argparse.Namespace) -> int:
     import jax
 
     from probmf.data.io import read_ratings
@@ -272,7 +274,7 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _predict_parser(sub) -> None:
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict ratings for (user, item) pairs with a saved model")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
     p.add_argument("--pairs", required=True, help="CSV with header userId,movieId[,...] (or tab format)")
@@ -280,7 +282,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per pair")
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from probmf.data.io import read_pairs
     from probmf.persistence import load_model
     from probmf.recommend import predict_pairs
@@ -292,12 +294,12 @@ def cmd_predict(args) -> int:
         print("userId,movieId,prediction,sd,known")
     for k in range(len(users)):
         row = {"userId": _py(users[k]), "movieId": _py(items[k]), "prediction": round(float(p.mean[k]), 4),
-               "sd": _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
+               "sd": None if p.sd is None else _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
         print(json.dumps(row) if args.json else ",".join(str(v) for v in row.values()))
     return 0
 
 
-def _recommend_parser(sub) -> None:
+def _recommend_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="top-N items for a user of a saved model, or for a new user")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
     who = p.add_mutually_exclusive_group(required=True)
@@ -316,7 +318,7 @@ def _recommend_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_recommend(args) -> int:
+def cmd_recommend(args: argparse.Namespace) -> int:
     import jax
 
     from probmf.data.io import read_new_user
@@ -337,7 +339,7 @@ def cmd_recommend(args) -> int:
     rec = recommend(model, scores, n=args.n, exclude=rated, strategy=args.strategy)
     for k in range(len(rec.items)):
         row = {"rank": k + 1, "movieId": _py(rec.items[k]), "score": round(float(rec.score[k]), 4),
-               "mean": round(float(rec.mean[k]), 4), "sd": _round(rec.sd[k])}  # fmt: skip
+               "mean": round(float(rec.mean[k]), 4), "sd": None if rec.sd is None else _round(rec.sd[k])}  # fmt: skip
         row["title"] = title_of(titles, rec.items[k])
         if not args.json:  # text: a title column only when there are titles; "?" for an item without one
             if titles is None:
@@ -348,13 +350,13 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def _info_parser(sub) -> None:
+def _info_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a saved model")
     p.add_argument("--model", required=True)
     p.add_argument("--json", action="store_true")
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from probmf.persistence import load_model
 
     model = load_model(args.model)
@@ -371,27 +373,27 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _round(x) -> float | None:
+def _round(x: Any) -> float | None:
     """x to 4 decimals; None (JSON null) for NaN, the sd of a point model saved without one."""
     import numpy as np
 
     return round(float(x), 4) if np.isfinite(x) else None
 
 
-def _py(x):
+def _py(x: Any) -> Any:
     import numpy as np
 
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _as_int(text: str):
+def _as_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise ValueError(f"user id {text!r} is not an integer, and the model's user ids are") from None
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="probmf", description="Probabilistic matrix factorization in JAX.")
     parser.add_argument("--version", action="version", version=f"probmf {__version__}")
     parser.add_argument(

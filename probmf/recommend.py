@@ -24,12 +24,15 @@ import csv
 import io
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
+from jax.typing import ArrayLike
 from scipy.stats import norm
 
 from probmf.data.movielens import DATASETS, load_titles
@@ -37,6 +40,7 @@ from probmf.data.ratings import UNKNOWN
 from probmf.model import MFParams
 from probmf.persistence import FittedModel
 from probmf.posterior import Posterior, draw_offsets, draw_predictive
+from probmf.predictor import PointPredictor
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
@@ -52,11 +56,14 @@ class Predictions(NamedTuple):
     known: np.ndarray
 
 
-def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True) -> Predictions:
+def predict_pairs(
+    model: FittedModel, raw_users: npt.ArrayLike, raw_items: npt.ArrayLike, *, clip: bool = True
+) -> Predictions:
     """Predictions for raw (user, item) ids; unknown ids fall back and are flagged."""
     users, items = model.user_ids.index(raw_users), model.item_ids.index(raw_items)
     known = (users != UNKNOWN) & (items != UNKNOWN)
-    if model.rated_indptr is not None:  # ids in the maps with no training rating are cold too
+    # ids in the maps with no training rating are cold too
+    if model.rated_indptr is not None and model.rated_items is not None:
         seen_u = np.diff(model.rated_indptr) > 0
         seen_i = np.bincount(model.rated_items, minlength=len(model.item_ids)) > 0
         known &= seen_u[np.maximum(users, 0)] & seen_i[np.maximum(items, 0)]
@@ -78,7 +85,7 @@ def recommend(
     user_scores: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
     *,
     n: int = 10,
-    exclude=(),
+    exclude: Iterable[int] | np.ndarray = (),
     strategy: str = "mean",
     ucb_level: float = 0.9,
 ) -> Recommendation:
@@ -104,10 +111,12 @@ def recommend(
     score = np.array(score, np.float64)
     score[np.asarray(list(exclude), np.int64)] = -np.inf
     top = np.argsort(-score, kind="stable")[: min(n, int(np.isfinite(score).sum()))]
-    return Recommendation(model.item_ids.raw[top], score[top], mean[top], sd[top])
+    return Recommendation(model.item_ids.raw[top], score[top], mean[top], None if sd is None else sd[top])
 
 
-def score_user(model: FittedModel, user: int, rng_key=None):
+def score_user(
+    model: FittedModel, user: int, rng_key: jax.Array | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(mean, sd or None, one draw's means or None) over all M items for dense user ``user``."""
     m = len(model.item_ids)
     users, items = jnp.full((m,), user, jnp.int32), jnp.arange(m, dtype=jnp.int32)
@@ -124,7 +133,9 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 
-def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
+def fold_in(
+    model: FittedModel, raw_items: npt.ArrayLike, ratings: npt.ArrayLike, *, rng_key: jax.Array | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray | None], np.ndarray]:
     """Scores over all items for a NEW user given their ratings of known items, without
     retraining (see the module docstring). Returns (scores as `score_user`, dense indices of
     the rated items)."""
@@ -140,12 +151,13 @@ def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
         noise = float(np.mean(1.0 / np.asarray(posterior.tau)))
         s = _draw_index(rng_key, preds.shape[0])
         return (preds.mean(0), np.sqrt(preds.var(0) + noise), preds[s]), items
-    params: MFParams | None = model.fitted.params if model.fitted.num_samples == 1 else None
-    if params is not None:
+    fitted = model.fitted  # a point estimate's factors, when it is a matrix factorisation
+    params: MFParams | None = fitted.params if isinstance(fitted, PointPredictor) else None
+    if isinstance(fitted, PointPredictor) and params is not None:
         lam, lam_b = _ridge(model, len(r))
         x = _solve_row(params.U[items], params.c[items], params.mu, r, lam, lam_b)
         mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
-        return (mean, np.full(mean.shape, model.fitted.noise_sd, np.float32), None), items
+        return (mean, np.full(mean.shape, fitted.noise_sd, np.float32), None), items
     raise ValueError(f"fold-in is not available for model {model.model!r}")
 
 
@@ -159,7 +171,7 @@ def _ridge(model: FittedModel, count: int) -> tuple[float, float]:
     return lam, float(opts.get("lam_bias", 0.0))
 
 
-def _solve_row(U, c, mu, r, lam, lam_b):
+def _solve_row(U: jax.Array, c: jax.Array, mu: jax.Array, r: ArrayLike, lam: float, lam_b: float) -> jax.Array:
     """[w; b] minimising sum_j (r_j - mu - c_j - w.u_j - b)^2 + lam |w|^2 + lam_b b^2."""
     a = jnp.concatenate([U, jnp.ones((U.shape[0], 1))], axis=1)
     k1 = a.shape[1]
@@ -168,10 +180,10 @@ def _solve_row(U, c, mu, r, lam, lam_b):
 
 
 @jax.jit
-def _fold_in_draws(rng_key, posterior: Posterior, items, r):
+def _fold_in_draws(rng_key: jax.Array, posterior: Posterior, items: jax.Array, r: jax.Array) -> jax.Array:
     """Per draw: sample [w; b] from its conditional and return the (S, M) predicted means."""
 
-    def one(key, params, tau):
+    def one(key: jax.Array, params: MFParams, tau: jax.Array) -> jax.Array:
         W, U, b, c, mu = params
         k = W.shape[1]
         prior_mean = jnp.concatenate([jnp.mean(W, 0), jnp.zeros(1)])
@@ -191,7 +203,7 @@ def _fold_in_draws(rng_key, posterior: Posterior, items, r):
     return jax.lax.map(lambda args: one(*args), (keys, posterior.draws, posterior.tau))
 
 
-def _draw_index(rng_key, num: int) -> int:
+def _draw_index(rng_key: jax.Array | None, num: int) -> int:
     if rng_key is None:
         return 0
     return int(jax.random.randint(rng_key, (), 0, num))
@@ -208,7 +220,7 @@ class TitlesFileError(ValueError):
     """A titles file that cannot be read; the message names the file and, where it applies, the line."""
 
 
-def read_titles(path) -> dict:
+def read_titles(path: str | os.PathLike[str]) -> dict:
     """Titles by raw item id from a titles file; ids that look like integers become ints.
 
     Formats, told apart by the first separator on the first line (``|``, ``::`` or ``,``):
@@ -293,7 +305,7 @@ def read_titles(path) -> dict:
     return titles
 
 
-def titles_for(titles_file, dataset: str | None) -> dict | None:
+def titles_for(titles_file: str | os.PathLike[str] | None, dataset: str | None) -> dict | None:
     """Titles by raw item id from ``titles_file`` (`read_titles`), else those of the MovieLens
     dataset named ``dataset`` when it is on disk (never downloaded), else None."""
     if titles_file:
@@ -306,7 +318,7 @@ def titles_for(titles_file, dataset: str | None) -> dict | None:
         return None
 
 
-def title_of(titles: dict | None, item) -> str | None:
+def title_of(titles: dict | None, item: Any) -> str | None:
     """The title of raw item id ``item`` in ``titles`` (`read_titles`), or None when unknown.
 
     Integer ids and their decimal strings match each other (``17`` and ``"17"``)."""
