@@ -14,8 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from probmf import __version__
+
+if TYPE_CHECKING:  # for annotations only: the commands import what they use
+    import scipy.sparse as sp
+
+    from probmf.persistence import FittedModel
 
 # JAX and the fitters are imported by the commands that need them, so that `probmf --help`
 # and `probmf --version` answer at once. The names the parser offers are spelled here (a test
@@ -59,7 +66,7 @@ def _hidden(text: str) -> int | tuple[int, ...]:
     return widths[0] if len(widths) == 1 else widths
 
 
-def _add_model_options(p) -> None:
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--model and every fitter option (each applies to the fitters that take it)."""
     p.add_argument("--model", default="als", choices=MODELS)
     p.add_argument("--rank", type=int, help="number of latent factors k")
@@ -115,7 +122,7 @@ def _add_model_options(p) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
 
 
-def _evaluate_parser(sub) -> None:
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="fit on training ratings, report accuracy on held-out ratings")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]")
     p.add_argument("--split", default="u1", help="u1..u5, ua, ub, all (u1..u5 and their mean), holdout")
@@ -170,13 +177,13 @@ SUMMARY_RANKING = (
 )
 
 
-def _check_evaluate_args(args) -> None:
+def _check_evaluate_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, before any data is read or model fitted."""
     if args.keep_draws is False and args.ranking is not None:
         raise ValueError(SUMMARY_RANKING)
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from probmf.evaluate import evaluate_fold, folds, mean_row
 
     _check_evaluate_args(args)
@@ -203,7 +210,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _given_options(args) -> dict:
+def _given_options(args: argparse.Namespace) -> dict:
     """The model options given on the command line; feature files and ``--features`` sides
     read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold);
     ``--features time`` is ``time=True``."""
@@ -234,7 +241,7 @@ def _feature_sides(text: str) -> tuple[str, ...]:
     return sides
 
 
-def _fit_parser(sub) -> None:
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a model on all given ratings and save it")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ..., synthetic[:preset] (all ratings are used)")
     p.add_argument("--train", help="ratings file to fit instead of --data")
@@ -245,7 +252,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_fit(args) -> int:
+def cmd_fit(args: argparse.Namespace) -> int:
     import jax
 
     from probmf.data.io import read_ratings
@@ -272,7 +279,7 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _predict_parser(sub) -> None:
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict ratings for (user, item) pairs with a saved model")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
     p.add_argument(
@@ -285,7 +292,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per pair")
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from probmf.data.io import read_pairs
     from probmf.persistence import load_model
     from probmf.recommend import predict_pairs
@@ -297,12 +304,12 @@ def cmd_predict(args) -> int:
         print("userId,movieId,prediction,sd,known")
     for k in range(len(users)):
         row = {"userId": _py(users[k]), "movieId": _py(items[k]), "prediction": round(float(p.mean[k]), 4),
-               "sd": _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
+               "sd": None if p.sd is None else _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
         print(json.dumps(row) if args.json else ",".join(str(v) for v in row.values()))
     return 0
 
 
-def _recommend_parser(sub) -> None:
+def _recommend_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="top-N items for a user of a saved model, or for a new user")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
     p.add_argument("--user", help="a user id the model was trained on, or a new user's id in --user-features")
@@ -326,8 +333,9 @@ def _recommend_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_recommend(args) -> int:
+def cmd_recommend(args: argparse.Namespace) -> int:
     import jax
+    import numpy as np
 
     from probmf.data.io import read_new_user
     from probmf.data.ratings import UNKNOWN
@@ -347,8 +355,8 @@ def cmd_recommend(args) -> int:
     if user != UNKNOWN:
         scores, rated = score_user(model, user, rng_key=key), model.rated(user)
     elif args.ratings or attributes is not None:
-        new = read_new_user(args.ratings) if args.ratings else ([], [])
-        scores, rated = fold_in(model, new[0], new[1], attributes=attributes, rng_key=key)
+        items, values = read_new_user(args.ratings) if args.ratings else (np.array([]), np.array([]))
+        scores, rated = fold_in(model, items, values, attributes=attributes, rng_key=key)
     else:
         raise ValueError(
             f"user {args.user!r} is not known to the model; pass --ratings FILE to fold in a new user, "
@@ -357,7 +365,7 @@ def cmd_recommend(args) -> int:
     rec = recommend(model, scores, n=args.n, exclude=rated, strategy=args.strategy)
     for k in range(len(rec.items)):
         row = {"rank": k + 1, "movieId": _py(rec.items[k]), "score": round(float(rec.score[k]), 4),
-               "mean": round(float(rec.mean[k]), 4), "sd": _round(rec.sd[k])}  # fmt: skip
+               "mean": round(float(rec.mean[k]), 4), "sd": None if rec.sd is None else _round(rec.sd[k])}  # fmt: skip
         row["title"] = title_of(titles, rec.items[k])
         if not args.json:  # text: a title column only when there are titles; "?" for an item without one
             if titles is None:
@@ -368,7 +376,7 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def _new_user_attributes(model, path, raw_user):
+def _new_user_attributes(model: FittedModel, path: str | None, raw_user: object) -> sp.csr_matrix | None:
     """The (1, G) row of ``raw_user`` in the user attributes file ``path`` (None without a
     path), checked against the attributes the model was fitted with."""
     if path is None:
@@ -391,13 +399,13 @@ def _new_user_attributes(model, path, raw_user):
     return row
 
 
-def _info_parser(sub) -> None:
+def _info_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a saved model")
     p.add_argument("--model", required=True)
     p.add_argument("--json", action="store_true")
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from probmf.persistence import load_model
 
     model = load_model(args.model)
@@ -414,27 +422,27 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _round(x) -> float | None:
+def _round(x: Any) -> float | None:
     """x to 4 decimals; None (JSON null) for NaN, the sd of a point model saved without one."""
     import numpy as np
 
     return round(float(x), 4) if np.isfinite(x) else None
 
 
-def _py(x):
+def _py(x: Any) -> Any:
     import numpy as np
 
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _as_int(text: str):
+def _as_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise ValueError(f"user id {text!r} is not an integer, and the model's user ids are") from None
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="probmf", description="Probabilistic matrix factorization in JAX.")
     parser.add_argument("--version", action="version", version=f"probmf {__version__}")
     parser.add_argument(

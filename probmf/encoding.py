@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
 from probmf.data.ratings import Ratings
 from probmf.sharding import split_along
@@ -149,9 +150,9 @@ def row_tiles(
     tile_vals[flat] = vals
     slots = None
     if with_slots:
-        slots = np.empty(rows.size, np.int32)
-        slots[order] = flat
-        slots = jnp.asarray(slots)
+        slot_of = np.empty(rows.size, np.int32)
+        slot_of[order] = flat
+        slots = jnp.asarray(slot_of)
     tile_rows = np.zeros(total, np.int32)  # padding tiles: row 0 of the block, all entries padded
     tile_rows[np.arange(tiles_before[-1] + tiles_per_row[-1]) + np.repeat(shift, tiles_per_row)] = np.repeat(
         np.arange(num_rows, dtype=np.int32) % block_rows, tiles_per_row
@@ -169,7 +170,15 @@ def row_tiles(
 
 
 def sharded_row_tiles(
-    rows, cols, vals, num_rows: int, num_cols: int, layout: Layout | None, mesh: Mesh, *, with_slots: bool = False
+    rows: ArrayLike,
+    cols: ArrayLike,
+    vals: ArrayLike,
+    num_rows: int,
+    num_cols: int,
+    layout: Layout | None,
+    mesh: Mesh,
+    *,
+    with_slots: bool = False,
 ) -> RowTiles:
     """`row_tiles` of D = mesh.size contiguous row ranges, padded to common shapes and stacked
     along a leading device axis that is split across ``mesh`` (see the module docstring);
@@ -195,7 +204,9 @@ def sharded_row_tiles(
             slots[shard == s] = s * stride + np.asarray(tiles[s].slots)
         slots = jnp.asarray(slots)
 
-    def stack(field, fill):  # pad each device's chunks to num_chunks (never visited), then stack
+    def stack(
+        field: str, fill: int
+    ) -> np.ndarray:  # pad each device's chunks to num_chunks (never visited), then stack
         arrays = [np.asarray(getattr(t, field)) for t in tiles]
         pad = [np.pad(a, [(0, num_chunks - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
                for a in arrays]  # fmt: skip

@@ -15,19 +15,26 @@ training residual), a posterior's its predictive sd.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import jax
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+import scipy.sparse as sp
 
 from probmf.checkpoint import show_progress
 from probmf.data.features import FeatureTable, row_of
 from probmf.data.io import dataframe_columns, to_ratings
-from probmf.data.ratings import UNKNOWN
+from probmf.data.ratings import UNKNOWN, Ratings
 from probmf.data.splits import kfold
 from probmf.evaluate import evaluate_fold
 from probmf.fitters.run import fit_model, resolve_options
 from probmf.persistence import FittedModel, load_model, save_model
-from probmf.recommend import fold_in, predict_pairs, recommend, score_user, title_of, titles_for
+from probmf.recommend import Recommendation, fold_in, predict_pairs, recommend, score_user, title_of, titles_for
 
 __all__ = ["Recommender", "cross_validate"]
 
@@ -47,7 +54,16 @@ class Recommender:
     After `fit`: ``model_`` is the `probmf.persistence.FittedModel` (what `save` writes).
     """
 
-    def __init__(self, model: str = "als", *, seed: int = 0, columns=None, rating_scale=None, progress=None, **options):
+    def __init__(
+        self,
+        model: str = "als",
+        *,
+        seed: int = 0,
+        columns: Sequence[str] | None = None,
+        rating_scale: tuple[float, float] | None = None,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> None:
         resolve_options(model, options)  # an unknown model or option fails here, not at fit
         self.model, self.seed, self.columns, self.rating_scale = model, int(seed), columns, rating_scale
         self.progress = progress
@@ -59,7 +75,7 @@ class Recommender:
         return f"Recommender({self.model!r}, seed={self.seed}{opts})"
 
     # ---- fitting ----------------------------------------------------------------------------
-    def fit(self, data) -> Recommender:
+    def fit(self, data: pd.DataFrame | Ratings) -> Recommender:
         """Fit on a DataFrame (one rating per row, raw ids) or `Ratings`; returns self."""
         train = to_ratings(data, columns=self.columns, rating_scale=self.rating_scale)
         with show_progress(self.progress):
@@ -73,7 +89,14 @@ class Recommender:
         return self.model_
 
     # ---- answers in raw ids -----------------------------------------------------------------
-    def predict(self, data, items=None, *, times=None, clip: bool = True) -> pd.DataFrame:
+    def predict(
+        self,
+        data: pd.DataFrame | npt.ArrayLike,
+        items: npt.ArrayLike | None = None,
+        *,
+        times: npt.ArrayLike | None = None,
+        clip: bool = True,
+    ) -> pd.DataFrame:
         """Predictions for (user, item) pairs: a DataFrame with user and item columns (and a
         timestamp column, when it has one), or two arrays of raw ids. Returns a DataFrame user,
         item, mean, sd, known (False: the user or item had no training rating; it got the
@@ -83,9 +106,9 @@ class Recommender:
         model = self._fitted()
         if items is None:
             roles = dataframe_columns(data, _pair_columns(self.columns), need=("user", "item"))
-            users, items = data[roles["user"]].to_numpy(), data[roles["item"]].to_numpy()
+            users, items = data[roles["user"]].to_numpy(), data[roles["item"]].to_numpy()  # type: ignore[index,union-attr]  # a DataFrame
             if times is None and "timestamp" in roles:
-                times = data[roles["timestamp"]].to_numpy(np.float64)
+                times = data[roles["timestamp"]].to_numpy(np.float64)  # type: ignore[index,union-attr]
         else:
             users, items = np.asarray(data), np.asarray(items)
             if users.shape != items.shape or users.ndim != 1:
@@ -94,7 +117,13 @@ class Recommender:
         return pd.DataFrame({"user": users, "item": items, "mean": pred.mean, "sd": pred.sd, "known": pred.known})
 
     def recommend(
-        self, users, n: int = 10, *, exclude_rated: bool = True, strategy: str = "mean", titles=None
+        self,
+        users: Any,
+        n: int = 10,
+        *,
+        exclude_rated: bool = True,
+        strategy: str = "mean",
+        titles: str | os.PathLike[str] | None = None,
     ) -> pd.DataFrame:
         """Top-``n`` items for each raw user id in ``users`` (one id or a list), best first.
 
@@ -125,7 +154,15 @@ class Recommender:
             frames.append(_recommendations(raw, rec, u != UNKNOWN, names))
         return pd.concat(frames, ignore_index=True)
 
-    def fold_in(self, data=None, *, n: int = 10, user="new", strategy: str = "mean", attributes=None) -> pd.DataFrame:
+    def fold_in(
+        self,
+        data: pd.DataFrame | dict[Any, float] | None = None,
+        *,
+        n: int = 10,
+        user: Any = "new",
+        strategy: str = "mean",
+        attributes: Any = None,
+    ) -> pd.DataFrame:
         """Top-``n`` items for a NEW user given their ratings (a DataFrame with item and
         rating columns, or a dict item -> rating; None or empty: none) and, for a posterior
         fitted with user attributes, their attributes, without refitting
@@ -151,19 +188,19 @@ class Recommender:
         rec = recommend(model, scores, n=n, exclude=rated, strategy=strategy)
         return _recommendations(user, rec, True, titles_for(None, model.dataset))
 
-    def _attributes_of(self, user):
+    def _attributes_of(self, user: Any) -> sp.csr_matrix | None:
         """The (1, G) row of raw user id ``user`` in the fit's user `FeatureTable`, or None."""
         table = self.options.get("user_features")
         return row_of(table, user) if isinstance(table, FeatureTable) else None
 
     # ---- persistence ------------------------------------------------------------------------
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted model to the folder ``path`` (`probmf.persistence.save_model`:
         atomic, no pickle); returns the path."""
         return save_model(path, self._fitted())
 
     @classmethod
-    def load(cls, path) -> Recommender:
+    def load(cls, path: str | os.PathLike[str]) -> Recommender:
         """A fitted `Recommender` from a folder written by `save` (or ``probmf fit --out``)."""
         model = load_model(path)
         est = cls(model.model)
@@ -171,11 +208,11 @@ class Recommender:
         return est
 
 
-def _pair_columns(columns):
+def _pair_columns(columns: Sequence[str] | None) -> list[str] | None:
     return None if columns is None else list(columns)[:2]
 
 
-def _recommendations(user, rec, known: bool, titles) -> pd.DataFrame:
+def _recommendations(user: Any, rec: Recommendation, known: bool, titles: dict | None) -> pd.DataFrame:
     """One user's `probmf.recommend.Recommendation` as rows."""
     n = len(rec.items)
     frame = pd.DataFrame({
@@ -192,7 +229,15 @@ def _recommendations(user, rec, known: bool, titles) -> pd.DataFrame:
     return frame
 
 
-def cross_validate(model: str, data, *, folds: int = 5, seed: int = 0, columns=None, **options) -> pd.DataFrame:
+def cross_validate(
+    model: str,
+    data: pd.DataFrame | Ratings,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    columns: Sequence[str] | None = None,
+    **options: Any,
+) -> pd.DataFrame:
     """``folds``-fold cross-validation of ``model`` on ``data`` (a DataFrame or `Ratings`):
     one row per fold with the fields of ``probmf evaluate --json`` (rmse, mae, coverage_50,
     coverage_90, nll, the cold-pair scores, fit_seconds, ...). The folds partition the ratings

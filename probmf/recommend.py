@@ -24,13 +24,16 @@ import csv
 import io
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
+from jax.typing import ArrayLike
 from scipy.stats import norm
 
 from probmf.data.movielens import DATASETS, load_titles
@@ -39,6 +42,7 @@ from probmf.model import MFParams
 from probmf.persistence import FittedModel
 from probmf.posterior import (
     Posterior,
+    RowPrior,
     clock_inputs,
     draw_offsets,
     draw_predictive,
@@ -48,6 +52,7 @@ from probmf.posterior import (
     summarize,
     time_offset,
 )
+from probmf.predictor import PointPredictor
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
@@ -63,13 +68,21 @@ class Predictions(NamedTuple):
     known: np.ndarray
 
 
-def predict_pairs(model: FittedModel, raw_users, raw_items, *, times=None, clip: bool = True) -> Predictions:
+def predict_pairs(
+    model: FittedModel,
+    raw_users: npt.ArrayLike,
+    raw_items: npt.ArrayLike,
+    *,
+    times: npt.ArrayLike | None = None,
+    clip: bool = True,
+) -> Predictions:
     """Predictions for raw (user, item) ids; unknown ids fall back and are flagged. ``times``:
     the pairs' timestamps (seconds, (n,)) for a posterior with time effects (None: "now";
     `probmf.posterior`); not used by a model without them."""
     users, items = model.user_ids.index(raw_users), model.item_ids.index(raw_items)
     known = (users != UNKNOWN) & (items != UNKNOWN)
-    if model.rated_indptr is not None:  # ids in the maps with no training rating are cold too
+    # ids in the maps with no training rating are cold too
+    if model.rated_indptr is not None and model.rated_items is not None:
         seen_u = np.diff(model.rated_indptr) > 0
         seen_i = np.bincount(model.rated_items, minlength=len(model.item_ids)) > 0
         known &= seen_u[np.maximum(users, 0)] & seen_i[np.maximum(items, 0)]
@@ -94,7 +107,7 @@ def recommend(
     user_scores: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
     *,
     n: int = 10,
-    exclude=(),
+    exclude: Iterable[int] | np.ndarray = (),
     strategy: str = "mean",
     ucb_level: float = 0.9,
 ) -> Recommendation:
@@ -120,10 +133,12 @@ def recommend(
     score = np.array(score, np.float64)
     score[np.asarray(list(exclude), np.int64)] = -np.inf
     top = np.argsort(-score, kind="stable")[: min(n, int(np.isfinite(score).sum()))]
-    return Recommendation(model.item_ids.raw[top], score[top], mean[top], sd[top])
+    return Recommendation(model.item_ids.raw[top], score[top], mean[top], None if sd is None else sd[top])
 
 
-def score_user(model: FittedModel, user: int, rng_key=None):
+def score_user(
+    model: FittedModel, user: int, rng_key: jax.Array | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(mean, sd or None, one draw's means or None) over all M items for dense user ``user``."""
     m = len(model.item_ids)
     users, items = jnp.full((m,), user, jnp.int32), jnp.arange(m, dtype=jnp.int32)
@@ -140,7 +155,14 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 
-def fold_in(model: FittedModel, raw_items, ratings, *, attributes=None, rng_key=None):
+def fold_in(
+    model: FittedModel,
+    raw_items: npt.ArrayLike,
+    ratings: npt.ArrayLike,
+    *,
+    attributes: npt.ArrayLike | sp.spmatrix | None = None,
+    rng_key: jax.Array | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray | None], np.ndarray]:
     """Scores over all items for a NEW user given their ratings of known items (none is
     allowed: a cold start) and, for a posterior fitted with user attributes, their attribute
     row, without retraining (see the module docstring). ``attributes``: (G,) numbers or a (1, G)
@@ -161,27 +183,31 @@ def fold_in(model: FittedModel, raw_items, ratings, *, attributes=None, rng_key=
         key = jax.random.PRNGKey(0) if rng_key is None else rng_key
         now = None  # the time terms "now" (`probmf.posterior.clock_inputs`): last bin, no drift
         if posterior.time is not None:
-            now = tuple(jnp.asarray(a) for a in clock_inputs(posterior.clock, np.full(len(model.item_ids), UNKNOWN)))
+            assert posterior.clock is not None, "a posterior with time effects keeps its clock"
+            bins, dev = clock_inputs(posterior.clock, np.full(len(model.item_ids), UNKNOWN))
+            now = (jnp.asarray(bins), jnp.asarray(dev))
         post = posterior._replace(clock=None)
         mean, sd, draw = _fold_in_draws(key, post, jnp.asarray(items), jnp.asarray(r), x, jnp.int32(s), now)
         return (np.asarray(mean), np.asarray(sd), np.asarray(draw)), items
-    params: MFParams | None = model.fitted.params if model.fitted.num_samples == 1 else None
-    if params is not None:
+    fitted = model.fitted  # a point estimate's factors, when it is a matrix factorisation
+    params: MFParams | None = fitted.params if isinstance(fitted, PointPredictor) else None
+    if isinstance(fitted, PointPredictor) and params is not None:
         lam, lam_b = _ridge(model, len(r))
         x = _solve_row(params.U[items], params.c[items], params.mu, r, lam, lam_b)
         mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
-        return (mean, np.full(mean.shape, model.fitted.noise_sd, np.float32), None), items
+        return (mean, np.full(mean.shape, fitted.noise_sd, np.float32), None), items
     raise ValueError(f"fold-in is not available for model {model.model!r}")
 
 
-def _attribute_row(posterior: Posterior | None, attributes) -> jax.Array | None:
+def _attribute_row(posterior: Posterior | None, attributes: npt.ArrayLike | sp.spmatrix | None) -> jax.Array | None:
     """``attributes`` as a dense float32 (G,), checked against the posterior's user attributes."""
     if attributes is None:
         return None
     prior = None if posterior is None or posterior.priors is None else posterior.priors[0]
     if prior is None or prior.attributes is None:
         raise ValueError("attributes need a posterior fitted with user attributes (gibbs with user_features)")
-    x = np.asarray(attributes.toarray() if sp.issparse(attributes) else attributes, np.float64).reshape(-1)
+    dense = attributes.toarray() if sp.issparse(attributes) else attributes  # type: ignore[union-attr]  # sparse
+    x = np.asarray(dense, np.float64).reshape(-1)
     width = prior.attributes.shape[1]
     if x.shape[0] != width or not np.all(np.isfinite(x)):
         raise ValueError(f"attributes must be {width} finite numbers (the model's user attributes), got {x.size}")
@@ -198,7 +224,7 @@ def _ridge(model: FittedModel, count: int) -> tuple[float, float]:
     return lam, float(opts.get("lam_bias", 0.0))
 
 
-def _solve_row(U, c, mu, r, lam, lam_b):
+def _solve_row(U: jax.Array, c: jax.Array, mu: jax.Array, r: ArrayLike, lam: float, lam_b: float) -> jax.Array:
     """[w; b] minimising sum_j (r_j - mu - c_j - w.u_j - b)^2 + lam |w|^2 + lam_b b^2."""
     a = jnp.concatenate([U, jnp.ones((U.shape[0], 1))], axis=1)
     k1 = a.shape[1]
@@ -207,7 +233,15 @@ def _solve_row(U, c, mu, r, lam, lam_b):
 
 
 @jax.jit
-def _fold_in_draws(rng_key, posterior: Posterior, items, r, x, s, now):
+def _fold_in_draws(
+    rng_key: jax.Array,
+    posterior: Posterior,
+    items: jax.Array,
+    r: jax.Array,
+    x: jax.Array | None,
+    s: jax.Array,
+    now: tuple[jax.Array, jax.Array] | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(mean (M,), sd (M,), draw s's means (M,)) of the predictive for a new user.
 
     Per draw: the row [w; b] | r ~ N(A^-1 h, A^-1) with A = tau a^T a + P, h = tau a^T (r - mu
@@ -220,7 +254,7 @@ def _fold_in_draws(rng_key, posterior: Posterior, items, r, x, s, now):
     priors = None if posterior.priors is None else posterior.priors[0]
     X = None if posterior.features is None else posterior.features[0]  # (rows, cols, values)
 
-    def prior_of(params, prior):
+    def prior_of(params: MFParams, prior: RowPrior | None) -> tuple[jax.Array, jax.Array]:
         W, b = params.W, params.b
         k = W.shape[1]
         if prior is None:  # no kept prior: the draw's user rows, empirically
@@ -231,19 +265,21 @@ def _fold_in_draws(rng_key, posterior: Posterior, items, r, x, s, now):
             if prior.attributes is None:
                 shift = jnp.zeros(k + 1)
             elif x is None:  # unknown attributes: the average row's, as for an unknown id
-                rows, cols, values = X
+                assert X is not None, "a posterior with attribute vectors keeps its attribute rows"
+                _, cols, values = X
                 shift = jnp.sum(values[:, None] * prior.attributes[cols], axis=0) / W.shape[0]
             else:
                 shift = x @ prior.attributes
         prec = jnp.zeros((k + 1, k + 1)).at[:k, :k].set(jnp.linalg.inv(cov)).at[k, k].set(1.0 / bias_var)
         return jnp.concatenate([mean, jnp.zeros(1)]) + shift, prec
 
-    def step(carry, draw):
+    def step(carry: tuple, draw: tuple) -> tuple[tuple, None]:
         moments, chosen = carry
         index, key, params, tau, prior, time = draw
         U, c, mu = params.U, params.c, params.mu
         offset = jnp.zeros_like(c)
         if time is not None:  # a new user: no drift; an item's bin effect "now"
+            assert now is not None, "time effects come with their pairs' bins and devs"
             offset = time_offset(time, jnp.full(c.shape, -1), jnp.arange(c.shape[0]), *now)[0]
         prior_mean, prior_prec = prior_of(params, prior)
         a = jnp.concatenate([U[items], jnp.ones((items.shape[0], 1))], axis=1)
@@ -272,7 +308,7 @@ def _fold_in_draws(rng_key, posterior: Posterior, items, r, x, s, now):
     return mean, sd, chosen
 
 
-def _draw_index(rng_key, num: int) -> int:
+def _draw_index(rng_key: jax.Array | None, num: int) -> int:
     if rng_key is None:
         return 0
     return int(jax.random.randint(rng_key, (), 0, num))
@@ -289,7 +325,7 @@ class TitlesFileError(ValueError):
     """A titles file that cannot be read; the message names the file and, where it applies, the line."""
 
 
-def read_titles(path) -> dict:
+def read_titles(path: str | os.PathLike[str]) -> dict:
     """Titles by raw item id from a titles file; ids that look like integers become ints.
 
     Formats, told apart by the first separator on the first line (``|``, ``::`` or ``,``):
@@ -374,7 +410,7 @@ def read_titles(path) -> dict:
     return titles
 
 
-def titles_for(titles_file, dataset: str | None) -> dict | None:
+def titles_for(titles_file: str | os.PathLike[str] | None, dataset: str | None) -> dict | None:
     """Titles by raw item id from ``titles_file`` (`read_titles`), else those of the MovieLens
     dataset named ``dataset`` when it is on disk (never downloaded), else None."""
     if titles_file:
@@ -387,7 +423,7 @@ def titles_for(titles_file, dataset: str | None) -> dict | None:
         return None
 
 
-def title_of(titles: dict | None, item) -> str | None:
+def title_of(titles: dict | None, item: Any) -> str | None:
     """The title of raw item id ``item`` in ``titles`` (`read_titles`), or None when unknown.
 
     Integer ids and their decimal strings match each other (``17`` and ``"17"``)."""

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
@@ -82,7 +83,7 @@ def _cg(A: jax.Array, b: jax.Array, x0: jax.Array, num_iters: int) -> jax.Array:
     z = inv_diag * r
     rz = jnp.sum(r * z, -1)
 
-    def body(_, state):
+    def body(_: jax.Array | int, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         x, r, p, rz = state
         ap = matvec(p)
         pap = jnp.sum(p * ap, -1)
@@ -98,7 +99,7 @@ def _cg(A: jax.Array, b: jax.Array, x0: jax.Array, num_iters: int) -> jax.Array:
     return lax.fori_loop(0, num_iters, body, (x0, r, z, rz))[0]
 
 
-def regularize(G, lam_factor, lam_bias):
+def regularize(G: jax.Array, lam_factor: ArrayLike, lam_bias: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """A_i = G_i + diag(d_i), d_i = (lam_factor_i, ..., lam_factor_i, lam_bias_i) + jitter_i.
 
     G (N, k+1, k+1); lam_factor, lam_bias scalars or (N,). Returns A and d (N, k+1).
@@ -112,7 +113,7 @@ def regularize(G, lam_factor, lam_bias):
     return G + d[..., None] * jnp.eye(k1, dtype=G.dtype), d
 
 
-def solve_rows(A, h, x0, *, solver: str = "cholesky", cg_iters: int = 10):
+def solve_rows(A: jax.Array, h: jax.Array, x0: jax.Array, *, solver: str = "cholesky", cg_iters: int = 10) -> jax.Array:
     """x_i = A_i^-1 h_i for SPD A (N, k, k), h (N, k); x0 (N, k) is CG's warm start.
 
     One batched solve per call: several independent LAPACK solves in one XLA program can
@@ -126,12 +127,25 @@ def solve_rows(A, h, x0, *, solver: str = "cholesky", cg_iters: int = 10):
     raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
 
 
-def _half_sweep(X, xb, Y, yb, mu, tiles: RowTiles, lam_factor, lam_bias, solver, cg_iters):
+def _half_sweep(
+    X: jax.Array,
+    xb: jax.Array,
+    Y: jax.Array,
+    yb: jax.Array,
+    mu: jax.Array,
+    tiles: RowTiles,
+    lam_factor: ArrayLike,
+    lam_bias: ArrayLike,
+    solver: str,
+    cg_iters: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """New rows (X, xb) given the other side (Y, yb), and the SSE of these ratings after it."""
     n = X.shape[0]
     lam_rows = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), (lam_factor, lam_bias))
 
-    def solve_block(block, G, h, s, x0, lam):
+    def solve_block(
+        block: jax.Array, G: jax.Array, h: jax.Array, s: jax.Array, x0: jax.Array, lam: tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
         A, d = regularize(G, *lam)
         x = solve_rows(A, h, x0, solver=solver, cg_iters=cg_iters)
         # G is dead once A exists (XLA can regularise it in place), so G_i = A_i - diag(d_i).
@@ -152,12 +166,14 @@ def als_sweep(
 
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps", "solver", "cg_iters"))
-def als_run(params, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10):
+def als_run(
+    params: MFParams, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10
+) -> tuple[MFParams, ALSInfo]:
     """``num_sweeps`` ALS sweeps in one `lax.scan`; returns (params, ALSInfo with a leading sweep axis).
 
     A sweep with a non-finite result is discarded (params unchanged, objective NaN)."""
 
-    def step(p, _):
+    def step(p: MFParams, _: None) -> tuple[MFParams, ALSInfo]:
         new, info = als_sweep(p, data, priors, solver=solver, cg_iters=cg_iters)
         finite = jnp.isfinite(info.objective)
         for leaf in jax.tree.leaves(new):
@@ -174,7 +190,9 @@ def resolve_solver(solver: str, rank: int) -> str:
     return solver if solver != "auto" else ("cholesky" if rank <= 32 else "cg")
 
 
-def make_priors(counts_user, counts_item, *, lam: float, lam_bias: float, weight_exponent: float = 0.0) -> Priors:
+def make_priors(
+    counts_user: ArrayLike, counts_item: ArrayLike, *, lam: float, lam_bias: float, weight_exponent: float = 0.0
+) -> Priors:
     """Ridge strengths per row: lam n_i^alpha on factors (alpha = ``weight_exponent``;
     0: plain L2, 1: ALS-WR), lam_bias on biases."""
     alpha = jnp.float32(weight_exponent)
@@ -212,7 +230,7 @@ class ALSConfig(NamedTuple):
         return self
 
 
-def prepare_als(rng_key, train: Ratings, config: ALSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_als(rng_key: jax.Array, train: Ratings, config: ALSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The ALS `Program`: state (params, trace (num_sweeps,) objective per sweep, NaN until
     run); a chunk runs `als_run`; finish gives the `ALSResult` (warning about a sweep that
     could not be taken on). ``config`` must be validated."""
@@ -227,13 +245,13 @@ def prepare_als(rng_key, train: Ratings, config: ALSConfig, run: RunOptions = DE
     priors = make_priors(data.by_user.counts, data.by_item.counts, lam=config.lam, lam_bias=config.lam_bias,
                          weight_exponent=config.weight_exponent)  # fmt: skip
 
-    def run_chunk(state, first, num):
+    def run_chunk(state: tuple, first: int, num: int) -> tuple[MFParams, np.ndarray]:
         params, info = als_run(state[0], data, priors, num_sweeps=num, solver=solver, cg_iters=config.cg_iters)
         trace = np.array(state[1])
         trace[first : first + num] = np.asarray(info.objective)
         return params, trace
 
-    def finish(state) -> ALSResult:
+    def finish(state: tuple) -> ALSResult:
         params, trace = state
         stuck = np.flatnonzero(np.isnan(trace))
         if stuck.size:
@@ -252,7 +270,7 @@ def prepare_als(rng_key, train: Ratings, config: ALSConfig, run: RunOptions = DE
 
 
 def fit_als(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     rank: int = 10,
@@ -294,7 +312,7 @@ def fit_als(
     return run_program(prepare_als(rng_key, train, config, run))
 
 
-def check_als_options(*, rank, lam, lam_bias, num_sweeps, solver, cg_iters) -> None:
+def check_als_options(*, rank: int, lam: float, lam_bias: float, num_sweeps: int, solver: str, cg_iters: int) -> None:
     """Reject out-of-range options before anything is compiled."""
     if int(rank) != rank or rank < 0:
         raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
