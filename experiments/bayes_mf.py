@@ -22,12 +22,14 @@ a point fit is one draw of N(r_hat, s^2), s its plug-in sd):
                   (elpd_per_rating: divided by their number; for a point fit it is -nll
                   where no prediction is clipped: nll is scored at the clipped mean, elpd at
                   the model's own)
-  elpd_loo        ArviZ's PSIS-LOO of the same log-likelihood (``az.loo``), with its se and
-                  p_loo; the draws are reweighted as if each rating were left out of the fit,
-                  which these never were, so elpd_loo = elpd - p_loo, lower by about each
-                  rating's spread over the draws (`probmf.inference_data`). A point fit's
-                  one draw is repeated (ArviZ needs two): elpd_loo = elpd, p_loo = 0.
-  loo_rank, elpd_diff, loo_weight   ``az.compare`` of the methods at each K (stacking weights)
+  elpd_loo        ArviZ's PSIS-LOO (``az.loo``) of the TRAINING ratings' log-likelihood, with its
+                  se and p_loo (elpd_loo_per_rating: per training rating): the fit's own estimate
+                  of how it predicts a rating it has not seen, from the draws alone (Vehtari et
+                  al. 2017), next to the held-out elpd that measures it; loo_bad_k: the share of
+                  ratings whose Pareto k exceeds 0.7 (where the estimate is unreliable). Posterior
+                  methods only: a point fit has one draw to reweight, so its "LOO" would be its
+                  in-sample fit (null).
+  loo_rank, elpd_diff, loo_weight   ``az.compare`` of the posterior methods at each K (stacking)
 Needs arviz for these columns (null without it).
 
 Writes to ``--out`` (default results/bayes_mf/): results.csv and results.jsonl (one row per
@@ -111,36 +113,40 @@ def calibration(model, test) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return observed, sd, np.abs(test.values - mean)
 
 
-ELPD_FIELDS = ("elpd", "elpd_per_rating", "elpd_loo", "elpd_loo_se", "p_loo", "loo_rank", "elpd_diff", "loo_weight")
+ELPD_FIELDS = ("elpd", "elpd_per_rating", "elpd_loo", "elpd_loo_se", "elpd_loo_per_rating", "p_loo", "loo_bad_k",
+               "loo_rank", "elpd_diff", "loo_weight")  # fmt: skip
 
 
-def elpd(model, test, seed: int):
-    """(elpd fields of one fit, its ``az.loo`` result or None without arviz); see the module
-    docstring."""
+def elpd(model, train, test, seed: int):
+    """(elpd fields of one fit, its training ``az.loo`` result or None: a point fit, or no
+    arviz); see the module docstring."""
     try:
         import arviz as az
     except ImportError:
         return dict.fromkeys(ELPD_FIELDS), None
-    idata = to_inference_data(model, test, seed=seed)
-    ll = idata.log_likelihood["rating"]
-    draws = ll.sizes["chain"] * ll.sizes["draw"]
-    flat = ll.values.reshape(draws, -1)
-    lppd = float(np.sum(np.logaddexp.reduce(flat, axis=0) - np.log(draws)))
+    flat = _log_likelihood(to_inference_data(model, test, seed=seed))
+    lppd = float(np.sum(np.logaddexp.reduce(flat, axis=0) - np.log(flat.shape[0])))
+    row = {**dict.fromkeys(ELPD_FIELDS), "elpd": lppd, "elpd_per_rating": lppd / flat.shape[1]}
+    if flat.shape[0] == 1:
+        return row, None
     with warnings.catch_warnings():
-        if draws == 1:
-            # One draw, twice: every importance weight is equal, so ArviZ's Pareto k is infinite
-            # and meaningless, and LOO is exactly the plug-in likelihood.
-            twice = {g: idata[g].isel(draw=[0, 0]).assign_coords(draw=[0, 1]) for g in ("posterior", "log_likelihood")}
-            idata = az.InferenceData(**twice)
-            warnings.simplefilter("ignore")
-        loo = az.loo(idata, pointwise=True)
-    row = {"elpd": lppd, "elpd_per_rating": lppd / flat.shape[1], "elpd_loo": float(loo.elpd_loo),
-           "elpd_loo_se": float(loo.se), "p_loo": float(loo.p_loo)}  # fmt: skip
+        warnings.simplefilter("ignore")  # a high Pareto k is reported as loo_bad_k instead
+        loo = az.loo(to_inference_data(model, train, seed=seed), pointwise=True)
+    k = np.asarray(loo.pareto_k)
+    loo_elpd = float(loo.elpd_loo)
+    row.update(elpd_loo=loo_elpd, elpd_loo_se=float(loo.se), elpd_loo_per_rating=loo_elpd / k.size,
+               p_loo=float(loo.p_loo), loo_bad_k=float(np.mean(k > 0.7)))  # fmt: skip
     return row, loo
 
 
+def _log_likelihood(idata) -> np.ndarray:
+    """(draws, ratings) log-likelihood of an InferenceData's ``rating`` variable."""
+    ll = idata.log_likelihood["rating"]
+    return ll.values.reshape(ll.sizes["chain"] * ll.sizes["draw"], -1)
+
+
 def compare(rows: list[dict], loos: dict) -> None:
-    """``az.compare`` of the methods fitted at each rank, written into their rows."""
+    """``az.compare`` of the posterior methods fitted at each rank, written into their rows."""
     if not loos:
         return
     import arviz as az
@@ -185,7 +191,7 @@ def run(args) -> list[dict]:
                 lam_chosen=lam if name.startswith("map") else None,
                 options={kk: v for kk, v in opts.items() if kk != "rank"},
             )
-            scores, loo = elpd(fitted, test, args.seed)
+            scores, loo = elpd(fitted, train, test, args.seed)
             row.update(scores)
             if loo is not None:
                 loos[(name, k)] = loo
@@ -223,13 +229,14 @@ def _write(out: Path, rows: list[dict], curves: dict) -> None:
         w.writeheader()
         w.writerows(rows)
     table = [
-        "| method | K | test RMSE | train RMSE | coverage 90% | NLL | elpd / rating | elpd_loo (se) | p_loo "
-        "| LOO rank | weight |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | K | test RMSE | train RMSE | coverage 90% | NLL | elpd / rating | LOO elpd / rating "
+        "| elpd_loo (se) | p_loo | LOO rank | weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     table += [
         f"| {r['method']} | {r['rank']} | {r['rmse']:.4f} | {r['train_rmse']:.4f} | "
         f"{r['coverage_90']:.3f} | {r['nll']:.3f} | {_fmt(r['elpd_per_rating'], '.4f')} | "
+        f"{_fmt(r['elpd_loo_per_rating'], '.4f')} | "
         f"{_fmt(r['elpd_loo'], '.1f')} ({_fmt(r['elpd_loo_se'], '.1f')}) | {_fmt(r['p_loo'], '.1f')} | "
         f"{_fmt(r.get('loo_rank'), 'd')} | {_fmt(r.get('loo_weight'), '.2f')} |"
         for r in rows
@@ -247,9 +254,9 @@ def _write(out: Path, rows: list[dict], curves: dict) -> None:
         *table,
         "",
         "elpd / rating: the held-out ratings' log predictive density, sum_p log mean_s p(r_p | draw s), per "
-        "rating (a point fit: -NLL, but at the unclipped mean). elpd_loo: ArviZ's PSIS-LOO of the same "
-        "log-likelihood, which reweights the draws as if each rating had been fitted and left out: lower "
-        "than the direct elpd by p_loo, so on held-out data it is the pessimistic one. LOO rank and weight: "
+        "rating (a point fit: -NLL, but at the unclipped mean). LOO elpd / rating: ArviZ's PSIS-LOO of the "
+        "training ratings' log-likelihood, the fit's own estimate of the held-out elpd per rating (posterior "
+        "methods; a point fit has no draws to reweight). LOO rank and weight: "
         "`az.compare` at each K (stacking).",
         "",
         "Calibration of the posterior predictive: ![calibration](calibration.png)",
