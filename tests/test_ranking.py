@@ -71,7 +71,7 @@ def _random_case(seed, num_users=30, num_items=40):
     return train, test, scores
 
 
-@pytest.mark.slow  # ranx compiles its numba kernels in each new process: about a minute on 2 cores
+@pytest.mark.slow  # ranx compiles its numba kernels: about a minute after an install, 8 s with its cache
 @pytest.mark.filterwarnings("ignore:unsafe cast from uint64 to int64")  # numba's, inside ranx
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ranking_matches_ranx(seed):

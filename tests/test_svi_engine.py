@@ -28,7 +28,7 @@ def small():
     return random_split(ratings, 0.2, seed=0)
 
 
-@pytest.mark.slow  # NumPyro traces and compiles the model and guide: about 13 s of CPU
+@pytest.mark.slow  # NumPyro traces and compiles the model and guide: 8-13 s here
 def test_one_draw_elbo_and_its_gradient_are_trace_elbos_at_the_same_draw(small):
     """At the same guide parameters and the same noise eps (z = loc + scale eps), the hand-written
     estimate log p(r, z) + H[q] and NumPyro's Trace_ELBO estimate log p(r, z) - log q(z) differ by
