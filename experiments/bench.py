@@ -13,7 +13,8 @@ compile_seconds, seconds_per_iter (median of the timed iterations after compile)
 seconds_per_iter_all, ratings_per_second, peak_rss_mb, devices (``--devices``: rows or
 batches split across that many devices, as the fitters do), device_count, state_devices (the
 devices the final state lies on), backend, device_kind, probmf_version, batch_size (minibatch
-fitters), solver (als), linalg, implicit and implicit_solver (gibbs). ``--smoke``: tiny data, for tests.
+fitters), solver (als), linalg, implicit and implicit_solver (gibbs), engine (svi: ``--engine
+fast`` the hand-written step, ``numpyro`` NumPyro's SVI). ``--smoke``: tiny data, for tests.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _gibbs(rng_key, train, args, run):
 
 
 def _svi(rng_key, train, args, run):
-    options = {"rank": args.rank, "devices": run.devices}
+    options = {"rank": args.rank, "devices": run.devices, "engine": getattr(args, "engine", "fast")}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
     trainer = svi_trainer(rng_key, train, **options)
@@ -176,6 +177,7 @@ def run(args) -> dict:
         "linalg": args.linalg if args.model == "gibbs" else None,
         "implicit": args.implicit if args.model == "gibbs" else None,
         "implicit_solver": args.implicit_solver if args.model == "gibbs" and args.implicit else None,
+        "engine": getattr(args, "engine", "fast") if args.model == "svi" else None,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "probmf_version": probmf.__version__,
@@ -199,6 +201,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--implicit", action="store_true", help="gibbs: with implicit feedback")
     p.add_argument("--implicit-solver", default="auto", choices=["auto", "eigen", "cg"], help="gibbs --implicit")
+    p.add_argument("--engine", "--svi-engine", dest="engine", default="fast", choices=["fast", "numpyro"],
+                   help="svi: the hand-written step or NumPyro's SVI")  # fmt: skip
     p.add_argument("--devices", type=int, default=1, help="split the work across this many devices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny data, for tests")

@@ -31,7 +31,8 @@ MODELS = ("als", "autorec-i", "autorec-u", "baseline", "gibbs", "mlp", "nuts", "
 STRATEGIES = ("mean", "ucb", "thompson")
 
 # The flags that are fitter options: each dest is the fitter keyword (flags spell it with
-# dashes; the older spellings --lambda, --sweeps, --epochs, --samples, --warmup are aliases)
+# dashes; the older spellings --lambda, --sweeps, --epochs, --samples, --warmup are aliases, and
+# --svi-engine of --engine)
 _MODEL_OPTIONS = (
     "rank",
     "lam",
@@ -57,6 +58,7 @@ _MODEL_OPTIONS = (
     "implicit_solver",
     "num_chains",
     "time_bins",
+    "engine",
 )
 
 
@@ -88,6 +90,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chains", dest="num_chains", type=int, help="gibbs: independent chains, pooled (default 1)")
     p.add_argument("--likelihood", choices=["gaussian", "rounded"], help="gibbs: ratings as rounded latent Gaussians")
     p.add_argument("--linalg", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or without it")
+    p.add_argument(
+        "--engine",
+        "--svi-engine",
+        dest="engine",
+        choices=["fast", "numpyro"],
+        help="svi: the hand-written mean-field step (fast, the default) or NumPyro's own SVI with Trace_ELBO",
+    )
     p.add_argument(
         "--implicit",
         action="store_const",

@@ -4,7 +4,9 @@ chunked fits and timing), with a mean-field or low-rank guide (`make_guide`).
 
 Each epoch is one host shuffle of the ratings, cut into batches of `default_batch_size`
 ratings; the default guide runs the hand-written program of `probmf.fitters.meanfield`,
-the others NumPyro's own `SVI`.
+the others NumPyro's own `SVI`. ``engine="numpyro"`` runs the default guide through NumPyro's
+`SVI` with `Trace_ELBO` and `AutoNormal` too: the same model, guide family and estimator (a
+check of the hand-written step, and the reference it is timed against).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
 
 GUIDES = ("normal", "lowrank")
+# "fast": the hand-written step where there is one (guide "normal", hyper "fixed" or "gamma"),
+# NumPyro's SVI otherwise; "numpyro": NumPyro's SVI always.
+ENGINES = ("fast", "numpyro")
 
 
 class SVIResult(NamedTuple):
@@ -123,12 +128,14 @@ class SVITrainer(NamedTuple):
 
 
 def _check_svi_options(rank: int, guide: str, hyper: str, num_epochs: int, batch_size: int | None,
-                       learning_rate: float, num_samples: int, guide_rank: int, init_scale: float,
+                       learning_rate: float, num_samples: int, guide_rank: int, init_scale: float, engine: str,
                        devices: int) -> int:  # fmt: skip
     _check_common(rank, hyper, num_epochs=num_epochs, num_samples=num_samples, guide_rank=guide_rank,
                   **({} if batch_size is None else {"batch_size": batch_size}))  # fmt: skip
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not learning_rate > 0 or not init_scale > 0:
         raise ValueError("learning_rate and init_scale must be > 0")
     return check_devices(devices)
@@ -147,12 +154,13 @@ def svi_trainer(
     num_samples: int = 100,
     guide_rank: int = 4,
     init_scale: float = 0.1,
+    engine: str = "fast",
     devices: int = 1,
 ) -> SVITrainer:
     """The state and epoch runner of `fit_svi` (same options, less the checkpoint): for
     fitting in chunks and for timing epochs (``experiments/bench.py``)."""
     devices = _check_svi_options(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank,
-                                 init_scale, devices)  # fmt: skip
+                                 init_scale, engine, devices)  # fmt: skip
     users, items, values = _device_data(train)
     seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
     n = users.shape[0]
@@ -161,7 +169,7 @@ def svi_trainer(
     if batch % devices:
         raise ValueError(f"batch size {batch} must divide by devices={devices} (each device takes an equal share)")
     steps = n // batch
-    hand_written = guide == "normal" and hyper in ("fixed", "gamma")
+    hand_written = engine == "fast" and guide == "normal" and hyper in ("fixed", "gamma")
     # mu and n enter as traced arguments, so fits with the same shapes and options share
     # one compiled epoch (a second fit does not retrace).
     data_kwargs = {"mu": jnp.mean(values), "num_ratings": jnp.float32(n)}
@@ -208,6 +216,7 @@ def fit_svi(
     num_samples: int = 100,
     guide_rank: int = 4,
     init_scale: float = 0.1,
+    engine: str = "fast",
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 1,
@@ -239,6 +248,12 @@ def fit_svi(
       learning_rate: Adam's initial step size.
       num_samples: draws from the fitted guide kept in ``posterior``.
       init_scale: sd of the initial factor means.
+      engine: "fast" (the hand-written step for guide "normal" with hyper "fixed" or "gamma",
+        NumPyro's `SVI` otherwise) or "numpyro" (NumPyro's `SVI` with `Trace_ELBO` and
+        `AutoNormal` for the default guide too). Same model, guide family and gradient
+        estimator; they differ in the random numbers, in AutoNormal's scale parameter (softplus,
+        against log scale: Adam takes other steps) and in the posterior draws (i.i.d., against
+        antithetic pairs), so their fits agree in distribution, not bit for bit.
       devices: data parallel over this many devices (`probmf.sharding`): every batch is split
         across them, everything else is replicated; B must divide by it.
       checkpoint: a folder to save the run's state in every ``checkpoint_every`` epochs and to
@@ -254,7 +269,8 @@ def fit_svi(
       >>> res.posterior.draws.W.shape, res.elbo.shape
       ((5, 60, 2), (2,))
     """
-    config = SVIConfig(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank, init_scale)
+    config = SVIConfig(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank, init_scale,
+                       engine)  # fmt: skip
     run = RunOptions(devices, checkpoint, checkpoint_every)
     return run_program(prepare_svi(rng_key, train, config.validate(run), run))
 
@@ -271,6 +287,7 @@ class SVIConfig(NamedTuple):
     num_samples: int = 100
     guide_rank: int = 4
     init_scale: float = 0.1
+    engine: str = "fast"
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> SVIConfig:
         """Self, or a ValueError naming the option out of range (``run``'s too)."""
@@ -286,8 +303,14 @@ def prepare_svi(rng_key: jax.Array, train: Ratings, config: SVIConfig, run: RunO
     ckpt = None
     if run.checkpoint is not None:
         _device_data(train)  # the data's own errors first
-        ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "svi", rng_key, train, options)
+        ckpt = fit_checkpoint(run.checkpoint, run.checkpoint_every, "svi", rng_key, train, _fingerprinted(options))
     return svi_trainer(rng_key, train, **options).program._replace(checkpoint=ckpt)
+
+
+def _fingerprinted(options: dict) -> dict:
+    """The options a checkpoint's fingerprint holds: an option at the value it had before it
+    existed is left out, so older checkpoints still resume."""
+    return {k: v for k, v in options.items() if not (k == "engine" and v == "fast")}
 
 
 @functools.lru_cache(maxsize=8)
