@@ -38,12 +38,12 @@ from probmf.metrics import interval_scores, rmse
 from probmf.persistence import FittedModel
 from probmf.recommend import fold_in
 
-MODELS = {
-    "baseline": ("baseline", False, {}),
-    "als": ("als", False, {}),
-    "gibbs": ("gibbs", False, {}),
-    "gibbs-user": ("gibbs", True, {}),
-    "gibbs-user-x": ("gibbs", False, {}),  # the gibbs-user fit, folded in without attributes
+MODELS = {  # name: (fitter, fold in with the attributes)
+    "baseline": ("baseline", False),
+    "als": ("als", False),
+    "gibbs": ("gibbs", False),
+    "gibbs-user": ("gibbs", True),
+    "gibbs-user-x": ("gibbs", False),  # the gibbs-user fit, folded in without attributes
 }
 
 
@@ -52,13 +52,15 @@ def held_out_users(ratings, fraction: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(ratings.num_users) < fraction
 
 
-def new_user_episodes(ratings, held: np.ndarray, shots: int):
-    """Per held-out user with more than ``shots`` ratings: (raw user, raw items and ratings in
-    time order (ties by item), their first ``shots`` the fold-in pool, the rest scored)."""
+def new_user_episodes(ratings, held: np.ndarray, shots: int, known_items: np.ndarray):
+    """Per held-out user with more than ``shots`` ratings of items the models know (bool
+    ``known_items`` over ``ratings``' items; an item only held-out users rated is unknown to
+    every model, and left out): (raw user, raw items and ratings in time order (ties by item),
+    their first ``shots`` the fold-in pool, the rest scored)."""
     episodes = []
     ts = ratings.timestamps if ratings.timestamps is not None else np.zeros(len(ratings), np.int64)
     for u in np.flatnonzero(held):
-        mine = np.flatnonzero(ratings.users == u)
+        mine = np.flatnonzero((ratings.users == u) & known_items[ratings.items])
         mine = mine[np.lexsort((ratings.items[mine], ts[mine]))]
         if mine.size > shots:
             items = ratings.item_ids.raw[ratings.items[mine]]
@@ -89,13 +91,16 @@ def main(argv=None) -> int:
     keep = ~held[ratings.users]
     df = ratings.to_dataframe()
     train = to_ratings(df[keep])  # its own id maps: a held-out user is in none
-    episodes = new_user_episodes(ratings, held, max(args.shots))
+    known_items = np.bincount(ratings.items[keep], minlength=ratings.num_items) > 0
+    episodes = new_user_episodes(ratings, held, max(args.shots), known_items)
+    unknown = int(np.sum(held[ratings.users] & ~known_items[ratings.items]))
     print(f"{len(train):,} training ratings; {len(episodes)} new users, "
-          f"{sum(len(e[1]) - max(args.shots) for e in episodes):,} scored ratings", flush=True)  # fmt: skip
+          f"{sum(len(e[1]) - max(args.shots) for e in episodes):,} scored ratings "
+          f"({unknown} of their ratings left out: items no training rating has)", flush=True)  # fmt: skip
     fits: dict = {}
     rows = []
     for name in args.models:
-        fitter, with_attributes, _ = MODELS[name]
+        fitter, with_attributes = MODELS[name]
         features = name.startswith("gibbs-user")
         if (fitter, features) not in fits:
             options = dict(short.get(fitter, {}))
@@ -110,6 +115,7 @@ def main(argv=None) -> int:
                 row = row_of(users, raw_user) if with_attributes else None
                 (mean, sd, _), _ = fold_in(model, items[:n], values[:n], attributes=row)
                 scored = model.item_ids.index(items[max(args.shots) :])
+                assert np.all(scored >= 0), "episodes hold items the model knows"
                 means.append(np.clip(mean[scored], *model.rating_range))
                 sds.append(sd[scored])
                 truth.append(values[max(args.shots) :])
