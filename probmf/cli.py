@@ -307,7 +307,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from probmf.recommend import predict_pairs
 
     model = load_model(args.model)
-    users, items, times = read_pairs(args.pairs, times=True)
+    posterior = model.fitted.posterior
+    if posterior is not None and posterior.time is not None:  # time effects: at the pairs' times
+        users, items, times = read_pairs(args.pairs, times=True)
+    else:
+        (users, items), times = read_pairs(args.pairs), None
     p = predict_pairs(model, users, items, times=times, clip=not args.no_clip)
     if not args.json:
         print("userId,movieId,prediction,sd,known")
@@ -326,8 +330,8 @@ def _recommend_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--user-features",
         metavar="PATH",
-        help="the user attributes file the model was fitted with: a new user's (--user) attributes are its row "
-        "(gibbs fitted with user features; with or without --ratings)",
+        help="the user attributes file the model was fitted with, unchanged: a new user's (--user) attributes "
+        "are its row (gibbs fitted with user features; with or without --ratings)",
     )
     p.add_argument("-n", type=int, default=10, help="how many items")
     p.add_argument("--strategy", choices=list(STRATEGIES), default="mean",
@@ -395,10 +399,17 @@ def _new_user_attributes(model: FittedModel, path: str | None, raw_user: object)
     if raw_user is None:
         raise ValueError("--user-features needs --user: the new user's id in that file")
     fitted_with = model.options.get("user_features")
-    if not isinstance(fitted_with, str):
+    if fitted_with is None:
         raise ValueError(f"--user-features: the model ({model.model}) was not fitted with user attributes")
+    if not isinstance(fitted_with, str) or " rows x " not in fitted_with:
+        raise ValueError(
+            "--user-features: the model was fitted with an attribute matrix, not a file; "
+            "pass the user's row in Python (probmf.recommend.fold_in(..., attributes=))"
+        )
     table = read_features(path)
-    # describe(): "<source>: <n> rows x <F> columns (<groups>)"; the columns must be the fit's.
+    # describe(): "<source>: <n> rows x <F> columns (<groups>)". Only the columns' count and groups
+    # can be checked: numeric columns are standardised over the file and categories come from
+    # it, so the file must be the one the model was fitted with (help text).
     columns = table.describe().rpartition(" rows x ")[2]
     if fitted_with.rpartition(" rows x ")[2] != columns:
         raise ValueError(f"{path}: its columns, {columns}, are not those the model was fitted with ({fitted_with})")

@@ -150,6 +150,8 @@ def row_tiles(
     tile_vals[flat] = vals
     slots = None
     if with_slots:
+        if total * tile_len >= 2**31:
+            raise ValueError(f"{rows.size:,} ratings tile past int32 slots; use several devices or a longer tile")
         slot_of = np.empty(rows.size, np.int32)
         slot_of[order] = flat
         slots = jnp.asarray(slot_of)

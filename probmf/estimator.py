@@ -105,7 +105,7 @@ class Recommender:
         training rating range."""
         model = self._fitted()
         if items is None:
-            roles = dataframe_columns(data, _pair_columns(self.columns), need=("user", "item"))
+            roles = dataframe_columns(data, _pair_columns(self.columns, data), need=("user", "item"))
             users, items = data[roles["user"]].to_numpy(), data[roles["item"]].to_numpy()  # type: ignore[index,union-attr]  # a DataFrame
             if times is None and "timestamp" in roles:
                 times = data[roles["timestamp"]].to_numpy(np.float64)  # type: ignore[index,union-attr]
@@ -208,8 +208,13 @@ class Recommender:
         return est
 
 
-def _pair_columns(columns: Sequence[str] | None) -> list[str] | None:
-    return None if columns is None else list(columns)[:2]
+def _pair_columns(columns: Sequence[str] | None, data: pd.DataFrame) -> list[str] | None:
+    """The user and item columns of ``columns`` (the fit's user, item, rating[, timestamp]),
+    and the timestamp's when ``data`` has it; None: found by name."""
+    if columns is None:
+        return None
+    columns = list(columns)
+    return columns[:2] + [c for c in columns[3:4] if c in data.columns]
 
 
 def _recommendations(user: Any, rec: Recommendation, known: bool, titles: dict | None) -> pd.DataFrame:

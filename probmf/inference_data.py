@@ -27,12 +27,12 @@ the c_k the midpoints between levels (c_0 = -inf, c_L = inf). The groups, each w
                          run); SVI: elbo (epoch,), the mean ELBO of each epoch
 
 Factors are left out on purpose: they are identified only up to rotation (`probmf.diagnostics`).
-The log-likelihood is of the held-out ratings, which the posterior never saw, so their
-elpd is measured directly: sum_p log mean_s p(r_p | draw s) (the log predictive density).
-``az.loo`` on them reweights the draws as if each rating were left out of the fit, which
-removes about var_s log p(r_p | draw s) more per rating (its p_loo): the two agree where the
-posterior of each prediction is narrow (many ratings per row), and ``az.loo`` is the lower,
-pessimistic one where it is wide.
+The log-likelihood is of the ratings given (``test``). For held-out ratings, which the
+posterior never saw, the elpd is measured directly: sum_p log mean_s p(r_p | draw s) (the log
+predictive density). ``az.loo`` is for the training ratings (``test=train``): PSIS-LOO then
+estimates the held-out elpd from the fit alone (Vehtari et al. 2017), by reweighting the draws
+as if each rating had been left out; on held-out ratings it would remove about
+var_s log p(r_p | draw s) per rating that was never fitted, a pessimistic figure.
 The groups are plain xarray Datasets, so ``az.InferenceData(**groups)`` (arviz < 1) and
 ``xarray.DataTree.from_dict(groups)`` (arviz >= 1) both take them; `to_inference_data` picks
 whichever the installed arviz has. Neither arviz nor xarray is imported before it is called.
@@ -76,7 +76,7 @@ def to_inference_data(
 
     Needs arviz (not a probmf dependency): raises ImportError without it.
 
-    Example: ``az.loo(probmf.to_inference_data(probmf.fit("gibbs", train), test))``.
+    Example: ``az.loo(probmf.to_inference_data(fit, train))`` with ``fit = probmf.fit("gibbs", train)``.
     """
     try:
         import arviz as az

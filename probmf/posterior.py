@@ -97,9 +97,15 @@ def clock_inputs(clock: TimeClock, users: ArrayLike, times: ArrayLike | None = N
     num_bins = int(clock.num_bins)
     if times is None:
         return np.full(users.shape, num_bins - 1, np.int32), np.zeros(users.shape, np.float32)
-    times = np.asarray(times, np.float64)
+    try:
+        times = np.asarray(times, np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"times must be numbers (seconds since the epoch): {err}") from None
     if times.shape != users.shape:
         raise ValueError(f"times must have one timestamp per pair, shape {users.shape}, got {times.shape}")
+    if not np.all(np.isfinite(times)):
+        k = int(np.argmin(np.isfinite(times)))
+        raise ValueError(f"times must be finite, got {times[k]} for pair {k}")
     day = times / 86_400.0 - float(clock.start)
     bins = np.clip(np.floor(day / float(clock.width)), 0, num_bins - 1).astype(np.int32)
     user_day = np.asarray(clock.user_day, np.float64)

@@ -5,11 +5,17 @@ Fold-in solves the new user's row with the items fixed, exactly as an ALS half-s
 
     [w; b] = (sum_j a_j a_j^T + diag(lam I, lam_b))^-1 sum_j (r_j - mu - c_j) a_j,  a_j = [u_j; 1],
 
-with the model's own ridge strengths (MAP fitters); for a posterior, the same conditional is
-solved in every draw s with tau_s and a Gaussian prior whose mean and precision are the
-empirical ones of that draw's user rows (BPMF's hyper-parameters are not kept), and a row is
-drawn from N(A_s^-1 r_s, A_s^-1) per draw, so the fold-in carries the posterior's
-uncertainty.
+with the model's own ridge strengths (MAP fitters). For a posterior the same conditional is
+taken in every draw s, with tau_s and a Gaussian prior for [w; b]: the draw's own cold-user
+prior where the posterior keeps it (Gibbs, SVI: N([m_s; 0] + x A_s, blockdiag(S_s, v_s)), x the
+user's attributes when given and the posterior has attribute vectors A_s), else the empirical
+mean and covariance of the draw's user rows. Each draw's conditional mean and variance of
+every item's rating enter the predictive's moments exactly, and one sampled row gives the
+Thompson draw, so the fold-in carries the posterior's uncertainty. Two approximations: with
+the rounded likelihood the given ratings are treated as Gaussian observations of the latent
+rating (the predictions are then rounded as the posterior's are), and with implicit feedback
+the new user's implicit term, which needs the draws' implicit vectors (not kept), is
+integrated out under its prior as for a cold user.
 
 Titles for the recommended items come from `read_titles`: a u.item-style file
 (``id|title|...``, ML-100K), a movies.dat-style file (``id::title::genres``, ML-1M and
@@ -150,8 +156,8 @@ def score_user(
     draws = (posterior.draws, posterior.tau, posterior.priors, posterior.time)
     params, tau, priors, time = jax.tree.map(lambda a: a[s], draws)
     offset = draw_offsets(posterior, users, items)(time)  # with time effects: "now", as the mean
-    draw = draw_predictive(params, tau, users, items, priors, posterior.seen, features=posterior.features,
-                           offset=offset)[0]  # fmt: skip
+    draw = draw_predictive(params, tau, users, items, priors, posterior.seen, posterior.levels,
+                           posterior.features, offset)[0]  # fmt: skip
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 
@@ -171,16 +177,21 @@ def fold_in(
     `score_user`, dense indices of the rated items)."""
     items = model.item_ids.index(raw_items)
     if np.any(items == UNKNOWN):
-        bad = np.asarray(raw_items)[items == UNKNOWN][0]
+        bad = np.asarray(raw_items)[items == UNKNOWN][0].item()
         raise ValueError(f"item {bad!r} is not known to the model; fold-in needs items it was trained on")
     r = np.asarray(ratings, np.float32)
     if r.shape != items.shape:
-        raise ValueError(f"fold-in needs one rating per item, got {r.shape[0]} ratings for {items.shape[0]} items")
+        raise ValueError(f"fold-in needs one rating per item, got {r.size} ratings for {items.size} items")
+    if not np.all(np.isfinite(r)):
+        k = int(np.argmin(np.isfinite(r)))
+        raise ValueError(
+            f"fold-in needs finite ratings, got {float(r[k])} for item {np.asarray(raw_items)[k].item()!r}"
+        )
     posterior: Posterior | None = model.fitted.posterior
     x = _attribute_row(posterior, attributes)
     if posterior is not None:
-        s = _draw_index(rng_key, posterior.num_samples)
-        key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+        key_draw, key = (None, jax.random.PRNGKey(0)) if rng_key is None else jax.random.split(rng_key)
+        s = _draw_index(key_draw, posterior.num_samples)
         now = None  # the time terms "now" (`probmf.posterior.clock_inputs`): last bin, no drift
         if posterior.time is not None:
             assert posterior.clock is not None, "a posterior with time effects keeps its clock"
@@ -196,7 +207,10 @@ def fold_in(
         x = _solve_row(params.U[items], params.c[items], params.mu, r, lam, lam_b)
         mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
         return (mean, np.full(mean.shape, fitted.noise_sd, np.float32), None), items
-    raise ValueError(f"fold-in is not available for model {model.model!r}")
+    raise ValueError(
+        f"fold-in needs a posterior's draws or a point estimate's factors; this {model.model!r} model keeps "
+        "neither (a summary-only run keeps no draws: fit with keep_draws=True)"
+    )
 
 
 def _attribute_row(posterior: Posterior | None, attributes: npt.ArrayLike | sp.spmatrix | None) -> jax.Array | None:
@@ -204,13 +218,18 @@ def _attribute_row(posterior: Posterior | None, attributes: npt.ArrayLike | sp.s
     if attributes is None:
         return None
     prior = None if posterior is None or posterior.priors is None else posterior.priors[0]
+    if posterior is None:
+        raise ValueError("attributes need a posterior's draws (gibbs fitted with user_features, its draws kept)")
     if prior is None or prior.attributes is None:
         raise ValueError("attributes need a posterior fitted with user attributes (gibbs with user_features)")
     dense = attributes.toarray() if sp.issparse(attributes) else attributes  # type: ignore[union-attr]  # sparse
     x = np.asarray(dense, np.float64).reshape(-1)
     width = prior.attributes.shape[1]
-    if x.shape[0] != width or not np.all(np.isfinite(x)):
-        raise ValueError(f"attributes must be {width} finite numbers (the model's user attributes), got {x.size}")
+    if x.shape[0] != width:
+        raise ValueError(f"attributes must be {width} numbers (the model's user attribute columns), got {x.size}")
+    if not np.all(np.isfinite(x)):
+        k = int(np.argmin(np.isfinite(x)))
+        raise ValueError(f"attributes must be finite numbers, got {float(x[k])} in column {k}")
     return jnp.asarray(x, jnp.float32)
 
 

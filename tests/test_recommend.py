@@ -196,7 +196,11 @@ def test_a_new_user_folded_in_from_attributes_alone_is_predicted_as_a_cold_user_
     assert np.max(np.abs(cold.mean - unknown.mean)) > 1e-3
     (one, _, _), _ = fold_in(m, [3], [5.0], attributes=X[4])
     assert one[3] > cold.mean[3]
-    with pytest.raises(ValueError, match="5 finite numbers"):
+    with pytest.raises(ValueError, match="must be 5 numbers"):
         fold_in(m, [], [], attributes=X[4, :3])
+    with pytest.raises(ValueError, match="finite numbers, got nan in column 2"):
+        fold_in(m, [], [], attributes=np.where(np.arange(5) == 2, np.nan, X[4]))
+    with pytest.raises(ValueError, match="finite ratings, got nan for item 3"):
+        fold_in(m, [3], [np.nan], attributes=X[4])
     with pytest.raises(ValueError, match="user attributes"):
         fold_in(_model("gibbs", train, rank=2, num_warmup=2, num_samples=2), [], [], attributes=X[4])
