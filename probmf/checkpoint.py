@@ -101,6 +101,8 @@ def fit_checkpoint(folder, every: int, name: str, rng_key, train, options: dict,
     checkpoint options), key ``rng_key`` and training `Ratings` ``train``; ``extra``: any
     further inputs (arrays or JSON-able)."""
     parts = (options, np.asarray(jax.random.key_data(rng_key)), train.num_users, train.num_items)
+    if hasattr(train, "digest"):  # a partitioned folder: the hash of its ratings, taken when it was written
+        return checkpoint_for(folder, name, every, *parts, train.digest, *extra)
     return checkpoint_for(folder, name, every, *parts, train.users, train.items, train.values, *extra)
 
 

@@ -202,6 +202,61 @@ def sharded_row_tiles(rows, cols, vals, num_rows: int, num_cols: int, layout: La
     return RowTiles(**sharded, counts=counts, block_rows=tiles[0].block_rows, mesh=mesh)
 
 
+def local_sharded_row_tiles(
+    shards: dict, num_rows: int, num_cols: int, layout: Layout | None, mesh: Mesh, counts: np.ndarray
+) -> RowTiles:
+    """`sharded_row_tiles` built from this process's shards alone (under ``jax.distributed``
+    each process holds the ratings of its own devices' row ranges, never the others').
+
+    shards: {mesh position s: (rows relative to s n_local, cols, vals)} for every device of
+    ``mesh`` that this process owns; counts: (num_rows,) ratings of every row (all ranges).
+    The common chunk length and chunk count are agreed across processes with one small
+    all-gather, so the tiles equal those `sharded_row_tiles` makes of all the ratings."""
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from probmf.sharding import AXIS
+
+    d = mesh.size
+    n_local = -(-num_rows // d)
+    devices = list(mesh.devices.flat)
+    mine = [s for s, dev in enumerate(devices) if dev.process_index == jax.process_index()]
+    if not mine:
+        raise ValueError(f"process {jax.process_index()} owns no device of the {d}-device mesh")
+    if sorted(shards) != mine:
+        raise ValueError(f"this process owns mesh positions {mine}, got shards for {sorted(shards)}")
+
+    def across_processes(values):  # the max of this process's values and every other's
+        local = np.array(max(values), np.int64)
+        if jax.process_count() == 1:
+            return int(local)
+        return int(np.max(multihost_utils.process_allgather(local)))
+
+    tiles = {s: row_tiles(*shards[s], n_local, num_cols, layout) for s in mine}
+    chunk = across_processes([t.rows.shape[1] for t in tiles.values()])
+    tiles = {s: t if t.rows.shape[1] == chunk else row_tiles(*shards[s], n_local, num_cols, layout, chunk=chunk)
+             for s, t in tiles.items()}  # fmt: skip
+    num_chunks = across_processes([t.rows.shape[0] for t in tiles.values()])
+
+    def global_array(field, fill):  # each device's chunks padded to num_chunks, on its device
+        local = {}
+        for s, t in tiles.items():
+            a = np.asarray(getattr(t, field))
+            if field != "starts":
+                a = np.pad(a, [(0, num_chunks - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+            local[s] = a
+        shape = (d,) + next(iter(local.values())).shape
+        arrays = [jax.device_put(local[s][None], devices[s]) for s in mine]
+        return jax.make_array_from_single_device_arrays(shape, NamedSharding(mesh, P(AXIS)), arrays)
+
+    sharded = {"rows": global_array("rows", 0), "cols": global_array("cols", num_cols),
+               "vals": global_array("vals", 0), "starts": global_array("starts", 0)}  # fmt: skip
+    block_rows = next(iter(tiles.values())).block_rows
+    counts = jnp.asarray(np.asarray(counts, np.float32))
+    return RowTiles(**sharded, counts=counts, block_rows=block_rows, mesh=mesh)
+
+
 def _stable_order(rows: np.ndarray, num_rows: int) -> np.ndarray:
     """The permutation that sorts ``rows`` stably: scipy's COO -> CSR conversion is a
     counting sort in C, O(n + num_rows), about 3x faster than numpy's argsort at 20M."""
@@ -230,3 +285,29 @@ def encode(
         by_user=tile(ratings.users, ratings.items, ratings.values, n, m, layout),
         by_item=tile(ratings.items, ratings.users, ratings.values, m, n, layout),
     )
+
+
+def encode_partitioned(part, layout: Layout | None = None, mesh: Mesh | None = None) -> Encoded:
+    """`encode` of a `probmf.data.partitioned.PartitionedRatings` folder, reading only the
+    ratings of the rows this process's devices solve: with a ``mesh``, device s solves users
+    (then items) [s n_local, (s + 1) n_local), n_local = ceil(N / D); without one, every row.
+    Equal to `encode` of the same ratings in memory."""
+    from probmf.data.partitioned import load_rows
+
+    sides = {}
+    for side in ("user", "item"):
+        n, m = part.num_rows(side), part.num_rows("item" if side == "user" else "user")
+        if mesh is None:
+            r = load_rows(part, side, 0, n)
+            sides[side] = row_tiles(r.rows, r.cols, r.vals, n, m, layout)
+            continue
+        n_local = -(-n // mesh.size)
+        shards = {}
+        for s, dev in enumerate(mesh.devices.flat):
+            if dev.process_index == jax.process_index():
+                lo, hi = min(s * n_local, n), min((s + 1) * n_local, n)
+                r = load_rows(part, side, lo, hi)
+                shards[s] = (r.rows - lo, r.cols, r.vals)
+        sides[side] = local_sharded_row_tiles(shards, n, m, layout, mesh, part.counts(side))
+        del shards
+    return Encoded(by_user=sides["user"], by_item=sides["item"])

@@ -10,6 +10,7 @@ can hang XLA-CPU. Every process has a deadline and all are killed when one fails
 deadline passes, so a hang fails the test instead of blocking the suite.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -195,3 +196,73 @@ def test_cli_fit_across_two_processes_saves_the_one_process_model(gloo, tmp_path
     assert sorted(two) == sorted(one)
     for k in one:
         np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+
+
+# argv: coordinator num_processes process_id folder out; fits ALS on the partitioned folder,
+# logging every range of rows each process reads, and writes out (.npz).
+PARTITIONED = r"""
+import json
+import sys
+
+import jax
+import numpy as np
+
+coordinator, num_processes, process_id, folder, out = sys.argv[1:]
+jax.distributed.initialize(coordinator, int(num_processes), int(process_id))
+
+import probmf.data.partitioned as partitioned
+from probmf.fitters.als import fit_als
+from probmf.sharding import to_host
+
+reads = []
+load_rows = partitioned.load_rows
+
+
+def logged(part, side, lo, hi):
+    rows = load_rows(part, side, lo, hi)
+    reads.append({"side": side, "lo": lo, "hi": hi, "n": int(rows.rows.size), "files": list(rows.files)})
+    return rows
+
+
+partitioned.load_rows = logged
+result = fit_als(jax.random.PRNGKey(0), partitioned.open_partitioned(folder), rank=3, num_sweeps=4, solver="cg",
+                 devices=2)  # fmt: skip
+arrays = {f"als{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(
+    to_host(result.params))}  # fmt: skip
+np.savez(out, trace=result.trace, reads=json.dumps(reads), **arrays)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_read_only_their_rows_of_a_partitioned_folder(gloo, tmp_path):
+    import jax
+
+    from probmf.data.partitioned import partition
+    from probmf.data.synthetic import synthetic_preset
+    from probmf.fitters.als import fit_als
+
+    train, _ = synthetic_preset("tiny")
+    part = partition(train, tmp_path / "parts", 2)
+    outs = [tmp_path / f"p{i}.npz" for i in range(2)]
+    _two_processes(
+        lambda c, i: [sys.executable, "-c", PARTITIONED, c, "2", str(i), str(part.path), str(outs[i])],
+        tmp_path / "logs",
+    )
+    one = fit_als(jax.random.PRNGKey(0), train, rank=3, num_sweeps=4, solver="cg", devices=1)
+    reference = {f"als{jax.tree_util.keystr(p)}": np.asarray(v)
+                 for p, v in jax.tree_util.tree_leaves_with_path(one.params)}  # fmt: skip
+    for i, out in enumerate(outs):
+        got = dict(np.load(out))
+        for k, v in reference.items():  # every process holds the whole result, the one-process fit's
+            np.testing.assert_array_equal(got[k], v, err_msg=f"process {i}: {k}")
+        np.testing.assert_array_equal(got["trace"], one.trace)
+        reads = json.loads(str(got["reads"]))
+        assert sorted(r["side"] for r in reads) == ["item", "user"]
+        for r in reads:
+            n = part.num_rows(r["side"])
+            half = -(-n // 2)
+            # Process i solves rows [i half, (i + 1) half) of each side, and reads just those:
+            # its own file, and as many ratings as the counts give its rows.
+            assert (r["lo"], r["hi"]) == (i * half, min((i + 1) * half, n))
+            assert r["files"] == [str(tmp_path / "parts" / f"by_{r['side']}" / f"part-{i:05d}.parquet")]
+            assert r["n"] == int(part.counts(r["side"])[r["lo"] : r["hi"]].sum()) < len(train)
