@@ -13,6 +13,7 @@ from probmf.data.partitioned import PartitionError, load_rows, open_partitioned,
 from probmf.data.ratings import IdMap, Ratings
 from probmf.data.synthetic import synthetic_preset
 from probmf.fitters.als import fit_als
+from probmf.fitters.gibbs import fit_gibbs
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,19 @@ def test_cli_partition(tiny, tmp_path, capsys):
     assert main(["partition", "--train", str(tmp_path / "r.csv"), "--out", str(tmp_path / "r.csv"), "--parts",
                  "2"]) == 2  # fmt: skip
     assert "not a partitioned ratings folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~15 s: two Gibbs compilations
+def test_gibbs_on_a_partitioned_folder_is_gibbs_on_the_ratings(tiny, tmp_path):
+    key = jax.random.PRNGKey(2)
+    part = partition(tiny, tmp_path / "p", 2)
+    one = fit_gibbs(key, tiny, rank=2, num_warmup=2, num_samples=2, init_sweeps=2)
+    two = fit_gibbs(key, part, rank=2, num_warmup=2, num_samples=2, init_sweeps=2)
+    for a, b in zip(jax.tree.leaves(one.posterior), jax.tree.leaves(two.posterior), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gibbs_refuses_what_needs_every_rating_on_a_partitioned_folder(tiny, tmp_path):
+    part = partition(tiny, tmp_path / "p", 2)
+    with pytest.raises(ValueError, match="plain model only, not likelihood='rounded', implicit"):
+        fit_gibbs(jax.random.PRNGKey(0), part, rank=2, num_warmup=1, num_samples=1, implicit=True, likelihood="rounded")

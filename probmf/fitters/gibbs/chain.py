@@ -25,8 +25,9 @@ from jax import lax
 
 from probmf.checkpoint import fit_checkpoint, matrix_digest
 from probmf.data.features import FeatureTable
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import Ratings
-from probmf.encoding import Encoded, encode, layout_for_rank
+from probmf.encoding import Encoded, encode, encode_partitioned, layout_for_rank
 from probmf.fitters.als import fit_als
 from probmf.fitters.gibbs.features import feature_matrix, feature_operators, features_of, side_matrix
 from probmf.fitters.gibbs.implicit import IMPLICIT_SOLVERS, implicit_operators, implicit_solver
@@ -236,10 +237,22 @@ def _checked(X, side: str):
     return X if X is None or isinstance(X, FeatureTable) else feature_matrix(X, side)
 
 
-def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_gibbs(
+    rng_key, train: Ratings | PartitionedRatings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN
+) -> Program:
     """The Gibbs `Program`: the ALS start, the encoded data and the chain (`GibbsChain`);
     a chunk runs `gibbs_chunk`; it finishes as the `GibbsResult`. ``config`` must be
-    validated (`GibbsConfig.validate`)."""
+    validated (`GibbsConfig.validate`). ``train`` may be a partitioned folder
+    (`probmf.data.partitioned`) for the plain model: each process then reads only the
+    ratings of the rows its devices solve."""
+    partitioned = isinstance(train, PartitionedRatings)
+    if partitioned:  # each process reads only its own rows: nothing may need all the ratings
+        needs_all = [name for name, on in (("likelihood='rounded'", config.likelihood == "rounded"),
+                     ("implicit", config.implicit), ("time", config.time),
+                     ("user_features", config.user_features is not None),
+                     ("item_features", config.item_features is not None)) if on]  # fmt: skip
+        if needs_all:
+            raise ValueError(f"gibbs on a partitioned folder takes the plain model only, not {', '.join(needs_all)}")
     c = config._replace(
         user_features=side_matrix(config.user_features, train.user_ids, "user"),
         item_features=side_matrix(config.item_features, train.item_ids, "item"),
@@ -257,7 +270,10 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     solver = "cg" if c.linalg == "jax" else "auto"
     # The rounded likelihood writes each sweep's latent ratings through the tiles' slots, and
     # time effects the ratings minus their time terms.
-    data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded" or c.time)
+    if partitioned:
+        data = encode_partitioned(train, layout_for_rank(c.rank), mesh=mesh)
+    else:
+        data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded" or c.time)
     latent = levels = None
     if c.likelihood == "rounded":
         levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
@@ -279,7 +295,10 @@ def prepare_gibbs(rng_key, train: Ratings, config: GibbsConfig, run: RunOptions 
     keys_init, keys_run = (jnp.stack([key] + [jax.random.fold_in(key, j) for j in range(1, c.num_chains)])
                            for key in (key_init, key_run))  # fmt: skip
     chain = start(key_init) if c.num_chains == 1 else jax.tree.map(lambda *a: jnp.stack(a), *map(start, keys_init))
-    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
+    if partitioned:
+        seen = (jnp.asarray(train.user_counts > 0), jnp.asarray(train.item_counts > 0))
+    else:
+        seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
     times = pair_time = None
     if clock is not None:
         times = time_data(train, clock)
@@ -339,7 +358,7 @@ def pooled_moments(moments: tuple) -> tuple:
 
 def fit_gibbs(
     rng_key,
-    train: Ratings,
+    train: Ratings | PartitionedRatings,
     *,
     rank: int = 10,
     num_warmup: int | None = None,
