@@ -106,11 +106,14 @@ def row_tiles(
     *,
     chunk: int | None = None,
     with_slots: bool = False,
+    host: bool = False,
 ) -> RowTiles:
     """Tile the triples (rows[k], cols[k], vals[k]) by row; see the module docstring.
 
     ``chunk`` forces the tiles per chunk (default: ``chunk_entries / tile_len``, at most the
-    largest block's tiles); ``with_slots`` keeps ``slots`` (4 bytes per rating)."""
+    largest block's tiles); ``with_slots`` keeps ``slots`` (4 bytes per rating); ``host``
+    leaves every field a numpy array (for the caller to place). Triples already sorted by
+    row (a partitioned folder's) are tiled without a sorted copy."""
     if num_rows < 1:
         raise ValueError("need at least one row")
     layout = layout or Layout()
@@ -123,8 +126,10 @@ def row_tiles(
         raise ValueError(f"column index out of range [0, {num_cols})")
     tile_len = layout.tile_len
     block_rows = min(layout.block_rows, num_rows)  # small data: one block, no padding rows
-    order = _stable_order(rows, num_rows)
-    rows, cols, vals = rows[order], cols[order], vals[order]
+    order = None  # rows already in order: the stable sort would be the identity
+    if rows.size > 1 and not np.all(rows[1:] >= rows[:-1]):
+        order = _stable_order(rows, num_rows)
+        rows, cols, vals = rows[order], cols[order], vals[order]
 
     counts = np.bincount(rows, minlength=num_rows)
     tiles_per_row = -(-counts // tile_len)
@@ -150,22 +155,35 @@ def row_tiles(
     slots = None
     if with_slots:
         slots = np.empty(rows.size, np.int32)
-        slots[order] = flat
-        slots = jnp.asarray(slots)
+        slots[slice(None) if order is None else order] = flat
+        slots = slots if host else jnp.asarray(slots)
     tile_rows = np.zeros(total, np.int32)  # padding tiles: row 0 of the block, all entries padded
     tile_rows[np.arange(tiles_before[-1] + tiles_per_row[-1]) + np.repeat(shift, tiles_per_row)] = np.repeat(
         np.arange(num_rows, dtype=np.int32) % block_rows, tiles_per_row
     )
 
+    place = (lambda a: a) if host else jnp.asarray  # noqa: E731
     return RowTiles(
-        rows=jnp.asarray(tile_rows.reshape(-1, chunk)),
-        cols=jnp.asarray(tile_cols.reshape(-1, chunk, tile_len)),
-        vals=jnp.asarray(tile_vals.reshape(-1, chunk, tile_len)),
-        starts=jnp.asarray(starts.astype(np.int32)),
-        counts=jnp.asarray(counts.astype(np.float32)),
+        rows=place(tile_rows.reshape(-1, chunk)),
+        cols=place(tile_cols.reshape(-1, chunk, tile_len)),
+        vals=place(tile_vals.reshape(-1, chunk, tile_len)),
+        starts=place(starts.astype(np.int32)),
+        counts=place(counts.astype(np.float32)),
         block_rows=block_rows,
         slots=slots,
     )
+
+
+def tile_shape(counts: np.ndarray, layout: Layout | None = None, *, chunk: int | None = None) -> tuple[int, int]:
+    """(chunk, num_chunks): the shape of `row_tiles`' ``rows`` for rows with these ``counts``
+    (ratings per row), known without the ratings themselves."""
+    layout = layout or Layout()
+    counts = np.asarray(counts, np.int64)
+    block_rows = min(layout.block_rows, counts.size)
+    tiles_per_block = np.add.reduceat(-(-counts // layout.tile_len), np.arange(0, counts.size, block_rows))
+    if chunk is None:
+        chunk = int(np.clip(layout.chunk_entries // layout.tile_len, 1, max(1, tiles_per_block.max())))
+    return chunk, max(1, int(np.sum(-(-tiles_per_block // chunk))))
 
 
 def sharded_row_tiles(rows, cols, vals, num_rows: int, num_cols: int, layout: Layout | None, mesh: Mesh) -> RowTiles:
@@ -210,9 +228,9 @@ def local_sharded_row_tiles(
 
     shards: {mesh position s: (rows relative to s n_local, cols, vals)} for every device of
     ``mesh`` that this process owns; counts: (num_rows,) ratings of every row (all ranges).
-    The common chunk length and chunk count are agreed across processes with one small
-    all-gather, so the tiles equal those `sharded_row_tiles` makes of all the ratings."""
-    from jax.experimental import multihost_utils
+    Every device's tile shape follows from ``counts`` (`tile_shape`), so each process pads
+    its tiles to the common shapes `sharded_row_tiles` gives all the ratings, without asking
+    the other processes; shards are tiled and placed one at a time."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -226,35 +244,29 @@ def local_sharded_row_tiles(
         raise ValueError(f"process {jax.process_index()} owns no device of the {d}-device mesh")
     if sorted(shards) != mine:
         raise ValueError(f"this process owns mesh positions {mine}, got shards for {sorted(shards)}")
+    counts = np.asarray(counts, np.int64)
+    per_device = np.pad(counts, (0, d * n_local - num_rows)).reshape(d, n_local)
+    chunk = max(tile_shape(c, layout)[0] for c in per_device)
+    num_chunks = max(tile_shape(c, layout, chunk=chunk)[1] for c in per_device)
 
-    def across_processes(values):  # the max of this process's values and every other's
-        local = np.array(max(values), np.int64)
-        if jax.process_count() == 1:
-            return int(local)
-        return int(np.max(multihost_utils.process_allgather(local)))
-
-    tiles = {s: row_tiles(*shards[s], n_local, num_cols, layout) for s in mine}
-    chunk = across_processes([t.rows.shape[1] for t in tiles.values()])
-    tiles = {s: t if t.rows.shape[1] == chunk else row_tiles(*shards[s], n_local, num_cols, layout, chunk=chunk)
-             for s, t in tiles.items()}  # fmt: skip
-    num_chunks = across_processes([t.rows.shape[0] for t in tiles.values()])
-
-    def global_array(field, fill):  # each device's chunks padded to num_chunks, on its device
-        local = {}
-        for s, t in tiles.items():
-            a = np.asarray(getattr(t, field))
-            if field != "starts":
+    local = {"rows": [], "cols": [], "vals": [], "starts": []}
+    for s in mine:
+        t = row_tiles(*shards[s], n_local, num_cols, layout, chunk=chunk, host=True)
+        if t.rows.shape[1] != chunk or t.rows.shape[0] > num_chunks:
+            raise ValueError(f"the ratings of device {s}'s rows do not match their counts")
+        for field, fill in (("rows", 0), ("cols", num_cols), ("vals", 0)):  # pad to num_chunks, never visited
+            a = getattr(t, field)
+            if a.shape[0] < num_chunks:
                 a = np.pad(a, [(0, num_chunks - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
-            local[s] = a
-        shape = (d,) + next(iter(local.values())).shape
-        arrays = [jax.device_put(local[s][None], devices[s]) for s in mine]
-        return jax.make_array_from_single_device_arrays(shape, NamedSharding(mesh, P(AXIS)), arrays)
+            local[field].append(jax.device_put(a[None], devices[s]))
+        local["starts"].append(jax.device_put(t.starts[None], devices[s]))
+        block_rows = t.block_rows
+        del t, a
 
-    sharded = {"rows": global_array("rows", 0), "cols": global_array("cols", num_cols),
-               "vals": global_array("vals", 0), "starts": global_array("starts", 0)}  # fmt: skip
-    block_rows = next(iter(tiles.values())).block_rows
-    counts = jnp.asarray(np.asarray(counts, np.float32))
-    return RowTiles(**sharded, counts=counts, block_rows=block_rows, mesh=mesh)
+    sharding = NamedSharding(mesh, P(AXIS))
+    sharded = {field: jax.make_array_from_single_device_arrays((d,) + arrays[0].shape[1:], sharding, arrays)
+               for field, arrays in local.items()}  # fmt: skip
+    return RowTiles(**sharded, counts=jnp.asarray(counts.astype(np.float32)), block_rows=block_rows, mesh=mesh)
 
 
 def _stable_order(rows: np.ndarray, num_rows: int) -> np.ndarray:
@@ -300,6 +312,7 @@ def encode_partitioned(part, layout: Layout | None = None, mesh: Mesh | None = N
         if mesh is None:
             r = load_rows(part, side, 0, n)
             sides[side] = row_tiles(r.rows, r.cols, r.vals, n, m, layout)
+            del r  # before the other side is read
             continue
         n_local = -(-n // mesh.size)
         shards = {}
@@ -307,7 +320,9 @@ def encode_partitioned(part, layout: Layout | None = None, mesh: Mesh | None = N
             if dev.process_index == jax.process_index():
                 lo, hi = min(s * n_local, n), min((s + 1) * n_local, n)
                 r = load_rows(part, side, lo, hi)
-                shards[s] = (r.rows - lo, r.cols, r.vals)
+                r.rows[:] -= lo  # relative to the device's range, in place
+                shards[s] = r[:3]
+                del r
         sides[side] = local_sharded_row_tiles(shards, n, m, layout, mesh, part.counts(side))
-        del shards
+        del shards  # before the other side is read
     return Encoded(by_user=sides["user"], by_item=sides["item"])

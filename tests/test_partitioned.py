@@ -34,12 +34,13 @@ def test_a_range_of_rows_comes_from_its_blocks_files_in_input_order(tiny, tmp_pa
     assert _triples(read_all(part)) == _triples(tiny)
     block = part.blocks["user"]  # 20 users a file
     lo, hi = block - 3, block + 2  # across the first two blocks
-    got = load_rows(part, "user", lo, hi)
-    assert [f.rsplit("/", 1)[-1] for f in got.files] == ["part-00000.parquet", "part-00001.parquet"]
     keep = (tiny.users >= lo) & (tiny.users < hi)
-    order = np.argsort(tiny.users[keep] // block, kind="stable")  # file by file, each in input order
-    for a, b in zip(got[:3], (tiny.users, tiny.items, tiny.values), strict=True):
-        np.testing.assert_array_equal(a, b[keep][order])
+    order = np.argsort(tiny.users[keep], kind="stable")  # by row, in input order within a row
+    for batch_size in (7, 1 << 20):  # many batches, or one a file
+        got = load_rows(part, "user", lo, hi, batch_size=batch_size)
+        assert [f.rsplit("/", 1)[-1] for f in got.files] == ["part-00000.parquet", "part-00001.parquet"]
+        for a, b in zip(got[:3], (tiny.users, tiny.items, tiny.values), strict=True):
+            np.testing.assert_array_equal(a, b[keep][order])
     items = load_rows(part, "item", 0, 1)
     assert len(items.files) == 1 and np.all(items.rows == 0) and items.rows.size == part.item_counts[0]
     assert load_rows(part, "user", 5, 5).rows.size == 0

@@ -11,9 +11,9 @@
     DIR/by_item/part-PPPPP.parquet   the ratings of items [P b_i, (P + 1) b_i)
 
 with b_u = ceil(num_users / parts) and b_i = ceil(num_items / parts). Each Parquet file holds
-columns user, item (int32 dense indices), rating (float32)[, timestamp (int64)], in the
-order of the input, so a row's ratings come back in the order the in-memory encoding sees
-them and a fit from DIR is bit for bit the fit of the `Ratings`.
+columns user, item (int32 dense indices), rating (float32)[, timestamp (int64)], sorted by
+its side's index and, within a row, in the order of the input: the order the in-memory
+encoding sorts them to, so a fit from DIR is bit for bit the fit of the `Ratings`.
 
 `load_rows(part, side, lo, hi)` reads the ratings whose user (``side="user"``) or item index
 lies in [lo, hi) with ``pyarrow.dataset``, opening only the files whose block meets the
@@ -154,15 +154,16 @@ def partition(ratings: Ratings, out, parts: int, *, source: str | None = None) -
         blocks = {side: -(-sizes[side] // parts) for side in SIDES}
         for side in SIDES:
             (tmp / f"by_{side}").mkdir()
-            block_of = columns[side] // blocks[side]
-            # A stable sort by block keeps each row's ratings in input order.
-            order = np.argsort(block_of, kind="stable")
-            bounds = np.searchsorted(block_of[order], np.arange(parts + 1))
+            # Sorted by row, stably: each row's ratings stay in input order, a reader gets
+            # them in the order the encoding would sort them to, and row groups are ranges.
+            order = np.argsort(columns[side], kind="stable")
+            bounds = np.searchsorted(columns[side][order], np.arange(parts + 1) * blocks[side])
             for b in range(parts):
                 take = order[bounds[b] : bounds[b + 1]]
                 table = pa.table({k: v[take] for k, v in columns.items()})
                 pq.write_table(table, _part_path(tmp, side, b))
-            del order, block_of
+                del table, take
+            del order
         counts = {side: np.bincount(columns[side], minlength=sizes[side]).astype(np.int64) for side in SIDES}
         for side, ids in (("user", ratings.user_ids), ("item", ratings.item_ids)):
             np.save(tmp / f"{side}_ids.npy", ids.raw, allow_pickle=False)
@@ -255,10 +256,12 @@ def open_partitioned(path) -> PartitionedRatings:
     )
 
 
-def load_rows(part: PartitionedRatings, side: str, lo: int, hi: int) -> RowRatings:
-    """The ratings whose ``side`` index lies in [lo, hi), in input order within each row,
-    read from the files of the blocks meeting that range only. Their count per row is checked
-    against the metadata (`PartitionError` naming the file otherwise)."""
+def load_rows(part: PartitionedRatings, side: str, lo: int, hi: int, *, batch_size: int = 1 << 20) -> RowRatings:
+    """The ratings whose ``side`` index lies in [lo, hi), sorted by row and in input order
+    within each row, read from the files of the blocks meeting that range only, up to
+    ``batch_size`` at a time. Their count per row is checked against the metadata
+    (`PartitionError` naming the file otherwise)."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     other = "item" if _check_side(side) == "user" else "user"
@@ -266,27 +269,37 @@ def load_rows(part: PartitionedRatings, side: str, lo: int, hi: int) -> RowRatin
     if not (0 <= lo <= hi <= n):
         raise ValueError(f"row range [{lo}, {hi}) is outside [0, {n}) of the {side}s")
     files = part.files(side, lo, hi)
-    rows, cols, vals = [], [], []
-    field = ds.field(side)
-    for file in files:  # one file at a time: its rows come back in the order they were written
-        try:
-            table = ds.dataset(file, format="parquet").to_table(
-                columns=[side, other, "rating"], filter=(field >= lo) & (field < hi)
-            )
+    # The counts say how many ratings come: they are read batch by batch into arrays of that
+    # size, so the peak is the result and one batch, never a second copy of the range.
+    total = int(part.counts(side)[lo:hi].sum())
+    rows, cols, vals = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.float32)
+    k, field = 0, ds.field(side)
+    for file in files:
+        try:  # one thread: the batches come in the order they were written
+            scanner = ds.dataset(file, format="parquet").scanner(
+                columns=[side, other, "rating"], filter=(field >= lo) & (field < hi), use_threads=False,
+                batch_size=batch_size,
+            )  # fmt: skip
+            for batch in scanner.to_batches():
+                n_batch = batch.num_rows
+                if k + n_batch > total:
+                    raise PartitionError(f"{file}: more ratings of {side}s [{lo}, {hi}) than {side}_counts.npy says")
+                rows[k : k + n_batch] = batch.column(side).to_numpy()
+                cols[k : k + n_batch] = batch.column(other).to_numpy()
+                vals[k : k + n_batch] = batch.column("rating").to_numpy()
+                k += n_batch
+        except PartitionError:
+            raise
         except Exception as err:  # pyarrow raises several types for a damaged file
             raise PartitionError(f"{file}: cannot be read ({err})") from None
-        rows.append(table.column(side).to_numpy().astype(np.int32, copy=False))
-        cols.append(table.column(other).to_numpy().astype(np.int32, copy=False))
-        vals.append(table.column("rating").to_numpy().astype(np.float32, copy=False))
-        del table
-    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-    out = RowRatings(cat(rows, np.int32), cat(cols, np.int32), cat(vals, np.float32), tuple(map(str, files)))
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed batches otherwise
+    out = RowRatings(rows[:k], cols[:k], vals[:k], tuple(map(str, files)))
     m = part.num_rows(other)
     if out.cols.size and (out.cols.min() < 0 or out.cols.max() >= m):
         raise PartitionError(f"{part.path / f'by_{side}'}: {other} index outside [0, {m})")
     if not np.all(np.isfinite(out.vals)):
         raise PartitionError(f"{part.path / f'by_{side}'}: non-finite rating")
-    found = np.bincount(out.rows - lo, minlength=hi - lo)  # the filter keeps rows in [lo, hi)
+    found = np.bincount(out.rows, minlength=hi)[lo:]  # the filter keeps rows in [lo, hi)
     expected = part.counts(side)[lo:hi]
     if np.any(found != expected):
         bad = int(np.flatnonzero(found != expected)[0])
