@@ -146,27 +146,36 @@ def row_tiles(
     first_tile = tiles_before + shift
     total = max(1, int(starts[-1])) * chunk
 
-    pos = np.arange(rows.size, dtype=np.int64) - (np.cumsum(counts) - counts)[rows]
-    flat = (first_tile[rows] + pos // tile_len) * tile_len + pos % tile_len
+    place = (lambda a: a) if host else jnp.asarray  # noqa: E731
+    # Entry k lies pos_k = k - (its row's first entry) into its row's consecutive tiles, at
+    # slot first_tile * tile_len + pos_k. int32 where the slots fit, built in place: the
+    # host's peak is a few bytes an entry on top of the triples and the tiles.
+    index = np.int32 if total * tile_len < 2**31 else np.int64
+    flat = (np.cumsum(counts) - counts).astype(index)[rows]
+    np.subtract(np.arange(rows.size, dtype=index), flat, out=flat)
+    flat += (first_tile.astype(index) * tile_len)[rows]
+    # Each field goes to the device as soon as it is built, so one host copy lives at a time.
     tile_cols = np.full(total * tile_len, num_cols, np.int32)
-    tile_vals = np.zeros(total * tile_len, np.float32)
     tile_cols[flat] = cols
+    tile_cols = place(tile_cols.reshape(-1, chunk, tile_len))
+    tile_vals = np.zeros(total * tile_len, np.float32)
     tile_vals[flat] = vals
+    tile_vals = place(tile_vals.reshape(-1, chunk, tile_len))
     slots = None
     if with_slots:
         slots = np.empty(rows.size, np.int32)
         slots[slice(None) if order is None else order] = flat
-        slots = slots if host else jnp.asarray(slots)
+        slots = place(slots)
+    del flat
     tile_rows = np.zeros(total, np.int32)  # padding tiles: row 0 of the block, all entries padded
     tile_rows[np.arange(tiles_before[-1] + tiles_per_row[-1]) + np.repeat(shift, tiles_per_row)] = np.repeat(
         np.arange(num_rows, dtype=np.int32) % block_rows, tiles_per_row
     )
 
-    place = (lambda a: a) if host else jnp.asarray  # noqa: E731
     return RowTiles(
         rows=place(tile_rows.reshape(-1, chunk)),
-        cols=place(tile_cols.reshape(-1, chunk, tile_len)),
-        vals=place(tile_vals.reshape(-1, chunk, tile_len)),
+        cols=tile_cols,
+        vals=tile_vals,
         starts=place(starts.astype(np.int32)),
         counts=place(counts.astype(np.float32)),
         block_rows=block_rows,
