@@ -279,3 +279,21 @@ def test_two_processes_fit_a_partitioned_folder_reading_only_their_rows(gloo, tm
             assert (r["lo"], r["hi"]) == (i * half, min((i + 1) * half, n))
             assert r["files"] == [str(tmp_path / "parts" / f"by_{r['side']}" / f"part-{i:05d}.parquet")]
             assert r["n"] == int(part.counts(r["side"])[r["lo"] : r["hi"]].sum()) < len(train)
+
+
+@pytest.mark.slow
+def test_multihost_experiment_smoke(gloo, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import multihost
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    out = tmp_path / "m.jsonl"
+    assert multihost.main(["--smoke", "--folder", str(tmp_path / "parts"), "--out", str(out), "--json"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["mode"], r["processes"]) for r in rows] == [("folder", 1), ("memory", 1), ("folder", 2)]
+    one, _, two = rows
+    assert one["equal_to_one_process"] and two["equal_to_one_process"]
+    assert one["ratings_read"] == [2 * one["n_ratings"]]  # both sides, all rows
+    assert sum(two["ratings_read"]) == 2 * two["n_ratings"] and max(two["ratings_read"]) < 2 * two["n_ratings"]
+    assert all(len(r["peak_rss_mb"]) == r["processes"] and min(r["peak_rss_mb"]) > 0 for r in rows)
