@@ -19,7 +19,9 @@ to block_rows x (k+1)^2 floats whatever the number of rows.
 
 Across D devices (``mesh``, `probmf.sharding`) the rows are cut into D contiguous ranges of
 ceil(num_rows / D) rows, each range is tiled as above, padded to common shapes and placed on
-its device: rows, cols, vals and starts gain a leading (D,) axis.
+its device: rows, cols, vals and starts gain a leading (D,) axis. From a partitioned folder
+(`encode_partitioned`) each process reads and tiles only its own devices' ranges and pads
+them to the shapes every range's counts give (`tile_shape`), so the result is the same.
 """
 
 from __future__ import annotations
