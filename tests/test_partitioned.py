@@ -49,10 +49,17 @@ def test_a_range_of_rows_comes_from_its_blocks_files_in_input_order(tiny, tmp_pa
 def test_als_on_a_partitioned_folder_is_als_on_the_ratings(tiny, tmp_path):
     key = jax.random.PRNGKey(1)
     one = fit_als(key, tiny, rank=2, num_sweeps=3)
-    two = fit_als(key, partition(tiny, tmp_path / "p", 2), rank=2, num_sweeps=3)
+    part = partition(tiny, tmp_path / "p", 2)
+    two = fit_als(key, part, rank=2, num_sweeps=3, checkpoint=tmp_path / "ckpt", checkpoint_every=3)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(one.trace, two.trace)
+    # The checkpoint's fingerprint is the folder's digest of its ratings: the same fit resumes.
+    (saved,) = (tmp_path / "ckpt").iterdir()
+    again = fit_als(key, open_partitioned(part.path), rank=2, num_sweeps=3, checkpoint=tmp_path / "ckpt",
+                    checkpoint_every=3)  # fmt: skip
+    assert list((tmp_path / "ckpt").iterdir()) == [saved]
+    np.testing.assert_array_equal(again.params.W, two.params.W)
 
 
 def test_string_ids_and_more_parts_than_rows(tmp_path):
