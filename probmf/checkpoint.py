@@ -29,14 +29,18 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from probmf.data.partitioned import PartitionedRatings
+    from probmf.data.ratings import Ratings
 
 
 class CheckpointError(ValueError):
@@ -50,7 +54,7 @@ class Checkpoint(NamedTuple):
     every: int
 
 
-def fingerprint(*parts) -> str:
+def fingerprint(*parts: Any) -> str:
     """SHA-256 (hex, 16 characters) of JSON-able parts and numpy arrays, in order."""
     h = hashlib.sha256()
     for part in parts:
@@ -63,7 +67,7 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def matrix_digest(M) -> dict:
+def matrix_digest(M: Any) -> dict:
     """{"shape", "sha1"} of a matrix (scipy.sparse or dense) by its canonical CSR form (float64
     data, sorted indices, duplicates summed, stored zeros dropped; int64 indices and indptr):
     what a fingerprint or a saved model's options record in place of the matrix."""
@@ -76,14 +80,14 @@ def matrix_digest(M) -> dict:
     return {"shape": [int(n) for n in M.shape], "sha1": h.hexdigest()}
 
 
-def check_every(every) -> int:
+def check_every(every: Any) -> int:
     """Validate ``checkpoint_every`` (a positive integer: steps between saves)."""
     if isinstance(every, bool) or int(every) != every or every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
     return int(every)
 
 
-def checkpoint_for(folder, name: str, every: int, *parts) -> Checkpoint | None:
+def checkpoint_for(folder: str | os.PathLike[str] | None, name: str, every: int, *parts: Any) -> Checkpoint | None:
     """The checkpoint of the run described by ``parts`` in ``folder`` (None: no checkpoints).
 
     ``every`` >= 1 steps between saves.
@@ -96,20 +100,30 @@ def checkpoint_for(folder, name: str, every: int, *parts) -> Checkpoint | None:
     return Checkpoint(folder / f"{name}-{fingerprint(name, *parts)}.npz", int(every))
 
 
-def fit_checkpoint(folder, every: int, name: str, rng_key, train, options: dict, *extra) -> Checkpoint | None:
+def fit_checkpoint(
+    folder: str | os.PathLike[str] | None,
+    every: int,
+    name: str,
+    rng_key: jax.Array,
+    train: Ratings | PartitionedRatings,
+    options: dict,
+    *extra: Any,
+) -> Checkpoint | None:
     """`checkpoint_for` a fit of fitter ``name`` with ``options`` (everything but the
     checkpoint options), key ``rng_key`` and training `Ratings` ``train``; ``extra``: any
     further inputs (arrays or JSON-able)."""
     parts = (options, np.asarray(jax.random.key_data(rng_key)), train.num_users, train.num_items)
-    if hasattr(train, "digest"):  # a partitioned folder: the hash of its ratings, taken when it was written
+    from probmf.data import partitioned
+
+    if isinstance(train, partitioned.PartitionedRatings):  # the hash of its ratings, taken when it was written
         return checkpoint_for(folder, name, every, *parts, train.digest, *extra)
     return checkpoint_for(folder, name, every, *parts, train.users, train.items, train.values, *extra)
 
 
-def save(checkpoint: Checkpoint, step: int, state) -> None:
+def save(checkpoint: Checkpoint, step: int, state: Any) -> None:
     """Write ``state`` (a pytree of arrays) reached after ``step`` steps, atomically."""
     leaves = jax.tree.leaves(state)
-    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays: dict[str, Any] = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays["step"] = np.int64(step)
     folder = checkpoint.path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{checkpoint.path.name}.", suffix=".tmp", dir=folder)
@@ -124,7 +138,7 @@ def save(checkpoint: Checkpoint, step: int, state) -> None:
         raise
 
 
-def restore(checkpoint: Checkpoint, state) -> tuple[int, Any]:
+def restore(checkpoint: Checkpoint, state: Any) -> tuple[int, Any]:
     """(step, state) from the checkpoint file, or (0, ``state``) when there is none.
 
     ``state`` is the fresh state: it gives the tree structure, shapes and dtypes to expect.
@@ -152,13 +166,13 @@ def restore(checkpoint: Checkpoint, state) -> tuple[int, Any]:
 
 def run_steps(
     run_chunk: Callable,
-    state,
+    state: Any,
     num_steps: int,
     checkpoint: Checkpoint | None,
     *,
     finished: Callable | None = None,
     desc: str = "steps",
-):
+) -> Any:
     """``state <- run_chunk(state, first_step, num)`` over chunks until ``num_steps`` steps ran.
 
     Without a checkpoint: one chunk of all the steps. With one: resume from its file, then
@@ -201,7 +215,7 @@ _PROGRESS: ContextVar[bool | None] = ContextVar("probmf_progress", default=None)
 
 
 @contextlib.contextmanager
-def show_progress(on: bool | None = True):
+def show_progress(on: bool | None = True) -> Iterator[None]:
     """Within this block, long runs (`run_steps`) show a tqdm bar on stderr (``on=True``),
     none (False), or one only in an interactive session (None, the default outside it).
     The bar moves per checkpoint chunk (``checkpoint_every`` steps), else once at the end of
@@ -213,7 +227,7 @@ def show_progress(on: bool | None = True):
         _PROGRESS.reset(token)
 
 
-def _progress_bar(total: int, desc: str):
+def _progress_bar(total: int, desc: str) -> Any:
     on = _PROGRESS.get()
     if on is None:
         on = hasattr(sys, "ps1") or "ipykernel" in sys.modules

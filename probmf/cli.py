@@ -15,8 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from probmf import __version__
+
+if TYPE_CHECKING:  # for annotations only: the commands import what they use
+    import scipy.sparse as sp
+
+    from probmf.persistence import FittedModel
 
 # JAX and the fitters are imported by the commands that need them, so that `probmf --help`
 # and `probmf --version` answer at once. The names the parser offers are spelled here (a test
@@ -60,7 +67,7 @@ def _hidden(text: str) -> int | tuple[int, ...]:
     return widths[0] if len(widths) == 1 else widths
 
 
-def _add_model_options(p) -> None:
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--model and every fitter option (each applies to the fitters that take it)."""
     p.add_argument("--model", default="als", choices=MODELS)
     p.add_argument("--rank", type=int, help="number of latent factors k")
@@ -116,7 +123,7 @@ def _add_model_options(p) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
 
 
-def _evaluate_parser(sub) -> None:
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="fit on training ratings, report accuracy on held-out ratings")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ..., synthetic[:preset]")
     p.add_argument("--split", default="u1", help="u1..u5, ua, ub, all (u1..u5 and their mean), holdout")
@@ -171,13 +178,13 @@ SUMMARY_RANKING = (
 )
 
 
-def _check_evaluate_args(args) -> None:
+def _check_evaluate_args(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, before any data is read or model fitted."""
     if args.keep_draws is False and args.ranking is not None:
         raise ValueError(SUMMARY_RANKING)
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from probmf.evaluate import evaluate_fold, folds, mean_row
 
     _check_evaluate_args(args)
@@ -204,7 +211,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _given_options(args) -> dict:
+def _given_options(args: argparse.Namespace) -> dict:
     """The model options given on the command line; feature files and ``--features`` sides
     read as `probmf.data.features.FeatureTable` (the fitter aligns them with each fold);
     ``--features time`` is ``time=True``."""
@@ -235,7 +242,7 @@ def _feature_sides(text: str) -> tuple[str, ...]:
     return sides
 
 
-def _fit_parser(sub) -> None:
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a model on all given ratings and save it")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ..., synthetic[:preset] (all ratings are used)")
     p.add_argument("--train", help="ratings file to fit instead of --data")
@@ -246,7 +253,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_fit(args) -> int:
+def cmd_fit(args: argparse.Namespace) -> int:
     import jax
 
     from probmf.data.io import read_ratings
@@ -273,37 +280,47 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _predict_parser(sub) -> None:
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict ratings for (user, item) pairs with a saved model")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
-    p.add_argument("--pairs", required=True, help="CSV with header userId,movieId[,...] (or tab format)")
+    p.add_argument(
+        "--pairs",
+        required=True,
+        help="CSV with header userId,movieId[,timestamp,...] (or tab format); a model with time effects "
+        "predicts each pair at its timestamp (seconds), or now without one",
+    )
     p.add_argument("--no-clip", action="store_true")
     p.add_argument("--json", action="store_true", help="one JSON object per pair")
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from probmf.data.io import read_pairs
     from probmf.persistence import load_model
     from probmf.recommend import predict_pairs
 
     model = load_model(args.model)
-    users, items = read_pairs(args.pairs)
-    p = predict_pairs(model, users, items, clip=not args.no_clip)
+    users, items, times = read_pairs(args.pairs, times=True)
+    p = predict_pairs(model, users, items, times=times, clip=not args.no_clip)
     if not args.json:
         print("userId,movieId,prediction,sd,known")
     for k in range(len(users)):
         row = {"userId": _py(users[k]), "movieId": _py(items[k]), "prediction": round(float(p.mean[k]), 4),
-               "sd": _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
+               "sd": None if p.sd is None else _round(p.sd[k]), "known": bool(p.known[k])}  # fmt: skip
         print(json.dumps(row) if args.json else ",".join(str(v) for v in row.values()))
     return 0
 
 
-def _recommend_parser(sub) -> None:
+def _recommend_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="top-N items for a user of a saved model, or for a new user")
     p.add_argument("--model", required=True, help="a folder written by probmf fit")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="a user id the model was trained on")
-    who.add_argument("--ratings", help="a new user's ratings (CSV movieId,rating), folded in without retraining")
+    p.add_argument("--user", help="a user id the model was trained on, or a new user's id in --user-features")
+    p.add_argument("--ratings", help="a new user's ratings (CSV movieId,rating), folded in without retraining")
+    p.add_argument(
+        "--user-features",
+        metavar="PATH",
+        help="the user attributes file the model was fitted with: a new user's (--user) attributes are its row "
+        "(gibbs fitted with user features; with or without --ratings)",
+    )
     p.add_argument("-n", type=int, default=10, help="how many items")
     p.add_argument("--strategy", choices=list(STRATEGIES), default="mean",
                    help="rank by predicted mean, upper 90%% bound (ucb) or one posterior draw (thompson)")  # fmt: skip
@@ -317,28 +334,39 @@ def _recommend_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_recommend(args) -> int:
+def cmd_recommend(args: argparse.Namespace) -> int:
     import jax
+    import numpy as np
 
     from probmf.data.io import read_new_user
+    from probmf.data.ratings import UNKNOWN
     from probmf.persistence import load_model
     from probmf.recommend import fold_in, recommend, score_user, title_of, titles_for
 
     model = load_model(args.model)
     titles = titles_for(args.titles, model.dataset)  # before scoring: a bad titles file fails fast
     key = jax.random.PRNGKey(args.seed)
-    if args.ratings:
-        new = read_new_user(args.ratings)
-        scores, rated = fold_in(model, new[0], new[1], rng_key=key)
+    if args.user is None and args.ratings is None:
+        raise ValueError("recommend needs --user ID (known, or new with --user-features) or --ratings FILE")
+    raw_user = None if args.user is None else args.user if model.user_ids.raw.dtype.kind in "US" else _as_int(args.user)
+    user = UNKNOWN if raw_user is None else int(model.user_ids.index([raw_user])[0])
+    if user != UNKNOWN and args.ratings:
+        raise ValueError(f"user {args.user!r} is known to the model; --ratings folds in a new user")
+    attributes = _new_user_attributes(model, args.user_features, raw_user) if user == UNKNOWN else None
+    if user != UNKNOWN:
+        scores, rated = score_user(model, user, rng_key=key), model.rated(user)
+    elif args.ratings or attributes is not None:
+        items, values = read_new_user(args.ratings) if args.ratings else (np.array([]), np.array([]))
+        scores, rated = fold_in(model, items, values, attributes=attributes, rng_key=key)
     else:
-        user = model.user_ids.index([args.user if model.user_ids.raw.dtype.kind in "US" else _as_int(args.user)])[0]
-        if user < 0:
-            raise ValueError(f"user {args.user!r} is not known to the model; pass --ratings FILE to fold in a new user")
-        scores, rated = score_user(model, int(user), rng_key=key), model.rated(int(user))
+        raise ValueError(
+            f"user {args.user!r} is not known to the model; pass --ratings FILE to fold in a new user, "
+            "or --user-features PATH with their attributes"
+        )
     rec = recommend(model, scores, n=args.n, exclude=rated, strategy=args.strategy)
     for k in range(len(rec.items)):
         row = {"rank": k + 1, "movieId": _py(rec.items[k]), "score": round(float(rec.score[k]), 4),
-               "mean": round(float(rec.mean[k]), 4), "sd": _round(rec.sd[k])}  # fmt: skip
+               "mean": round(float(rec.mean[k]), 4), "sd": None if rec.sd is None else _round(rec.sd[k])}  # fmt: skip
         row["title"] = title_of(titles, rec.items[k])
         if not args.json:  # text: a title column only when there are titles; "?" for an item without one
             if titles is None:
@@ -349,13 +377,36 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def _info_parser(sub) -> None:
+def _new_user_attributes(model: FittedModel, path: str | None, raw_user: object) -> sp.csr_matrix | None:
+    """The (1, G) row of ``raw_user`` in the user attributes file ``path`` (None without a
+    path), checked against the attributes the model was fitted with."""
+    if path is None:
+        return None
+    from probmf.data.features import read_features, row_of
+
+    if raw_user is None:
+        raise ValueError("--user-features needs --user: the new user's id in that file")
+    fitted_with = model.options.get("user_features")
+    if not isinstance(fitted_with, str):
+        raise ValueError(f"--user-features: the model ({model.model}) was not fitted with user attributes")
+    table = read_features(path)
+    # describe(): "<source>: <n> rows x <F> columns (<groups>)"; the columns must be the fit's.
+    columns = table.describe().rpartition(" rows x ")[2]
+    if fitted_with.rpartition(" rows x ")[2] != columns:
+        raise ValueError(f"{path}: its columns, {columns}, are not those the model was fitted with ({fitted_with})")
+    row = row_of(table, raw_user)
+    if row is None:
+        raise ValueError(f"{path} has no row for user {raw_user!r}")
+    return row
+
+
+def _info_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a saved model")
     p.add_argument("--model", required=True)
     p.add_argument("--json", action="store_true")
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from probmf.persistence import load_model
 
     model = load_model(args.model)
@@ -372,7 +423,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _partition_parser(sub) -> None:
+def _partition_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "partition",
         help="write ratings as Parquet split by user and by item row blocks, for fits whose processes "
@@ -384,7 +435,7 @@ def _partition_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def cmd_partition(args) -> int:
+def cmd_partition(args: argparse.Namespace) -> int:
     from probmf.data.io import read_ratings
     from probmf.data.partitioned import partition
 
@@ -399,27 +450,27 @@ def cmd_partition(args) -> int:
     return 0
 
 
-def _round(x) -> float | None:
+def _round(x: Any) -> float | None:
     """x to 4 decimals; None (JSON null) for NaN, the sd of a point model saved without one."""
     import numpy as np
 
     return round(float(x), 4) if np.isfinite(x) else None
 
 
-def _py(x):
+def _py(x: Any) -> Any:
     import numpy as np
 
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _as_int(text: str):
+def _as_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise ValueError(f"user id {text!r} is not an integer, and the model's user ids are") from None
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="probmf", description="Probabilistic matrix factorization in JAX.")
     parser.add_argument("--version", action="version", version=f"probmf {__version__}")
     parser.add_argument(

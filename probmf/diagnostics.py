@@ -23,17 +23,26 @@ A `Posterior` from C chains holds their draws chain-major (S = C x draws per cha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from scipy.special import ndtri
 
 from probmf.posterior import Posterior, draw_offsets, draw_predictive
 
+if TYPE_CHECKING:
+    from probmf.data.ratings import Ratings
+
 __all__ = ["bulk_ess", "prediction_diagnostics", "prediction_draws", "rank_rhat", "to_inference_data"]
 
 
-def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1, times=None) -> np.ndarray:
+def prediction_draws(
+    posterior: Posterior, users: ArrayLike, items: ArrayLike, *, num_chains: int = 1, times: ArrayLike | None = None
+) -> np.ndarray:
     """Predicted means of every draw, float64 (num_chains, S / num_chains, P), for the P
     pairs (users[p], items[p]) at ``times`` (seconds; with time effects, None: "now")."""
     S = posterior.num_samples
@@ -44,7 +53,7 @@ def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1,
     seen, features, time = jax.tree.map(jnp.asarray, (posterior.seen, posterior.features, posterior.time))
     offset = draw_offsets(posterior, users, items, times)
 
-    def means(draw):
+    def means(draw: tuple) -> jax.Array:
         params, tau, priors, time = draw
         return draw_predictive(params, tau, users, items, priors, seen, features=features, offset=offset(time))[0]
 
@@ -52,7 +61,9 @@ def prediction_draws(posterior: Posterior, users, items, *, num_chains: int = 1,
     return np.asarray(preds, np.float64).reshape(num_chains, S // num_chains, -1)
 
 
-def prediction_diagnostics(posterior: Posterior, users, items, *, num_chains: int = 1, times=None):
+def prediction_diagnostics(
+    posterior: Posterior, users: ArrayLike, items: ArrayLike, *, num_chains: int = 1, times: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat and bulk ESS (each float64 (P,)) of the predicted means
     at P pairs (module docstring: ArviZ's ``rhat`` and ``ess`` defaults).
 
@@ -67,25 +78,25 @@ def prediction_diagnostics(posterior: Posterior, users, items, *, num_chains: in
     return rank_rhat(x), bulk_ess(x)
 
 
-def rank_rhat(x) -> np.ndarray:
+def rank_rhat(x: ArrayLike) -> np.ndarray:
     """Rank-normalised split R-hat, bulk and tail (module docstring), of draws ``x``
     (chains, draws, ...): float64 of shape ``x.shape[2:]``; NaN where it is undefined (a
     constant quantity, NaN draws, fewer than 4 draws per chain)."""
 
-    def rhat(split):
+    def rhat(split: np.ndarray) -> float:
         return max(_rhat(_z_scale(split)), _rhat(_z_scale(np.abs(split - np.median(split)))))
 
     return _each_quantity(x, rhat)
 
 
-def bulk_ess(x) -> np.ndarray:
+def bulk_ess(x: ArrayLike) -> np.ndarray:
     """Bulk effective sample size (module docstring) of draws ``x`` (chains, draws, ...):
     float64 of shape ``x.shape[2:]``; S for a constant quantity, NaN with NaN draws or fewer
     than 4 draws per chain."""
     return _each_quantity(x, lambda split: _ess(_z_scale(split)))
 
 
-def _each_quantity(x, statistic) -> np.ndarray:
+def _each_quantity(x: ArrayLike, statistic: Callable[[np.ndarray], float]) -> np.ndarray:
     """``statistic`` of the split chains (`_split_chains`) of each quantity of draws ``x``
     (chains, draws, ...), float64 of shape ``x.shape[2:]``; NaN for a quantity with a NaN
     draw, and everywhere with fewer than 4 draws per chain."""
@@ -94,15 +105,10 @@ def _each_quantity(x, statistic) -> np.ndarray:
     if x.shape[1] < 4:
         return out
     for index in np.ndindex(*x.shape[2:]):
-        split = _split_chains(x[(slice(None), slice(None), *index)])
+        split = _split_chains(x[(slice(None), slice(None)) + index])
         if not np.isnan(split).any():
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[index] = statistic(split)
-    return out
-    for index in np.ndindex(*x.shape[2:]):
-        split = _split_chains(x[(slice(None), slice(None), *index)])
-        if not np.isnan(split).any():
-            out[index] = _ess(_z_scale(split))
     return out
 
 
@@ -169,7 +175,7 @@ def _ess(x: np.ndarray) -> float:
     return float(np.nan if np.isnan(rho).any() else m * n / tau)
 
 
-def to_inference_data(result, test=None, **options):
+def to_inference_data(result: Any, test: Ratings | tuple | None = None, **options: Any) -> Any:
     """`probmf.inference_data.to_inference_data` (kept here, where it was first)."""
     from probmf.inference_data import to_inference_data as build
 

@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import Ratings
 from probmf.sharding import split_along
 
@@ -51,7 +53,7 @@ class RowTiles:
 
     ``counts`` is float32 (num_rows,): ratings per row; ``slots`` int32 (n,): where the k-th
     input triple sits in ``vals.ravel()``, so a sampler can write new values for the same
-    ratings (None unless asked for, and when split across devices); ``block_rows`` is static. With a ``mesh``,
+    ratings (None unless asked for); ``block_rows`` is static. With a ``mesh``,
     rows/cols/vals/starts have a leading device axis and blocks are per device.
     """
 
@@ -197,21 +199,44 @@ def tile_shape(counts: np.ndarray, layout: Layout | None = None, *, chunk: int |
     return chunk, max(1, int(np.sum(-(-tiles_per_block // chunk))))
 
 
-def sharded_row_tiles(rows, cols, vals, num_rows: int, num_cols: int, layout: Layout | None, mesh: Mesh) -> RowTiles:
+def sharded_row_tiles(
+    rows: ArrayLike,
+    cols: ArrayLike,
+    vals: ArrayLike,
+    num_rows: int,
+    num_cols: int,
+    layout: Layout | None,
+    mesh: Mesh,
+    *,
+    with_slots: bool = False,
+) -> RowTiles:
     """`row_tiles` of D = mesh.size contiguous row ranges, padded to common shapes and stacked
-    along a leading device axis that is split across ``mesh`` (see the module docstring)."""
+    along a leading device axis that is split across ``mesh`` (see the module docstring);
+    ``slots`` index the stacked (D, ...) ``vals`` (replicated, 4 bytes per rating)."""
     rows, cols, vals = np.asarray(rows, np.int32), np.asarray(cols, np.int32), np.asarray(vals, np.float32)
     d = mesh.size
     n_local = -(-num_rows // d)
     shard = rows // n_local
     parts = [(rows[shard == s] - s * n_local, cols[shard == s], vals[shard == s]) for s in range(d)]
-    tiles = [row_tiles(*p, n_local, num_cols, layout) for p in parts]
+    tile = functools.partial(row_tiles, with_slots=with_slots)
+    tiles = [tile(*p, n_local, num_cols, layout) for p in parts]
     chunk = max(t.rows.shape[1] for t in tiles)
-    tiles = [t if t.rows.shape[1] == chunk else row_tiles(*p, n_local, num_cols, layout, chunk=chunk)
+    tiles = [t if t.rows.shape[1] == chunk else tile(*p, n_local, num_cols, layout, chunk=chunk)
              for t, p in zip(tiles, parts, strict=True)]  # fmt: skip
     num_chunks = max(t.rows.shape[0] for t in tiles)
+    slots = None
+    if with_slots:  # device s's vals start at s * its padded size in the stacked array
+        stride = num_chunks * chunk * tiles[0].vals.shape[2]
+        if d * stride >= 2**31:
+            raise ValueError(f"{rows.size:,} ratings tile past int32 slots; use fewer devices or a longer tile")
+        slots = np.empty(rows.size, np.int32)
+        for s in range(d):
+            slots[shard == s] = s * stride + np.asarray(tiles[s].slots)
+        slots = jnp.asarray(slots)
 
-    def stack(field, fill):  # pad each device's chunks to num_chunks (never visited), then stack
+    def stack(
+        field: str, fill: int
+    ) -> np.ndarray:  # pad each device's chunks to num_chunks (never visited), then stack
         arrays = [np.asarray(getattr(t, field)) for t in tiles]
         pad = [np.pad(a, [(0, num_chunks - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
                for a in arrays]  # fmt: skip
@@ -228,11 +253,16 @@ def sharded_row_tiles(rows, cols, vals, num_rows: int, num_cols: int, layout: La
         axis=0,
     )
     counts = jnp.asarray(np.bincount(rows, minlength=num_rows).astype(np.float32))
-    return RowTiles(**sharded, counts=counts, block_rows=tiles[0].block_rows, mesh=mesh)
+    return RowTiles(**sharded, counts=counts, block_rows=tiles[0].block_rows, mesh=mesh, slots=slots)
 
 
 def local_sharded_row_tiles(
-    shards: dict, num_rows: int, num_cols: int, layout: Layout | None, mesh: Mesh, counts: np.ndarray
+    shards: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    num_rows: int,
+    num_cols: int,
+    layout: Layout | None,
+    mesh: Mesh,
+    counts: np.ndarray,
 ) -> RowTiles:
     """`sharded_row_tiles` built from this process's shards alone (under ``jax.distributed``
     each process holds the ratings of its own devices' row ranges, never the others').
@@ -260,9 +290,10 @@ def local_sharded_row_tiles(
     chunk = max(tile_shape(c, layout)[0] for c in per_device)
     num_chunks = max(tile_shape(c, layout, chunk=chunk)[1] for c in per_device)
 
-    local = {"rows": [], "cols": [], "vals": [], "starts": []}
+    local: dict[str, list[jax.Array]] = {"rows": [], "cols": [], "vals": [], "starts": []}
     for s in mine:
-        t = row_tiles(*shards[s], n_local, num_cols, layout, chunk=chunk, host=True)
+        rows, cols, vals = shards[s]
+        t = row_tiles(rows, cols, vals, n_local, num_cols, layout, chunk=chunk, host=True)
         if t.rows.shape[1] != chunk or t.rows.shape[0] > num_chunks:
             raise ValueError(f"the ratings of device {s}'s rows do not match their counts")
         for field, fill in (("rows", 0), ("cols", num_cols), ("vals", 0)):  # pad to num_chunks, never visited
@@ -292,7 +323,7 @@ def encode(
     ratings: Ratings, layout: Layout | None = None, mesh: Mesh | None = None, *, with_slots: bool = False
 ) -> Encoded:
     """Both row layouts of a training set, split across ``mesh``'s devices if given, with
-    ``slots`` if asked (one device only). Every id must be known (no -1)."""
+    ``slots`` if asked. Every id must be known (no -1)."""
     if not np.all(ratings.known):
         raise ValueError(f"{ratings.source or 'training ratings'}: unknown (-1) ids cannot be trained on")
     if not np.all(np.isfinite(ratings.values)):
@@ -300,17 +331,15 @@ def encode(
     n, m = ratings.num_users, ratings.num_items
     if mesh is None:
         tile = functools.partial(row_tiles, with_slots=with_slots)
-    elif with_slots:
-        raise ValueError("slots are kept on one device only (mesh=None)")
     else:
-        tile = functools.partial(sharded_row_tiles, mesh=mesh)
+        tile = functools.partial(sharded_row_tiles, mesh=mesh, with_slots=with_slots)
     return Encoded(
         by_user=tile(ratings.users, ratings.items, ratings.values, n, m, layout),
         by_item=tile(ratings.items, ratings.users, ratings.values, m, n, layout),
     )
 
 
-def encode_partitioned(part, layout: Layout | None = None, mesh: Mesh | None = None) -> Encoded:
+def encode_partitioned(part: PartitionedRatings, layout: Layout | None = None, mesh: Mesh | None = None) -> Encoded:
     """`encode` of a `probmf.data.partitioned.PartitionedRatings` folder, reading only the
     ratings of the rows this process's devices solve: with a ``mesh``, device s solves users
     (then items) [s n_local, (s + 1) n_local), n_local = ceil(N / D); without one, every row.

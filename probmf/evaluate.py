@@ -9,9 +9,11 @@ probmf_version, seed, options.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,13 +28,21 @@ from probmf.data.synthetic import PRESETS, synthetic_preset
 from probmf.diagnostics import prediction_diagnostics
 from probmf.fitters.run import fit_model
 from probmf.metrics import accuracy, cold_mask, interval_scores, ranking, rmse
+from probmf.predictor import Predictor
 
 OFFICIAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")  # --split all; on data without official splits: 5-fold CV
 FALLBACK_PRESET = {"ml-100k": "ml100k", "ml-1m": "ml1m", "ml-20m": "ml20m"}
 
 
-def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | None = None) -> dict:
+def score(
+    fitted: Predictor,
+    train: Ratings,
+    test: Ratings,
+    *,
+    clip: bool | tuple[float, float] = True,
+    ranking_k: int | None = None,
+) -> dict:
     """Accuracy and calibration of a `probmf.predictor.Predictor` on ``test`` (ids in
     train's id space); a point fit's plug-in sd is the one it was wrapped with
     (`probmf.fitters.run.predictor_of`, given the same ``clip``).
@@ -73,7 +83,7 @@ def score(fitted, train: Ratings, test: Ratings, *, clip=True, ranking_k: int | 
     }
 
 
-def _cold_scores(pred, sd, truth, cold) -> dict:
+def _cold_scores(pred: np.ndarray, sd: np.ndarray, truth: np.ndarray, cold: np.ndarray) -> dict:
     """RMSE and interval coverage over the cold pairs alone (None when there are none)."""
     if not cold.any():
         return {"rmse_cold": None, "coverage_50_cold": None, "coverage_90_cold": None}
@@ -86,7 +96,14 @@ def _cold_scores(pred, sd, truth, cold) -> dict:
 
 
 def evaluate_fold(
-    model: str, train: Ratings, test: Ratings, *, options: dict, seed: int = 0, clip=True, ranking_k=None
+    model: str,
+    train: Ratings,
+    test: Ratings,
+    *,
+    options: dict,
+    seed: int = 0,
+    clip: bool | tuple[float, float] = True,
+    ranking_k: int | None = None,
 ) -> dict:
     """Fit ``model`` on ``train`` and score it on ``test``: one row of `probmf evaluate`.
 
@@ -115,11 +132,11 @@ def evaluate_fold(
     }
 
 
-def _uncertainty(fitted, test: Ratings, mean, sd) -> dict:
+def _uncertainty(fitted: Predictor, test: Ratings, mean: np.ndarray, sd: np.ndarray) -> dict:
     """Interval coverage and NLL on the test ratings of N(mean, sd^2) ("scores"), the sd
     ("sd": the posterior predictive's, or a point fit's plug-in sd) and the draws'
     diagnostics (none for a point fit; None for a posterior kept as running moments only)."""
-    extra = {"num_samples": int(fitted.num_samples)}
+    extra: dict[str, Any] = {"num_samples": int(fitted.num_samples)}
     if fitted.posterior is not None:
         extra.update(_convergence(fitted, test))
     elif fitted.num_samples > 1:
@@ -127,16 +144,17 @@ def _uncertainty(fitted, test: Ratings, mean, sd) -> dict:
     return {"scores": interval_scores(mean, sd, test.values), "sd": sd, **extra}
 
 
-def _convergence(fitted, test: Ratings, num_pairs: int = 200) -> dict:
+def _convergence(fitted: Predictor, test: Ratings, num_pairs: int = 200) -> dict:
     """Rank-normalised split R-hat (max) and bulk ESS (min) of the predictions at up to
     ``num_pairs`` test pairs spread over the test set (`probmf.diagnostics`; chains as the
     sampler ran them, between chains with several; one chain is split in two)."""
-    chains = fitted.num_chains
-    if fitted.posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
+    chains, posterior = fitted.num_chains, fitted.posterior
+    assert posterior is not None, "called for a fit that keeps its draws"
+    if posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
         return {"r_hat_max": None, "ess_min": None}
     pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))
     times = None if test.timestamps is None else test.timestamps[pick]
-    r_hat, ess = prediction_diagnostics(fitted.posterior, test.users[pick], test.items[pick], num_chains=chains,
+    r_hat, ess = prediction_diagnostics(posterior, test.users[pick], test.items[pick], num_chains=chains,
                                         times=times)  # fmt: skip
     # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat or ESS:
     # it is left out.
@@ -158,13 +176,13 @@ def mean_row(rows: list[dict]) -> dict:
                "predict_seconds", "n_ranked_users")  # fmt: skip
     extreme = {"r_hat_max": max, "ess_min": min}
 
-    def same(values) -> bool:
+    def same(values: list) -> bool:
         try:
             return all(bool(v == values[0]) for v in values[1:])
         except (TypeError, ValueError):  # e.g. arrays: not one value
             return False
 
-    out = {}
+    out: dict[str, Any] = {}
     for key in dict.fromkeys(k for r in rows for k in r):
         values = [r.get(key) for r in rows]
         given = [v for v in values if v is not None]
@@ -183,11 +201,11 @@ def folds(
     data: str | None,
     split: str,
     *,
-    train_file=None,
-    test_file=None,
+    train_file: str | os.PathLike[str] | None = None,
+    test_file: str | os.PathLike[str] | None = None,
     seed: int = 0,
     fallback: bool = True,
-    notify=None,
+    notify: Callable[[str], object] | None = None,
 ) -> Iterator[tuple[str, str, Ratings, Ratings]]:
     """Yield (dataset, split, train, test) for ``probmf evaluate``.
 
@@ -220,12 +238,16 @@ def folds(
             if not fallback:
                 raise
             ratings, data = _fallback(data, err, notify)
+    elif data is None:
+        raise ValueError("give a dataset name, or train_file and test_file")
     else:
         ratings, data = load_ratings(data, fallback=fallback, notify=notify)
     yield from _cv_folds(data, ratings, names, seed)
 
 
-def load_ratings(data: str, *, fallback: bool = True, notify=None) -> tuple[Ratings, str]:
+def load_ratings(
+    data: str, *, fallback: bool = True, notify: Callable[[str], object] | None = None
+) -> tuple[Ratings, str]:
     """All ratings of a dataset and its name: a MovieLens name, or "synthetic[:preset]"
     (default preset ml100k). With ``fallback``, a MovieLens set that is absent and cannot
     be downloaded is replaced by the synthetic preset of its shape, with a notice."""
@@ -245,7 +267,7 @@ def load_ratings(data: str, *, fallback: bool = True, notify=None) -> tuple[Rati
     raise ValueError(f"unknown dataset {data!r}; choose one of {sorted(DATASETS)} or synthetic[:preset]")
 
 
-def _fallback(name: str, err: Exception, notify) -> tuple[Ratings, str]:
+def _fallback(name: str, err: Exception, notify: Callable[[str], object]) -> tuple[Ratings, str]:
     preset = FALLBACK_PRESET[name]
     details = "".join(f"probmf:   {line}\n" for line in str(err).splitlines())
     notify(
@@ -256,7 +278,9 @@ def _fallback(name: str, err: Exception, notify) -> tuple[Ratings, str]:
     return ratings, f"synthetic:{preset}"
 
 
-def _cv_folds(dataset: str, ratings: Ratings, names, seed: int):
+def _cv_folds(
+    dataset: str, ratings: Ratings, names: Iterable[str], seed: int
+) -> Iterator[tuple[str, str, Ratings, Ratings]]:
     if names == ("holdout",):
         train, test = random_split(ratings, 0.2, seed=seed)
         yield dataset, "holdout", train, test

@@ -41,20 +41,26 @@ whichever the installed arviz has. Neither arviz nor xarray is imported before i
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.stats
 import numpy as np
 from jax.scipy.special import log_ndtr
+from jax.typing import ArrayLike
 
 from probmf.posterior import Posterior, draw_offsets, draw_predictive
+
+if TYPE_CHECKING:
+    from probmf.data.ratings import IdMap, Ratings
 
 __all__ = ["inference_groups", "to_inference_data"]
 
 
-def to_inference_data(result, test=None, *, seed: int = 0, num_chains: int | None = None):
+def to_inference_data(
+    result: Any, test: Ratings | tuple | None = None, *, seed: int = 0, num_chains: int | None = None
+) -> Any:
     """ArviZ ``InferenceData`` (arviz >= 1: an ``xarray.DataTree``) of a fitted model: the
     groups of `inference_groups` (module docstring).
 
@@ -84,7 +90,9 @@ def to_inference_data(result, test=None, *, seed: int = 0, num_chains: int | Non
     return xr.DataTree.from_dict(groups)  # arviz >= 1 reads a DataTree of these groups
 
 
-def inference_groups(result, test=None, *, seed: int = 0, num_chains: int | None = None) -> dict[str, Any]:
+def inference_groups(
+    result: Any, test: Ratings | tuple | None = None, *, seed: int = 0, num_chains: int | None = None
+) -> dict[str, Any]:
     """The groups of `to_inference_data` (same arguments) as a dict of ``xarray.Dataset``:
     group name -> Dataset (module docstring). Needs xarray (installed with arviz)."""
     try:
@@ -105,13 +113,13 @@ def inference_groups(result, test=None, *, seed: int = 0, num_chains: int | None
     chains, draws = int(chains), S // int(chains)
     base = {"chain": np.arange(chains), "draw": np.arange(draws)}
 
-    def per_draw(a) -> np.ndarray:  # (S, ...) -> (chains, draws, ...), chain-major
+    def per_draw(a: Any) -> np.ndarray:  # (S, ...) -> (chains, draws, ...), chain-major
         a = np.asarray(a, np.float64)
         return a.reshape(chains, draws, *a.shape[1:])
 
     if posterior is None:  # a point fit: one draw of N(r_hat, s^2)
         noise_sd = float(predictor.noise_sd)
-        variables = {"tau": per_draw([1.0 / noise_sd**2])}
+        variables: dict[str, Any] = {"tau": per_draw([1.0 / noise_sd**2])}
     else:
         variables = {"tau": per_draw(posterior.tau), **{k: per_draw(v) for k, v in _hyper(posterior).items()}}
     groups: dict[str, Any] = {}
@@ -143,7 +151,7 @@ def inference_groups(result, test=None, *, seed: int = 0, num_chains: int | None
     return groups
 
 
-def _parts(result) -> tuple:
+def _parts(result: Any) -> tuple:
     """(predictor, the fitter's own result, its options or None, (user_ids, item_ids) or None)."""
     from probmf.fitters.run import FitResult
     from probmf.persistence import FittedModel
@@ -157,7 +165,7 @@ def _parts(result) -> tuple:
     raise TypeError(f"cannot export a {type(result).__name__}: expected a fit result, a Posterior or a saved model")
 
 
-def _test_pairs(test, id_maps) -> tuple | None:
+def _test_pairs(test: Ratings | tuple | None, id_maps: tuple[IdMap, IdMap] | None) -> tuple | None:
     """(users, items, ratings or None, raw users, raw items) of ``test``, or None without it."""
     from probmf.data.ratings import Ratings
 
@@ -178,7 +186,7 @@ def _test_pairs(test, id_maps) -> tuple | None:
     raise TypeError(f"test must be Ratings or a (users, items[, ratings]) tuple, got {type(test).__name__}")
 
 
-def _raw_ids(id_map, index: np.ndarray) -> np.ndarray:
+def _raw_ids(id_map: IdMap, index: np.ndarray) -> np.ndarray:
     """Raw ids of dense indices; an unknown index (-1) has none kept: -1, or "" for string ids."""
     raw = id_map.raw[np.maximum(index, 0)] if len(id_map) else np.zeros(index.shape, id_map.raw.dtype)
     return np.where(index >= 0, raw, "" if raw.dtype.kind in "US" else -1)
@@ -196,7 +204,14 @@ def _hyper(posterior: Posterior) -> dict[str, np.ndarray]:
     return out
 
 
-def _per_draw(key, posterior: Posterior, users, items, ratings, times=None):
+def _per_draw(
+    key: jax.Array,
+    posterior: Posterior,
+    users: jax.Array,
+    items: jax.Array,
+    ratings: jax.Array | None,
+    times: ArrayLike | None = None,
+) -> tuple[np.ndarray | None, ...]:
     """(mean_rating, replicated rating, log-likelihood or None), each (S, P), draw by draw;
     ``times``: the pairs' timestamps for a posterior with time effects (None: "now")."""
     offset = draw_offsets(posterior, users, items, times)
@@ -207,7 +222,7 @@ def _per_draw(key, posterior: Posterior, users, items, ratings, times=None):
         jnp.asarray, (posterior.seen, posterior.levels, posterior.features, posterior.time)
     )
 
-    def one(draw):
+    def one(draw: tuple) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         s, params, tau, priors, time = draw
         # The latent predictive (no levels); `_observe` rounds it where the likelihood does.
         mean, var = draw_predictive(params, tau, users, items, priors, seen, None, features, offset(time))
@@ -218,7 +233,9 @@ def _per_draw(key, posterior: Posterior, users, items, ratings, times=None):
     return tuple(None if a is None else np.asarray(a) for a in out)
 
 
-def _observe(key, mean, var, levels, ratings):
+def _observe(
+    key: jax.Array, mean: jax.Array, var: jax.Array, levels: jax.Array | None, ratings: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """One draw's (E[r], a replicated r, log p(ratings) or None), each (P,), for the latent
     N(mean, var): Gaussian, or rounded to ``levels`` (module docstring)."""
     sd = jnp.sqrt(var)
@@ -239,7 +256,7 @@ def _observe(key, mean, var, levels, ratings):
     return expected, replicated, jnp.take_along_axis(log_p, level[:, None], axis=1)[:, 0]
 
 
-def _log_interval(lo, hi):
+def _log_interval(lo: jax.Array, hi: jax.Array) -> jax.Array:
     """log(Phi(hi) - Phi(lo)) for lo < hi, accurate in both tails: reflected (Phi(-lo) - Phi(-hi))
     when lo > 0, so the difference is always of two lower-tail log-CDFs."""
     flip = lo > 0
@@ -248,7 +265,7 @@ def _log_interval(lo, hi):
     return log_b + jnp.log1p(-jnp.exp(log_a - log_b))
 
 
-def _sample_stats(raw, config, posterior, chains: int, draws: int) -> dict[str, dict]:
+def _sample_stats(raw: Any, config: dict | None, posterior: Posterior, chains: int, draws: int) -> dict[str, dict]:
     """{group: {name: (dims, values)}} of what the fitter recorded beside its draws; the one
     place that asks which fitter made a result, since each records different things."""
     from probmf.fitters.gibbs import GibbsResult
@@ -286,7 +303,7 @@ def _sample_stats(raw, config, posterior, chains: int, draws: int) -> dict[str, 
     return {}
 
 
-def _kept_sweeps(trace_tau: np.ndarray, draw_tau: np.ndarray, config) -> tuple | None:
+def _kept_sweeps(trace_tau: np.ndarray, draw_tau: np.ndarray, config: dict | None) -> tuple | None:
     """(indices of the kept sweeps, thin) in a Gibbs trace (chains, T) of draws' tau (chains,
     D): num_warmup + thin (d + 1) - 1, with thin from the fit's options or, without them,
     the thinning whose sweeps hold exactly the kept draws' tau (the last sweep is always

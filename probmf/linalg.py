@@ -29,7 +29,7 @@ def cholesky(A: jax.Array, linalg: str = "lapack") -> jax.Array:
     n = A.shape[-1]
     idx = jnp.arange(n)
 
-    def column(j, L):
+    def column(j: jax.Array, L: jax.Array) -> jax.Array:
         v = A[..., :, j] - jnp.einsum("...ik,...k->...i", L, L[..., j, :], precision=lax.Precision.HIGHEST)
         d = jnp.sqrt(jnp.take(v, j, axis=-1))[..., None]
         return L.at[..., :, j].set(jnp.where(idx >= j, v / d, 0.0))
@@ -47,7 +47,7 @@ def solve_lower(L: jax.Array, b: jax.Array, *, transpose: bool = False, linalg: 
     # L^T x = b reads L's columns where L x = b reads its rows; both go one unknown at a time.
     rows = jnp.swapaxes(L, -1, -2) if transpose else L
 
-    def step(t, x):
+    def step(t: jax.Array, x: jax.Array) -> jax.Array:
         i = n - 1 - t if transpose else t
         r = jnp.take(rows, i, axis=-2)  # (..., n): zero past the unknowns already solved
         done = jnp.einsum("...k,...k->...", r, x, precision=lax.Precision.HIGHEST)  # not sum(r * x): see below

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from probmf.data.ratings import Ratings
 
 
-def rmse(pred, truth) -> float:
+def rmse(pred: ArrayLike, truth: ArrayLike) -> float:
     """sqrt(mean (pred - truth)^2)."""
     err = jnp.asarray(pred, jnp.float32) - jnp.asarray(truth, jnp.float32)
     return float(jnp.sqrt(jnp.mean(err * err)))
 
 
-def mae(pred, truth) -> float:
+def mae(pred: ArrayLike, truth: ArrayLike) -> float:
     """mean |pred - truth|."""
     return float(jnp.mean(jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(truth, jnp.float32))))
 
 
-def predict_ratings(model, test: Ratings, *, clip: tuple[float, float] | None = None) -> np.ndarray:
+def predict_ratings(model: Any, test: Ratings, *, clip: tuple[float, float] | None = None) -> np.ndarray:
     """Predicted means for every pair of ``test`` (indices in the training id space).
 
     ``model`` is an `MFParams`, or any fitted model with ``predict(users, items) -> (n,)``
@@ -34,12 +37,12 @@ def predict_ratings(model, test: Ratings, *, clip: tuple[float, float] | None = 
     return np.asarray(pred)
 
 
-def plugin_sd(model, train: Ratings, clip: tuple[float, float] | None) -> float:
+def plugin_sd(model: Any, train: Ratings, clip: tuple[float, float] | None) -> float:
     """A point estimate's plug-in predictive sd: sqrt(mean (r - clip(r_hat))^2) over ``train``."""
     return rmse(predict_ratings(model, train, clip=clip), train.values)
 
 
-def interval_scores(mean, sd, truth) -> dict:
+def interval_scores(mean: ArrayLike, sd: ArrayLike, truth: ArrayLike) -> dict:
     """Calibration of Gaussian predictive distributions N(mean, sd^2) on held-out ratings:
     coverage of the central 50% and 90% intervals and the mean negative log density (nats)."""
     mean, sd, truth = (np.asarray(a, np.float64) for a in (mean, sd, truth))
@@ -63,7 +66,7 @@ def cold_mask(test: Ratings, train: Ratings | None = None) -> np.ndarray:
     return cold
 
 
-def accuracy(pred, test: Ratings, *, train: Ratings | None = None) -> dict:
+def accuracy(pred: ArrayLike, test: Ratings, *, train: Ratings | None = None) -> dict:
     """RMSE, MAE, the test size and how many test pairs are cold (see `cold_mask`)."""
     if len(test) == 0:
         raise ValueError(f"{test.source or 'test ratings'}: no held-out ratings to evaluate")
@@ -75,7 +78,9 @@ def accuracy(pred, test: Ratings, *, train: Ratings | None = None) -> dict:
     }
 
 
-def ranking(model, train: Ratings, test: Ratings, *, k: int = 10, threshold: float = 4.0, chunk: int = 256) -> dict:
+def ranking(
+    model: Any, train: Ratings, test: Ratings, *, k: int = 10, threshold: float = 4.0, chunk: int = 256
+) -> dict:
     """Top-k quality on held-out ratings: precision@k, recall@k and NDCG@k (binary relevance).
 
     For every test user with at least one held-out rating >= ``threshold`` (the relevant
@@ -123,7 +128,7 @@ def ranking(model, train: Ratings, test: Ratings, *, k: int = 10, threshold: flo
     }
 
 
-def _csr_sets(rows, cols, num_rows: int, num_cols: int) -> list[np.ndarray]:
+def _csr_sets(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> list[np.ndarray]:
     """For each row, the sorted column indices it has (as a list of arrays)."""
     order = np.lexsort((cols, rows))
     rows, cols = rows[order], cols[order]

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
 class MFParams(NamedTuple):
@@ -48,7 +49,9 @@ class MFParams(NamedTuple):
         return predict_with_fallback(self, users, items)
 
 
-def init_params(rng_key, num_users: int, num_items: int, rank: int, *, scale: float = 0.1, mu=0.0) -> MFParams:
+def init_params(
+    rng_key: jax.Array, num_users: int, num_items: int, rank: int, *, scale: float = 0.1, mu: ArrayLike = 0.0
+) -> MFParams:
     """Factors ~ N(0, scale^2), biases 0, offset ``mu``."""
     key_w, key_u = jax.random.split(rng_key)
     return MFParams(

@@ -11,6 +11,7 @@ checkpoints and saved models see arrays only). `l2` is the weight decay of a tow
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import jax
@@ -25,7 +26,7 @@ class Dense(NamedTuple):
     b: jax.Array
 
 
-def init_layers(rng_key, in_dim: int, hidden: tuple[int, ...]) -> tuple[Dense, ...]:
+def init_layers(rng_key: jax.Array, in_dim: int, hidden: tuple[int, ...]) -> tuple[Dense, ...]:
     """He-normal ReLU layers of widths ``hidden`` and a zero output layer (width 1): the
     network starts at f = 0, so a model starts at its biases (MLP) or its MF (residual)."""
     keys = jax.random.split(rng_key, len(hidden))
@@ -38,7 +39,9 @@ def init_layers(rng_key, in_dim: int, hidden: tuple[int, ...]) -> tuple[Dense, .
     return tuple(layers)
 
 
-def tower(layers: tuple[Dense, ...], x: jax.Array, *, dropout: float = 0.0, rng_key=None) -> jax.Array:
+def tower(
+    layers: tuple[Dense, ...], x: jax.Array, *, dropout: float = 0.0, rng_key: jax.Array | None = None
+) -> jax.Array:
     """f(x) (B,) for inputs x (B, d_in): ReLU hidden layers, inverted dropout at rate
     ``dropout`` after each when ``rng_key`` is given, linear output."""
     *hidden, out = layers
@@ -50,12 +53,12 @@ def tower(layers: tuple[Dense, ...], x: jax.Array, *, dropout: float = 0.0, rng_
     return (x @ out.W + out.b)[:, 0]
 
 
-def l2(layers) -> jax.Array:
+def l2(layers: Iterable[Dense]) -> jax.Array:
     """sum |W|^2 over the layers' weights (the biases are not decayed)."""
-    return sum(jnp.sum(layer.W * layer.W) for layer in layers)
+    return sum((jnp.sum(layer.W * layer.W) for layer in layers), jnp.float32(0.0))
 
 
-def as_hidden(hidden) -> tuple[int, ...]:
+def as_hidden(hidden: int | Iterable[int]) -> tuple[int, ...]:
     """An int is one layer; a sequence is the widths of the layers."""
     if isinstance(hidden, (int, np.integer)):
         return (int(hidden),)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from probmf.model import MFParams, predict
 
@@ -90,20 +91,22 @@ class Hyperpriors(NamedTuple):
     b_drift: float = 1.0
 
 
-def sum_squared_error(params: MFParams, users, items, ratings) -> jax.Array:
+def sum_squared_error(params: MFParams, users: jax.Array, items: jax.Array, ratings: jax.Array) -> jax.Array:
     """sum_k (r_k - r_hat_k)^2 over the given observations."""
     err = ratings - predict(params, users, items)
     return jnp.sum(err * err)
 
 
-def log_likelihood(params: MFParams, users, items, ratings, *, sigma=1.0) -> jax.Array:
+def log_likelihood(
+    params: MFParams, users: jax.Array, items: jax.Array, ratings: jax.Array, *, sigma: ArrayLike = 1.0
+) -> jax.Array:
     """sum_k log N(r_k | r_hat_k, sigma^2)."""
     n = ratings.shape[0]
     sse = sum_squared_error(params, users, items, ratings)
     return -0.5 * sse / sigma**2 - n * jnp.log(sigma) - 0.5 * n * _LOG_2PI
 
 
-def _gaussian_log_prior(x, lam) -> jax.Array:
+def _gaussian_log_prior(x: jax.Array, lam: ArrayLike) -> jax.Array:
     """sum log N(x | 0, 1/lam) over all entries of x; lam broadcasts over x's rows."""
     lam = jnp.asarray(lam, jnp.float32)
     lam_rows = jnp.broadcast_to(lam, x.shape[:1])
@@ -122,12 +125,16 @@ def log_prior(params: MFParams, priors: Priors) -> jax.Array:
     )
 
 
-def mle_loss(params: MFParams, users, items, ratings, *, sigma=1.0) -> jax.Array:
+def mle_loss(
+    params: MFParams, users: jax.Array, items: jax.Array, ratings: jax.Array, *, sigma: ArrayLike = 1.0
+) -> jax.Array:
     """Negative Gaussian log-likelihood -log p(R | theta)."""
     return -log_likelihood(params, users, items, ratings, sigma=sigma)
 
 
-def map_loss(params: MFParams, users, items, ratings, priors: Priors, *, sigma=1.0) -> jax.Array:
+def map_loss(
+    params: MFParams, users: jax.Array, items: jax.Array, ratings: jax.Array, priors: Priors, *, sigma: ArrayLike = 1.0
+) -> jax.Array:
     """Negative log posterior -log p(R | theta) - log p(theta) (up to log p(R))."""
     return mle_loss(params, users, items, ratings, sigma=sigma) - log_prior(params, priors)
 
@@ -135,7 +142,7 @@ def map_loss(params: MFParams, users, items, ratings, priors: Priors, *, sigma=1
 def penalty(params: MFParams, priors: Priors) -> jax.Array:
     """The L2 term 1/2 sum lam ||row||^2 of every parameter block (no constants)."""
 
-    def block(x, lam):
+    def block(x: jax.Array, lam: ArrayLike) -> jax.Array:
         sq = jnp.sum(jnp.reshape(x * x, (x.shape[0], -1)), axis=1)
         return 0.5 * jnp.sum(jnp.asarray(lam, jnp.float32) * sq)
 
@@ -147,7 +154,9 @@ def penalty(params: MFParams, priors: Priors) -> jax.Array:
     )
 
 
-def regularized_loss(params: MFParams, users, items, ratings, priors: Priors) -> jax.Array:
+def regularized_loss(
+    params: MFParams, users: jax.Array, items: jax.Array, ratings: jax.Array, priors: Priors
+) -> jax.Array:
     """1/2 SSE + 1/2 sum lam ||row||^2: `map_loss` at sigma = 1 without its constants.
 
     This is the objective ALS minimises and reports per sweep.

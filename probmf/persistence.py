@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,7 +38,7 @@ import probmf
 from probmf.checkpoint import matrix_digest
 from probmf.data.archive import sha256_file
 from probmf.data.features import plain_options
-from probmf.data.ratings import IdMap
+from probmf.data.ratings import IdMap, Ratings
 from probmf.fitters import POSTERIOR_FITTERS, saved_types
 from probmf.model import MFParams
 from probmf.objectives import Priors
@@ -84,13 +85,13 @@ class FittedModel:
 
     def rated(self, user: int) -> np.ndarray:
         """Dense indices of the items dense user ``user`` rated in training."""
-        if self.rated_indptr is None:
+        if self.rated_indptr is None or self.rated_items is None:
             return np.zeros(0, np.int32)
         return self.rated_items[self.rated_indptr[user] : self.rated_indptr[user + 1]]
 
     @classmethod
     def from_training(
-        cls, model: str, options: dict, fitted: Predictor, train, dataset: str | None = None
+        cls, model: str, options: dict, fitted: Predictor, train: Ratings, dataset: str | None = None
     ) -> FittedModel:
         """Wrap a fit on the `Ratings` ``train``, keeping its id maps, rating range and rated items."""
         csr = train.to_coo().tocsr()
@@ -108,10 +109,10 @@ class FittedModel:
         )
 
 
-def save_model(path, model: FittedModel) -> Path:
+def save_model(path: str | os.PathLike[str], model: FittedModel) -> Path:
     """Write ``model`` to the folder ``path`` atomically; returns the path."""
     path = Path(path)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     structure = _encode(model.fitted, arrays, "fitted")
     arrays["user_ids"] = np.asarray(model.user_ids.raw)
     arrays["item_ids"] = np.asarray(model.item_ids.raw)
@@ -144,7 +145,7 @@ def save_model(path, model: FittedModel) -> Path:
     return path
 
 
-def load_model(path) -> FittedModel:
+def load_model(path: str | os.PathLike[str]) -> FittedModel:
     """Read a model written by `save_model`, checking format, checksum, dtypes and shapes."""
     path = Path(path)
     meta_file, array_file = path / "model.json", path / "arrays.npz"
@@ -201,12 +202,15 @@ def load_model(path) -> FittedModel:
 # ---- the structure tree ---------------------------------------------------------------------
 
 
-def _encode(obj, arrays: dict, key: str):
+def _encode(obj: Any, arrays: dict, key: str) -> dict[str, Any]:
     if isinstance(obj, tuple) and "_fields" in type(obj).__dict__:  # a named tuple
         name = type(obj).__name__
         if TYPES.get(name) is not type(obj):
             raise TypeError(f"cannot save a {name}: not one of probmf.persistence.TYPES")
-        return {"type": name, "fields": {f: _encode(getattr(obj, f), arrays, f"{key}.{f}") for f in obj._fields}}
+        return {
+            "type": name,
+            "fields": {f: _encode(getattr(obj, f), arrays, f"{key}.{f}") for f in type(obj).__dict__["_fields"]},
+        }
     if isinstance(obj, jax.Array | np.ndarray):
         arrays[key] = np.asarray(obj)
         return {"array": key}
@@ -221,7 +225,7 @@ def _encode(obj, arrays: dict, key: str):
     raise TypeError(f"cannot save {key}: unsupported type {type(obj).__name__}")
 
 
-def _decode(node, arrays: dict):
+def _decode(node: dict[str, Any], arrays: dict) -> Any:
     if "type" in node:
         cls = TYPES[node["type"]]  # KeyError for any type not allow-listed
         return cls(**{f: _decode(v, arrays) for f, v in node["fields"].items()})
@@ -234,7 +238,7 @@ def _decode(node, arrays: dict):
     return node["value"]
 
 
-def _json_default(obj):
+def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if sp.issparse(obj):  # e.g. the Gibbs sampler's attribute matrices: recorded by digest

@@ -39,13 +39,15 @@ are only identified up to rotation).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.stats
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from probmf.model import MFParams
 
@@ -87,7 +89,7 @@ class TimeClock(NamedTuple):
     num_bins: int
 
 
-def clock_inputs(clock: TimeClock, users, times=None) -> tuple[np.ndarray, np.ndarray]:
+def clock_inputs(clock: TimeClock, users: ArrayLike, times: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(bins (P,) int32, dev (P,) float32) of pairs with dense ``users`` at timestamps
     ``times`` (seconds, (P,)); None: "now", the last bin and dev 0. dev is 0 for an unknown
     user or one without training ratings. Host-side (float64 days)."""
@@ -108,18 +110,23 @@ def clock_inputs(clock: TimeClock, users, times=None) -> tuple[np.ndarray, np.nd
     return bins, dev.astype(np.float32)
 
 
-def draw_offsets(posterior: Posterior, users, items, times=None):
+def draw_offsets(
+    posterior: Posterior, users: jax.Array, items: jax.Array, times: ArrayLike | None = None
+) -> Callable[[Any], tuple[jax.Array, jax.Array] | None]:
     """``offset(time) -> (offset (P,), variance (P,)) or None``: one draw's time terms at the
     pairs (`time_offset`, the pairs' ``times`` in seconds; None: "now"), for code that walks
     the draws itself and hands each draw's `TimeEffects` in; always None without time effects."""
     if posterior.time is None:
         return lambda time: None
+    assert posterior.clock is not None, "a posterior with time effects keeps their clock"
     bins, dev = (jnp.asarray(a) for a in clock_inputs(posterior.clock, np.asarray(users), times))
     users, items = jnp.asarray(users), jnp.asarray(items)
     return lambda time: time_offset(time, users, items, bins, dev)
 
 
-def time_offset(effects: TimeEffects, users, items, bins, dev) -> tuple[jax.Array, jax.Array]:
+def time_offset(
+    effects: TimeEffects, users: jax.Array, items: jax.Array, bins: jax.Array, dev: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """(offset (P,), variance (P,)) of ONE draw's time terms at the pairs: c_{j,bin} + alpha_i
     dev for known ids; an unknown item's (-1) c_{j,bin} is integrated out (0, bin_var), an
     unknown user's term is 0 (its dev is 0)."""
@@ -166,7 +173,9 @@ class Posterior(NamedTuple):
     def rank(self) -> int:
         return self.draws.W.shape[-1]
 
-    def predictive(self, users, items, times=None) -> tuple[jax.Array, jax.Array]:
+    def predictive(
+        self, users: ArrayLike, items: ArrayLike, times: ArrayLike | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Mean and standard deviation (n,) of the posterior predictive of r for each pair
         (dense indices; -1 or an unseen row is cold, see the module docstring). ``times``:
         the pairs' timestamps (seconds, (n,)) for a posterior with time effects; None: "now"
@@ -174,19 +183,22 @@ class Posterior(NamedTuple):
         users, items = jnp.asarray(users), jnp.asarray(items)
         pair_time = None
         if self.time is not None:
+            assert self.clock is not None, "a posterior with time effects keeps their clock"
             pair_time = tuple(jnp.asarray(a) for a in clock_inputs(self.clock, users, times))
         return _predictive(self._replace(clock=None), users, items, pair_time)
 
-    def predict(self, users, items, times=None) -> jax.Array:
+    def predict(self, users: ArrayLike, items: ArrayLike, times: ArrayLike | None = None) -> jax.Array:
         """Posterior predictive mean (n,)."""
         return self.predictive(users, items, times)[0]
 
 
 @jax.jit
-def _predictive(posterior: Posterior, users, items, pair_time=None):
-    def step(moments, draw):
+def _predictive(
+    posterior: Posterior, users: jax.Array, items: jax.Array, pair_time: tuple[jax.Array, jax.Array] | None = None
+) -> tuple[jax.Array, jax.Array]:
+    def step(moments: tuple, draw: tuple) -> tuple[tuple, None]:
         params, tau, priors, time = draw
-        offset = None if time is None else time_offset(time, users, items, *pair_time)
+        offset = None if time is None or pair_time is None else time_offset(time, users, items, *pair_time)
         pred, var = draw_predictive(params, tau, users, items, priors, posterior.seen, posterior.levels,
                                     posterior.features, offset)  # fmt: skip
         return moments_update(moments, pred, var), None
@@ -196,11 +208,12 @@ def _predictive(posterior: Posterior, users, items, pair_time=None):
     return summarize(*moments)
 
 
-def seen_rows(users, items, num_users: int, num_items: int) -> tuple[jax.Array, jax.Array]:
+def seen_rows(users: ArrayLike, items: ArrayLike, num_users: int, num_items: int) -> tuple[jax.Array, jax.Array]:
     """`Posterior.seen` of training ratings with dense ``users``/``items``: (users (N,), items
     (M,)) bool, the rows with at least one rating."""
-    return tuple(jnp.asarray(np.bincount(np.asarray(ids), minlength=size) > 0)
-                 for ids, size in ((users, num_users), (items, num_items)))  # fmt: skip
+    seen_u, seen_i = (jnp.asarray(np.bincount(np.asarray(ids), minlength=size) > 0)
+                      for ids, size in ((users, num_users), (items, num_items)))  # fmt: skip
+    return seen_u, seen_i
 
 
 def known_rows(index: jax.Array, size: int, seen: jax.Array | None = None) -> jax.Array:
@@ -212,8 +225,9 @@ def known_rows(index: jax.Array, size: int, seen: jax.Array | None = None) -> ja
 
 
 def draw_predictive(
-    params: MFParams, tau, users: jax.Array, items: jax.Array, priors: tuple | None = None, seen: tuple | None = None,
-    levels: jax.Array | None = None, features: tuple | None = None, offset: tuple | None = None,
+    params: MFParams, tau: jax.Array, users: jax.Array, items: jax.Array, priors: tuple | None = None,
+    seen: tuple | None = None, levels: jax.Array | None = None, features: tuple | None = None,
+    offset: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """Mean and variance (P,) of the rating predictive under ONE draw (``params`` unbatched,
     ``tau`` (), ``priors`` the draw's (users', items') `RowPrior` without the S axis, or None).
@@ -255,7 +269,9 @@ def draw_predictive(
     return rounded_moments(pred, 1.0 / var, levels)
 
 
-def _cold_mean(prior: RowPrior | None, X: tuple | None, index: jax.Array, size: int):
+def _cold_mean(
+    prior: RowPrior | None, X: tuple | None, index: jax.Array, size: int
+) -> tuple[jax.Array | float, jax.Array | float]:
     """(vector (k,) or (P, k), bias () or (P,)): the prior mean of the rows ``index`` (P,) were
     they cold: [m; 0], plus, with the prior's ``attributes`` A (G, k+1) and X (rows, cols,
     values) (size, G), x_i A for a row in [0, size) and xbar A (X's mean row) for an unknown
@@ -291,7 +307,7 @@ def moments_init(num_pairs: int) -> tuple:
     return jnp.float32(0.0), zeros, zeros, zeros
 
 
-def moments_update(moments: tuple, pred: jax.Array, noise_var, weight=1.0) -> tuple:
+def moments_update(moments: tuple, pred: jax.Array, noise_var: ArrayLike, weight: ArrayLike = 1.0) -> tuple:
     """Welford's update of the predictive moments with one draw's predicted means ``pred``
     (P,) and its noise variance around them ``noise_var`` (1/tau, or (P,)), counted with
     ``weight`` (1 adds the draw, 0 leaves the moments as they are)."""
@@ -303,7 +319,7 @@ def moments_update(moments: tuple, pred: jax.Array, noise_var, weight=1.0) -> tu
     return count, mean, m2, noise + weight * noise_var
 
 
-def summarize(count, mean, m2, noise) -> tuple[jax.Array, jax.Array]:
+def summarize(count: ArrayLike, mean: ArrayLike, m2: ArrayLike, noise: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """(mean, sd) of the predictive: Var[r] = var_s r_hat_s + mean_s (noise variance)_s."""
     count, mean, m2, noise = (jnp.asarray(a) for a in (count, mean, m2, noise))  # one arithmetic, saved or not
     return mean, jnp.sqrt(m2 / count + noise / count)
@@ -314,14 +330,17 @@ class PredictiveSummary(NamedTuple):
     draws themselves are never stored).
 
     Attributes:
-      users, items: (P,) dense ids of the pairs; count: () draws seen; mean, m2: (P,) Welford
-      mean and sum of squared deviations of the per-draw predictions; noise: (P,) sum of the
-      draws' noise variances.
+      users: (P,) dense user ids of the pairs.
+      items: (P,) dense item ids of the pairs.
+      count: () draws seen.
+      mean: (P,) Welford mean of the per-draw predictions.
+      m2: (P,) Welford sum of squared deviations of the per-draw predictions.
+      noise: (P,) sum of the draws' noise variances.
     """
 
     users: jax.Array
     items: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count, kept for saved models
     mean: jax.Array
     m2: jax.Array
     noise: jax.Array
@@ -330,7 +349,9 @@ class PredictiveSummary(NamedTuple):
     def num_samples(self) -> int:
         return int(self.count)
 
-    def predictive(self, users, items, times=None) -> tuple[jax.Array, jax.Array]:
+    def predictive(
+        self, users: ArrayLike, items: ArrayLike, times: ArrayLike | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """(mean, sd) (P,) at exactly the summarised pairs; any other pairs are an error.
         ``times``: ignored, the moments are at the pairs' times given at fit time."""
         users, items = np.asarray(users), np.asarray(items)
@@ -341,5 +362,5 @@ class PredictiveSummary(NamedTuple):
             )
         return summarize(self.count, self.mean, self.m2, self.noise)
 
-    def predict(self, users, items, times=None) -> jax.Array:
+    def predict(self, users: ArrayLike, items: ArrayLike, times: ArrayLike | None = None) -> jax.Array:
         return self.predictive(users, items)[0]

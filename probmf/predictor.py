@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from probmf.model import MFParams
 from probmf.posterior import Posterior
@@ -21,13 +22,18 @@ from probmf.posterior import Posterior
 class Predictor(Protocol):
     """What every fitted model answers (indices are dense; -1 is unknown)."""
 
-    rank: int
-    num_samples: int  # draws behind the predictive (1 for a point estimate)
-    num_chains: int
-    posterior: Posterior | None  # the kept draws; None for point fits and summary-only runs
+    # Read-only properties: NamedTuple results answer them with fields or properties.
+    @property
+    def rank(self) -> int: ...
+    @property
+    def num_samples(self) -> int: ...  # draws behind the predictive (1 for a point estimate)
+    @property
+    def num_chains(self) -> int: ...
+    @property
+    def posterior(self) -> Posterior | None: ...  # the kept draws; None for point fits and summary-only runs
 
-    def predict(self, users, items) -> jax.Array: ...
-    def predictive(self, users, items) -> tuple[jax.Array, jax.Array]: ...
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array: ...
+    def predictive(self, users: ArrayLike, items: ArrayLike) -> tuple[jax.Array, jax.Array]: ...
 
 
 class PointPredictor(NamedTuple):
@@ -38,9 +44,18 @@ class PointPredictor(NamedTuple):
     fitted: Any
     noise_sd: float
 
-    num_samples = 1
-    num_chains = 1
-    posterior = None
+    # Properties, not class attributes: a NamedTuple's annotated class attributes are fields.
+    @property
+    def num_samples(self) -> int:
+        return 1
+
+    @property
+    def num_chains(self) -> int:
+        return 1
+
+    @property
+    def posterior(self) -> None:
+        return None
 
     @property
     def rank(self) -> int:
@@ -52,11 +67,11 @@ class PointPredictor(NamedTuple):
         against them), else None (neural fitters)."""
         return self.fitted if isinstance(self.fitted, MFParams) else None
 
-    def predict(self, users, items) -> jax.Array:
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array:
         """Predicted means (n,); unknown rows (-1) from biases and mu."""
         return self.fitted.predict(users, items)
 
-    def predictive(self, users, items) -> tuple[jax.Array, jax.Array]:
+    def predictive(self, users: ArrayLike, items: ArrayLike) -> tuple[jax.Array, jax.Array]:
         """(mean (n,), sd (n,)): the point prediction and the plug-in sd."""
         mean = self.predict(users, items)
         return mean, jnp.full(mean.shape, self.noise_sd, mean.dtype)

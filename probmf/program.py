@@ -58,7 +58,7 @@ class Program(NamedTuple):
     checkpoint: Checkpoint | None = None
 
 
-def run_program(program: Program):
+def run_program(program: Program) -> Any:
     """Run ``program`` to its end (resuming from and saving to its checkpoint) and finish it."""
     state = run_steps(program.run_chunk, program.state, program.num_steps, program.checkpoint,
                       finished=program.finished, desc=program.desc)  # fmt: skip

@@ -24,19 +24,35 @@ import csv
 import io
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from jax.typing import ArrayLike
 from scipy.stats import norm
 
 from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
 from probmf.model import MFParams
 from probmf.persistence import FittedModel
-from probmf.posterior import Posterior, draw_offsets, draw_predictive
+from probmf.posterior import (
+    Posterior,
+    RowPrior,
+    clock_inputs,
+    draw_offsets,
+    draw_predictive,
+    moments_init,
+    moments_update,
+    rounded_moments,
+    summarize,
+    time_offset,
+)
+from probmf.predictor import PointPredictor
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
@@ -52,15 +68,28 @@ class Predictions(NamedTuple):
     known: np.ndarray
 
 
-def predict_pairs(model: FittedModel, raw_users, raw_items, *, clip: bool = True) -> Predictions:
-    """Predictions for raw (user, item) ids; unknown ids fall back and are flagged."""
+def predict_pairs(
+    model: FittedModel,
+    raw_users: npt.ArrayLike,
+    raw_items: npt.ArrayLike,
+    *,
+    times: npt.ArrayLike | None = None,
+    clip: bool = True,
+) -> Predictions:
+    """Predictions for raw (user, item) ids; unknown ids fall back and are flagged. ``times``:
+    the pairs' timestamps (seconds, (n,)) for a posterior with time effects (None: "now";
+    `probmf.posterior`); not used by a model without them."""
     users, items = model.user_ids.index(raw_users), model.item_ids.index(raw_items)
     known = (users != UNKNOWN) & (items != UNKNOWN)
-    if model.rated_indptr is not None:  # ids in the maps with no training rating are cold too
+    # ids in the maps with no training rating are cold too
+    if model.rated_indptr is not None and model.rated_items is not None:
         seen_u = np.diff(model.rated_indptr) > 0
         seen_i = np.bincount(model.rated_items, minlength=len(model.item_ids)) > 0
         known &= seen_u[np.maximum(users, 0)] & seen_i[np.maximum(items, 0)]
-    mean, sd = (np.asarray(a) for a in model.fitted.predictive(jnp.asarray(users), jnp.asarray(items)))
+    posterior: Posterior | None = model.fitted.posterior
+    timed = times is not None and posterior is not None and posterior.time is not None
+    at = {"times": np.asarray(times, np.float64)} if timed else {}
+    mean, sd = (np.asarray(a) for a in model.fitted.predictive(jnp.asarray(users), jnp.asarray(items), **at))
     if clip:
         mean = np.clip(mean, *model.rating_range)
     return Predictions(mean, sd, known)
@@ -78,7 +107,7 @@ def recommend(
     user_scores: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
     *,
     n: int = 10,
-    exclude=(),
+    exclude: Iterable[int] | np.ndarray = (),
     strategy: str = "mean",
     ucb_level: float = 0.9,
 ) -> Recommendation:
@@ -104,10 +133,12 @@ def recommend(
     score = np.array(score, np.float64)
     score[np.asarray(list(exclude), np.int64)] = -np.inf
     top = np.argsort(-score, kind="stable")[: min(n, int(np.isfinite(score).sum()))]
-    return Recommendation(model.item_ids.raw[top], score[top], mean[top], sd[top])
+    return Recommendation(model.item_ids.raw[top], score[top], mean[top], None if sd is None else sd[top])
 
 
-def score_user(model: FittedModel, user: int, rng_key=None):
+def score_user(
+    model: FittedModel, user: int, rng_key: jax.Array | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(mean, sd or None, one draw's means or None) over all M items for dense user ``user``."""
     m = len(model.item_ids)
     users, items = jnp.full((m,), user, jnp.int32), jnp.arange(m, dtype=jnp.int32)
@@ -124,29 +155,63 @@ def score_user(model: FittedModel, user: int, rng_key=None):
     return np.asarray(mean), np.asarray(sd), np.asarray(draw)
 
 
-def fold_in(model: FittedModel, raw_items, ratings, *, rng_key=None):
-    """Scores over all items for a NEW user given their ratings of known items, without
-    retraining (see the module docstring). Returns (scores as `score_user`, dense indices of
-    the rated items)."""
+def fold_in(
+    model: FittedModel,
+    raw_items: npt.ArrayLike,
+    ratings: npt.ArrayLike,
+    *,
+    attributes: npt.ArrayLike | sp.spmatrix | None = None,
+    rng_key: jax.Array | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray | None], np.ndarray]:
+    """Scores over all items for a NEW user given their ratings of known items (none is
+    allowed: a cold start) and, for a posterior fitted with user attributes, their attribute
+    row, without retraining (see the module docstring). ``attributes``: (G,) numbers or a (1, G)
+    scipy.sparse row in the columns of the model's user attributes (`probmf.data.row_of` of the
+    training feature table); None: unknown, the id map's average row. Returns (scores as
+    `score_user`, dense indices of the rated items)."""
     items = model.item_ids.index(raw_items)
     if np.any(items == UNKNOWN):
         bad = np.asarray(raw_items)[items == UNKNOWN][0]
         raise ValueError(f"item {bad!r} is not known to the model; fold-in needs items it was trained on")
     r = np.asarray(ratings, np.float32)
+    if r.shape != items.shape:
+        raise ValueError(f"fold-in needs one rating per item, got {r.shape[0]} ratings for {items.shape[0]} items")
     posterior: Posterior | None = model.fitted.posterior
+    x = _attribute_row(posterior, attributes)
     if posterior is not None:
+        s = _draw_index(rng_key, posterior.num_samples)
         key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-        preds = np.asarray(_fold_in_draws(key, posterior, jnp.asarray(items), jnp.asarray(r)))
-        noise = float(np.mean(1.0 / np.asarray(posterior.tau)))
-        s = _draw_index(rng_key, preds.shape[0])
-        return (preds.mean(0), np.sqrt(preds.var(0) + noise), preds[s]), items
-    params: MFParams | None = model.fitted.params if model.fitted.num_samples == 1 else None
-    if params is not None:
+        now = None  # the time terms "now" (`probmf.posterior.clock_inputs`): last bin, no drift
+        if posterior.time is not None:
+            assert posterior.clock is not None, "a posterior with time effects keeps its clock"
+            bins, dev = clock_inputs(posterior.clock, np.full(len(model.item_ids), UNKNOWN))
+            now = (jnp.asarray(bins), jnp.asarray(dev))
+        post = posterior._replace(clock=None)
+        mean, sd, draw = _fold_in_draws(key, post, jnp.asarray(items), jnp.asarray(r), x, jnp.int32(s), now)
+        return (np.asarray(mean), np.asarray(sd), np.asarray(draw)), items
+    fitted = model.fitted  # a point estimate's factors, when it is a matrix factorisation
+    params: MFParams | None = fitted.params if isinstance(fitted, PointPredictor) else None
+    if isinstance(fitted, PointPredictor) and params is not None:
         lam, lam_b = _ridge(model, len(r))
         x = _solve_row(params.U[items], params.c[items], params.mu, r, lam, lam_b)
         mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
-        return (mean, np.full(mean.shape, model.fitted.noise_sd, np.float32), None), items
+        return (mean, np.full(mean.shape, fitted.noise_sd, np.float32), None), items
     raise ValueError(f"fold-in is not available for model {model.model!r}")
+
+
+def _attribute_row(posterior: Posterior | None, attributes: npt.ArrayLike | sp.spmatrix | None) -> jax.Array | None:
+    """``attributes`` as a dense float32 (G,), checked against the posterior's user attributes."""
+    if attributes is None:
+        return None
+    prior = None if posterior is None or posterior.priors is None else posterior.priors[0]
+    if prior is None or prior.attributes is None:
+        raise ValueError("attributes need a posterior fitted with user attributes (gibbs with user_features)")
+    dense = attributes.toarray() if sp.issparse(attributes) else attributes  # type: ignore[union-attr]  # sparse
+    x = np.asarray(dense, np.float64).reshape(-1)
+    width = prior.attributes.shape[1]
+    if x.shape[0] != width or not np.all(np.isfinite(x)):
+        raise ValueError(f"attributes must be {width} finite numbers (the model's user attributes), got {x.size}")
+    return jnp.asarray(x, jnp.float32)
 
 
 def _ridge(model: FittedModel, count: int) -> tuple[float, float]:
@@ -159,7 +224,7 @@ def _ridge(model: FittedModel, count: int) -> tuple[float, float]:
     return lam, float(opts.get("lam_bias", 0.0))
 
 
-def _solve_row(U, c, mu, r, lam, lam_b):
+def _solve_row(U: jax.Array, c: jax.Array, mu: jax.Array, r: ArrayLike, lam: float, lam_b: float) -> jax.Array:
     """[w; b] minimising sum_j (r_j - mu - c_j - w.u_j - b)^2 + lam |w|^2 + lam_b b^2."""
     a = jnp.concatenate([U, jnp.ones((U.shape[0], 1))], axis=1)
     k1 = a.shape[1]
@@ -168,30 +233,82 @@ def _solve_row(U, c, mu, r, lam, lam_b):
 
 
 @jax.jit
-def _fold_in_draws(rng_key, posterior: Posterior, items, r):
-    """Per draw: sample [w; b] from its conditional and return the (S, M) predicted means."""
+def _fold_in_draws(
+    rng_key: jax.Array,
+    posterior: Posterior,
+    items: jax.Array,
+    r: jax.Array,
+    x: jax.Array | None,
+    s: jax.Array,
+    now: tuple[jax.Array, jax.Array] | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(mean (M,), sd (M,), draw s's means (M,)) of the predictive for a new user.
 
-    def one(key, params, tau):
-        W, U, b, c, mu = params
+    Per draw: the row [w; b] | r ~ N(A^-1 h, A^-1) with A = tau a^T a + P, h = tau a^T (r - mu
+    - c - o) + P m over the rated items (a_j = [u_j; 1], o the time terms "now"), and the
+    prior (m, P^-1): the draw's cold-user prior (`RowPrior`, its mean shifted by x A with
+    attributes ``x``, else by the average row's), or without one the empirical mean and
+    covariance of the draw's user rows. Each item's mean B x_hat + c + mu + o and variance
+    B A^-1 B^T + 1/tau (B = [U, 1]) enter the running moments exactly; draw s's means come
+    from one sampled row."""
+    priors = None if posterior.priors is None else posterior.priors[0]
+    X = None if posterior.features is None else posterior.features[0]  # (rows, cols, values)
+
+    def prior_of(params: MFParams, prior: RowPrior | None) -> tuple[jax.Array, jax.Array]:
+        W, b = params.W, params.b
         k = W.shape[1]
-        prior_mean = jnp.concatenate([jnp.mean(W, 0), jnp.zeros(1)])
-        cov = jnp.cov(W.T).reshape(k, k) + 1e-6 * jnp.eye(k)
-        prior_prec = (
-            jnp.zeros((k + 1, k + 1)).at[:k, :k].set(jnp.linalg.inv(cov)).at[k, k].set(1.0 / (jnp.var(b) + 1e-6))
-        )
+        if prior is None:  # no kept prior: the draw's user rows, empirically
+            mean, cov, bias_var = jnp.mean(W, 0), jnp.cov(W.T).reshape(k, k) + 1e-6 * jnp.eye(k), jnp.var(b) + 1e-6
+            shift = jnp.zeros(k + 1)
+        else:
+            mean, cov, bias_var = prior.mean, prior.cov, prior.bias_var
+            if prior.attributes is None:
+                shift = jnp.zeros(k + 1)
+            elif x is None:  # unknown attributes: the average row's, as for an unknown id
+                assert X is not None, "a posterior with attribute vectors keeps its attribute rows"
+                _, cols, values = X
+                shift = jnp.sum(values[:, None] * prior.attributes[cols], axis=0) / W.shape[0]
+            else:
+                shift = x @ prior.attributes
+        prec = jnp.zeros((k + 1, k + 1)).at[:k, :k].set(jnp.linalg.inv(cov)).at[k, k].set(1.0 / bias_var)
+        return jnp.concatenate([mean, jnp.zeros(1)]) + shift, prec
+
+    def step(carry: tuple, draw: tuple) -> tuple[tuple, None]:
+        moments, chosen = carry
+        index, key, params, tau, prior, time = draw
+        U, c, mu = params.U, params.c, params.mu
+        offset = jnp.zeros_like(c)
+        if time is not None:  # a new user: no drift; an item's bin effect "now"
+            assert now is not None, "time effects come with their pairs' bins and devs"
+            offset = time_offset(time, jnp.full(c.shape, -1), jnp.arange(c.shape[0]), *now)[0]
+        prior_mean, prior_prec = prior_of(params, prior)
         a = jnp.concatenate([U[items], jnp.ones((items.shape[0], 1))], axis=1)
-        A = tau * a.T @ a + prior_prec
-        L = jnp.linalg.cholesky(A)
-        y = jax.scipy.linalg.solve_triangular(L, tau * a.T @ (r - mu - c[items]) + prior_prec @ prior_mean, lower=True)
+        L = jnp.linalg.cholesky(tau * a.T @ a + prior_prec)
+        y = jax.scipy.linalg.solve_triangular(
+            L, tau * a.T @ (r - mu - c[items] - offset[items]) + prior_prec @ prior_mean, lower=True
+        )
+        B = jnp.concatenate([U, jnp.ones((U.shape[0], 1))], axis=1)
+        base = c + mu + offset
+        x_hat = jax.scipy.linalg.solve_triangular(L, y, lower=True, trans="T")
+        spread = jnp.sum(jax.scipy.linalg.solve_triangular(L, B.T, lower=True) ** 2, axis=0)  # diag B A^-1 B^T
+        pred, var = B @ x_hat + base, spread + 1.0 / tau
         z = jax.random.normal(key, y.shape)
-        x = jax.scipy.linalg.solve_triangular(L, y + z, lower=True, trans="T")
-        return U @ x[:-1] + x[-1] + c + mu
+        sampled = B @ jax.scipy.linalg.solve_triangular(L, y + z, lower=True, trans="T") + base
+        if posterior.levels is not None:
+            pred, var = rounded_moments(pred, 1.0 / var, posterior.levels)
+            sampled = rounded_moments(sampled, tau, posterior.levels)[0]
+        moments = moments_update(moments, pred, var)
+        return (moments, jnp.where(index == s, sampled, chosen)), None
 
-    keys = jax.random.split(rng_key, posterior.num_samples)
-    return jax.lax.map(lambda args: one(*args), (keys, posterior.draws, posterior.tau))
+    S, M = posterior.num_samples, posterior.draws.U.shape[1]
+    keys = jax.random.split(rng_key, S)
+    draws = (jnp.arange(S), keys, posterior.draws, posterior.tau, priors, posterior.time)
+    (moments, chosen), _ = jax.lax.scan(step, (moments_init(M), jnp.zeros(M)), draws)
+    mean, sd = summarize(*moments)
+    return mean, sd, chosen
 
 
-def _draw_index(rng_key, num: int) -> int:
+def _draw_index(rng_key: jax.Array | None, num: int) -> int:
     if rng_key is None:
         return 0
     return int(jax.random.randint(rng_key, (), 0, num))
@@ -208,7 +325,7 @@ class TitlesFileError(ValueError):
     """A titles file that cannot be read; the message names the file and, where it applies, the line."""
 
 
-def read_titles(path) -> dict:
+def read_titles(path: str | os.PathLike[str]) -> dict:
     """Titles by raw item id from a titles file; ids that look like integers become ints.
 
     Formats, told apart by the first separator on the first line (``|``, ``::`` or ``,``):
@@ -293,7 +410,7 @@ def read_titles(path) -> dict:
     return titles
 
 
-def titles_for(titles_file, dataset: str | None) -> dict | None:
+def titles_for(titles_file: str | os.PathLike[str] | None, dataset: str | None) -> dict | None:
     """Titles by raw item id from ``titles_file`` (`read_titles`), else those of the MovieLens
     dataset named ``dataset`` when it is on disk (never downloaded), else None."""
     if titles_file:
@@ -306,7 +423,7 @@ def titles_for(titles_file, dataset: str | None) -> dict | None:
         return None
 
 
-def title_of(titles: dict | None, item) -> str | None:
+def title_of(titles: dict | None, item: Any) -> str | None:
     """The title of raw item id ``item`` in ``titles`` (`read_titles`), or None when unknown.
 
     Integer ids and their decimal strings match each other (``17`` and ``"17"``)."""

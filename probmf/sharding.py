@@ -15,6 +15,8 @@ a result whose rows are split across hosts is then read with `to_host`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -24,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 AXIS = "data"
 
 
-def check_devices(devices) -> int:
+def check_devices(devices: Any) -> int:
     """Validate the ``devices`` option (a positive integer) without touching any device."""
     if isinstance(devices, bool) or int(devices) != devices or devices < 1:
         raise ValueError(f"devices must be a positive integer, got {devices!r}")
@@ -47,14 +49,14 @@ def device_mesh(devices: int) -> Mesh | None:
     return Mesh(np.asarray(available[:devices]), (AXIS,))
 
 
-def replicated(mesh: Mesh | None, tree):
+def replicated(mesh: Mesh | None, tree: Any) -> Any:
     """Place every leaf of ``tree`` on all devices of ``mesh`` (unchanged without a mesh)."""
     if mesh is None:
         return tree
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def split_along(mesh: Mesh | None, tree, axis: int):
+def split_along(mesh: Mesh | None, tree: Any, axis: int) -> Any:
     """Split every leaf of ``tree`` along ``axis`` across the devices of ``mesh``; that axis's
     length must divide by the number of devices."""
     if mesh is None:
@@ -63,7 +65,7 @@ def split_along(mesh: Mesh | None, tree, axis: int):
     return jax.device_put(tree, NamedSharding(mesh, spec))
 
 
-def to_host(tree):
+def to_host(tree: Any) -> Any:
     """``tree`` with every array that spans other processes' devices gathered into a numpy
     array holding all of it; every other leaf as it is.
 
@@ -71,7 +73,7 @@ def to_host(tree):
     ``jax.distributed`` the gathers are collectives: every process must call this on the same
     tree, and each gets the whole result."""
 
-    def gather(x):
+    def gather(x: Any) -> Any:
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return x

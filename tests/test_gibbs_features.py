@@ -387,3 +387,55 @@ def test_the_estimator_and_the_cli_take_feature_tables(tmp_path, capsys):
     assert main(args) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert "users.csv" in row["options"]["user_features"] and np.isfinite(row["rmse"])
+
+
+def test_a_new_user_is_recommended_from_their_attributes_by_the_estimator_and_the_cli(tmp_path, capsys):
+    """User 4 has attributes but no training rating and is not in the model: `Recommender`
+    and ``probmf recommend --user 4 --user-features`` predict them from their row, as
+    `probmf.recommend.fold_in` with the row and no ratings does; a file with other columns,
+    without the user, or a model without attributes are refused by name."""
+    import probmf
+    from probmf.cli import main
+    from probmf.data.features import read_features, row_of
+    from probmf.persistence import load_model
+    from probmf.recommend import fold_in
+
+    ratings, _ = synthetic_ratings(num_users=30, num_items=20, num_ratings=300, rank=2, noise=0.5, seed=7)
+    df = ratings.to_dataframe()
+    df = df[df["userId"] != 4]
+    path = tmp_path / "users.csv"
+    path.write_text("userId,g,age\n" + "".join(f"{u},{'ab'[u % 2]},{20 + u}\n" for u in range(30)))
+    table = read_features(path)
+    options = {"rank": 2, "num_warmup": 5, "num_samples": 5, "init_sweeps": 2}
+    rec = probmf.Recommender("gibbs", user_features=table, **options).fit(df)
+    got = rec.recommend([4], n=20)
+    (mean, _, _), _ = fold_in(rec.model_, [], [], attributes=row_of(table, 4))
+    want = mean[rec.model_.item_ids.index(got["item"].to_numpy())]
+    np.testing.assert_allclose(got["mean"], want, rtol=1e-6)
+    assert not got["known"].any() and np.all(np.diff(got["score"]) <= 0)
+    one = rec.fold_in({int(df["movieId"].iloc[0]): 5.0}, user=4, n=20)
+    assert not np.allclose(np.sort(one["mean"])[:5], np.sort(got["mean"])[:5])  # the rating moves it
+
+    df.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "model"
+    fit = ["fit", "--train", str(tmp_path / "train.csv"), "--model", "gibbs", "--rank", "2", "--num-warmup", "5",
+           "--num-samples", "5", "--user-features", str(path), "--out", str(out)]  # fmt: skip
+    assert main(fit) == 0
+    capsys.readouterr()
+    new_user = ["--user", "4", "--user-features", str(path)]
+    assert main(["recommend", "--model", str(out), *new_user, "-n", "20", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    loaded = load_model(out)
+    (mean, _, _), _ = fold_in(loaded, [], [], attributes=row_of(table, 4))
+    np.testing.assert_allclose([r["mean"] for r in rows],
+                               mean[loaded.item_ids.index([r["movieId"] for r in rows])], atol=1e-4)  # fmt: skip
+    other = tmp_path / "other.csv"
+    other.write_text("userId,g\n" + "".join(f"{u},{'ab'[u % 2]}\n" for u in range(30)))
+    for flags, message in (
+        (["--user-features", str(other)], "other.csv: its columns"),
+        (["--user", "77", "--user-features", str(path)], "has no row for user 77"),
+        ([], "not known to the model"),
+    ):
+        argv = ["recommend", "--model", str(out), *(["--user", "4"] if "--user" not in flags else []), *flags]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err

@@ -259,3 +259,41 @@ def test_every_walk_over_the_draws_carries_the_time_terms():
     for seed in range(3):
         key = jax.random.PRNGKey(seed)
         np.testing.assert_allclose(score_user(model, 0, rng_key=key)[2], now[_draw_index(key, 4)], rtol=1e-5, atol=1e-5)
+
+
+def test_the_estimator_and_probmf_predict_take_the_pairs_timestamps(tmp_path, capsys):
+    """`Recommender.predict` reads a DataFrame's timestamp column and ``probmf predict`` a pairs
+    file's: each pair is predicted at its time, as the posterior's ``predictive(times=)`` says,
+    and without one "now"; a bad timestamp is refused naming its line."""
+    import json
+
+    import probmf
+    from probmf.cli import main
+    from probmf.data.ratings import UNKNOWN
+
+    ratings, _ = synthetic_ratings(num_users=30, num_items=20, num_ratings=400, rank=2, noise=0.5, seed=3)
+    df = ratings.to_dataframe()
+    rec = probmf.Recommender("gibbs", time=True, rank=2, num_warmup=5, num_samples=6, init_sweeps=2).fit(df)
+    pairs = df.head(8)
+    post = rec.model_.fitted.posterior
+    users = rec.model_.user_ids.index(pairs["userId"].to_numpy())
+    items = rec.model_.item_ids.index(pairs["movieId"].to_numpy())
+    assert np.all(users != UNKNOWN) and np.all(items != UNKNOWN)
+    want, want_sd = (np.asarray(a) for a in post.predictive(users, items, pairs["timestamp"].to_numpy()))
+    got = rec.predict(pairs, clip=False)
+    np.testing.assert_allclose(got["mean"], want, rtol=1e-6)
+    np.testing.assert_allclose(got["sd"], want_sd, rtol=1e-6)
+    now = rec.predict(pairs[["userId", "movieId"]], clip=False)
+    np.testing.assert_allclose(now["mean"], np.asarray(post.predict(users, items)), rtol=1e-6)
+    assert np.max(np.abs(now["mean"] - got["mean"])) > 1e-4  # the times matter
+
+    out = tmp_path / "model"
+    rec.save(out)
+    path = tmp_path / "pairs.csv"
+    pairs[["userId", "movieId", "timestamp"]].to_csv(path, index=False)
+    assert main(["predict", "--model", str(out), "--pairs", str(path), "--no-clip", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose([r["prediction"] for r in rows], want, atol=1e-4)
+    path.write_text("userId,movieId,timestamp\n1,2,964982703\n1,3,soon\n")
+    assert main(["predict", "--model", str(out), "--pairs", str(path)]) == 2
+    assert "pairs.csv, line 3: timestamp 'soon' is not a finite number" in capsys.readouterr().err

@@ -198,6 +198,7 @@ def test_deterministic_and_no_retrace(data):
         (fit_mlp, {"batch_size": 0}),
         (fit_residual, {"base": "svd"}),
         (fit_residual, {"validation_fraction": 0.0}),
+        (fit_residual, {"validation_fraction": 1e-6}),  # holds out no rating
         (fit_residual, {"num_folds": 1}),
         (fit_residual, {"lam_net": -1.0}),
         (fit_residual, {"hidden": ()}),

@@ -163,3 +163,40 @@ def test_title_of_matches_ids_across_int_and_text():
     assert title_of(titles, np.int64(17)) == title_of(titles, "17") == "Seventeen"
     assert title_of(titles, np.str_("x7")) == "Text id"
     assert title_of(titles, 18) is None and title_of(None, 17) is None and title_of({}, "17") is None
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "rounded"])
+def test_a_new_user_folded_in_from_attributes_alone_is_predicted_as_a_cold_user_with_them(likelihood):
+    """No ratings and user 4's attribute row: in every draw the fold-in's row is the draw's
+    cold-user prior N(m + x A, S), N(x A_b, v), which is what the posterior predicts for user 4,
+    a user of the id map with no training rating (with time effects "now" and either
+    likelihood); without attributes, an unknown id's prediction (the average row's shift)."""
+    from probmf.data.ratings import IdMap, Ratings
+    from probmf.data.synthetic import synthetic_ratings
+
+    ratings, _ = synthetic_ratings(num_users=30, num_items=20, num_ratings=400, rank=2, noise=0.5, seed=7)
+    rng = np.random.default_rng(1)
+    days = rng.integers(0, 400, len(ratings))
+    ratings = Ratings(ratings.users, ratings.items, np.clip(np.round(ratings.values), 1, 5), IdMap.identity(30),
+                      IdMap.identity(20), days.astype(np.int64) * 86_400, "r.csv")  # fmt: skip
+    train = ratings.take(ratings.users != 4)
+    X = (rng.random((30, 5)) < 0.4).astype(np.float64)
+    m = _model("gibbs", train, rank=2, num_warmup=5, num_samples=6, user_features=X, time=True, likelihood=likelihood)
+    everything = np.arange(20)
+    cold = predict_pairs(m, np.full(20, 4), everything, clip=False)
+    unknown = predict_pairs(m, np.full(20, 10_000), everything, clip=False)
+    (mean, sd, draw), rated = fold_in(m, [], [], attributes=X[4], rng_key=jax.random.PRNGKey(2))
+    assert rated.size == 0 and not cold.known.any()
+    np.testing.assert_allclose(mean, cold.mean, rtol=1e-5)
+    np.testing.assert_allclose(sd, cold.sd, rtol=1e-4)
+    (mean, sd, _), _ = fold_in(m, [], [])
+    np.testing.assert_allclose(mean, unknown.mean, rtol=1e-5)
+    np.testing.assert_allclose(sd, unknown.sd, rtol=1e-4)
+    # The attributes move the prediction (the planted rows differ), and one rating moves it more.
+    assert np.max(np.abs(cold.mean - unknown.mean)) > 1e-3
+    (one, _, _), _ = fold_in(m, [3], [5.0], attributes=X[4])
+    assert one[3] > cold.mean[3]
+    with pytest.raises(ValueError, match="5 finite numbers"):
+        fold_in(m, [], [], attributes=X[4, :3])
+    with pytest.raises(ValueError, match="user attributes"):
+        fold_in(_model("gibbs", train, rank=2, num_warmup=2, num_samples=2), [], [], attributes=X[4])

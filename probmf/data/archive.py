@@ -26,7 +26,7 @@ class UnsafeArchiveError(ValueError):
     """A zip archive holds a member that would be written outside the target folder, or a link."""
 
 
-def _safe_extract(zf: zipfile.ZipFile, dest) -> None:
+def _safe_extract(zf: zipfile.ZipFile, dest: str | os.PathLike[str]) -> None:
     """Extract every member of ``zf`` under ``dest``, refusing unsafe members before writing.
 
     Raises:

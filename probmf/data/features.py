@@ -25,9 +25,10 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
@@ -97,7 +98,13 @@ class MissingFeaturesWarning(UserWarning):
 # ---- building a table --------------------------------------------------------------------
 
 
-def from_columns(ids, columns: Mapping[str, Sequence], *, kinds: Mapping[str, str] | None = None, source: str = ""):
+def from_columns(
+    ids: Sequence | np.ndarray,
+    columns: Mapping[str, Sequence],
+    *,
+    kinds: Mapping[str, str] | None = None,
+    source: str = "",
+) -> FeatureTable:
     """A `FeatureTable` from columns in memory, encoded as `read_features` encodes a file.
 
     Args:
@@ -124,7 +131,7 @@ def from_columns(ids, columns: Mapping[str, Sequence], *, kinds: Mapping[str, st
 
 
 def read_features(
-    path,
+    path: str | os.PathLike[str],
     *,
     id_column: str | None = None,
     columns: Sequence[str] | None = None,
@@ -244,14 +251,14 @@ def design_matrix(table: FeatureTable, id_map: IdMap) -> sp.csr_matrix:
     return matrix
 
 
-def row_of(table: FeatureTable, raw_id) -> sp.csr_matrix | None:
+def row_of(table: FeatureTable, raw_id: Any) -> sp.csr_matrix | None:
     """The features (1, F) CSR of one raw id (e.g. a new user's), or None when the table has
     no row for it. ``"12"`` finds integer id 12, as `IdMap.index` does."""
     k = int(_rows_of(table, [raw_id])[0])
     return None if k == UNKNOWN else table.matrix[[k]]
 
 
-def _rows_of(table: FeatureTable, raw_ids) -> np.ndarray:
+def _rows_of(table: FeatureTable, raw_ids: npt.ArrayLike) -> np.ndarray:
     """int (n,) table row of each raw id, or UNKNOWN; `IdMap.index` does the lookup, so ints
     and their strings match as in the ratings."""
     order = np.argsort(table.ids, kind="stable")
@@ -271,7 +278,7 @@ class _Rows(NamedTuple):
     def where(self, k: int) -> tuple[str, int]:
         return ("row", k) if self.lines is None else ("line", int(self.lines[k]))
 
-    def error(self, k: int, what: str, value=None) -> RatingsFileError:
+    def error(self, k: int, what: str, value: Any = None) -> RatingsFileError:
         unit, number = self.where(k)
         return RatingsFileError(f"{self.source}, {unit} {number}: {what}", path=self.source, line=number, value=value)
 
@@ -381,7 +388,7 @@ def _numbers(name: str, values: list, rows: _Rows) -> np.ndarray:
     return out
 
 
-def _labels(value) -> tuple[str, ...]:
+def _labels(value: Any) -> tuple[str, ...]:
     """The distinct labels of a multilabel value (``"a|b"`` or a sequence), in order."""
     if _missing(value):
         return ()
@@ -389,7 +396,7 @@ def _labels(value) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for p in (str(p).strip() for p in parts) if p and p != _NO_LABELS))
 
 
-def _title_year(title) -> float:
+def _title_year(title: Any) -> float:
     match = None if _missing(title) else _TITLE_YEAR.search(str(title))
     return float(match.group(1)) if match else np.nan
 
@@ -398,7 +405,7 @@ def _decade(year: float) -> str:
     return "" if np.isnan(year) else f"{int(year) // 10 * 10}s"
 
 
-def _missing(value) -> bool:
+def _missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, str):
@@ -406,7 +413,7 @@ def _missing(value) -> bool:
     return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
 
 
-def _finite(value) -> float | None:
+def _finite(value: Any) -> float | None:
     if isinstance(value, (bool, np.bool_, list, tuple)):
         return None
     try:

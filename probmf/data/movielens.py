@@ -141,7 +141,9 @@ class DatasetNotFoundError(FileNotFoundError):
 # ---- public loaders ----------------------------------------------------------------------
 
 
-def load_movielens(name: str, *, path=None, split: str | None = None, download: bool = True) -> Ratings:
+def load_movielens(
+    name: str, *, path: str | os.PathLike[str] | None = None, split: str | None = None, download: bool = True
+) -> Ratings:
     """All ratings of MovieLens ``name``, or one file of an official split.
 
     Args:
@@ -161,7 +163,9 @@ def load_movielens(name: str, *, path=None, split: str | None = None, download: 
     return _read(folder / file, spec, name)
 
 
-def load_split(name: str, split: str, *, path=None, download: bool = True) -> tuple[Ratings, Ratings]:
+def load_split(
+    name: str, split: str, *, path: str | os.PathLike[str] | None = None, download: bool = True
+) -> tuple[Ratings, Ratings]:
     """An official train / test split: ml-100k "u1".."u5", "ua", "ub"; ml-10m "r1".."r5", "ra", "rb".
 
     The test set is expressed in the training set's id space, so its users and items that
@@ -182,7 +186,7 @@ def load_split(name: str, split: str, *, path=None, download: bool = True) -> tu
 
 
 def load_split_or_synthetic(
-    name: str, split: str, *, path=None, download: bool = True, seed: int = 0
+    name: str, split: str, *, path: str | os.PathLike[str] | None = None, download: bool = True, seed: int = 0
 ) -> tuple[Ratings, Ratings, bool]:
     """`load_split`, or, when the dataset is absent (and not downloaded), the "ml100k"
     synthetic preset split 80/20 at random with ``seed``. Returns (train, test, whether
@@ -194,7 +198,9 @@ def load_split_or_synthetic(
         return (*random_split(ratings, 0.2, seed=seed), False)
 
 
-def load_titles(name: str, *, path=None, download: bool = True, encoding: str | None = None) -> dict:
+def load_titles(
+    name: str, *, path: str | os.PathLike[str] | None = None, download: bool = True, encoding: str | None = None
+) -> dict:
     """Movie titles by raw item id (int), from ``u.item``, ``movies.dat`` or ``movies.csv``.
 
     Args:
@@ -213,13 +219,13 @@ def load_titles(name: str, *, path=None, download: bool = True, encoding: str | 
     try:
         text = raw.decode(_text_encoding(encoding))
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        value = raw.splitlines()[line - 1]
+        bad_line = raw.count(b"\n", 0, err.start) + 1
+        value = raw.splitlines()[bad_line - 1]
         raise RatingsFileError(
-            f"{file}, line {line}: not valid {encoding} text: {value!r}; pass encoding= the file's encoding "
+            f"{file}, line {bad_line}: not valid {encoding} text: {value!r}; pass encoding= the file's encoding "
             f"(e.g. 'latin-1')",
             path=file,
-            line=line,
+            line=bad_line,
             value=value,
         ) from None
 
@@ -252,7 +258,9 @@ def load_titles(name: str, *, path=None, download: bool = True, encoding: str | 
     return titles
 
 
-def load_features(name: str, side: str, *, path=None, download: bool = True) -> FeatureTable:
+def load_features(
+    name: str, side: str, *, path: str | os.PathLike[str] | None = None, download: bool = True
+) -> FeatureTable:
     """The user or item attributes MovieLens ``name`` ships, as a `FeatureTable` by raw id.
 
     Groups of columns (`probmf.data.features` describes the encodings):
@@ -269,7 +277,8 @@ def load_features(name: str, side: str, *, path=None, download: bool = True) -> 
     Args:
       name: one of `DATASETS`; user attributes exist for ml-100k and ml-1m only.
       side: "user" or "item".
-      path, download: as for `load_movielens`.
+      path: as for `load_movielens`.
+      download: as for `load_movielens`.
 
     Raises:
       ValueError: ``side="user"`` for a dataset without user attributes.
@@ -401,7 +410,7 @@ def _users_dat(file: Path, encoding: str) -> FeatureTable:
 def _u_item(file: Path, encoding: str) -> FeatureTable:
     """ml-100k ``u.item``: movie id|title|release date|video release date|URL|19 genre flags
     (the genre names from ``u.genre`` beside it when present)."""
-    genres = _ML100K_GENRES
+    genres: tuple[str, ...] = _ML100K_GENRES
     if (file.parent / "u.genre").is_file():
         # "name|index" lines; the index is the flag's position.
         pairs = _split_lines(file.parent / "u.genre", _read_lines(file.parent / "u.genre", encoding), "|", 2)[0]
@@ -490,7 +499,7 @@ def _candidates(root: Path, name: str, spec: _Spec) -> list[Path]:
     return out
 
 
-def _locate(name: str, path, download: bool) -> Path:
+def _locate(name: str, path: str | os.PathLike[str] | None, download: bool) -> Path:
     spec = _spec(name)
     if path is not None:
         path = Path(os.fspath(path)).expanduser()

@@ -117,7 +117,9 @@ def _part_path(folder: Path, side: str, block: int) -> Path:
     return Path(folder) / f"by_{side}" / f"part-{block:05d}.parquet"
 
 
-def partition(ratings: Ratings, out, parts: int, *, source: str | None = None) -> PartitionedRatings:
+def partition(
+    ratings: Ratings, out: str | os.PathLike[str], parts: int, *, source: str | None = None
+) -> PartitionedRatings:
     """Write ``ratings`` to the folder ``out`` split into ``parts`` row blocks per side (see
     the module docstring) and return it opened. ``out`` is written in a temporary folder
     beside it and then renamed: a folder a previous `partition` wrote is replaced, anything
@@ -194,7 +196,7 @@ def partition(ratings: Ratings, out, parts: int, *, source: str | None = None) -
     return open_partitioned(out)
 
 
-def open_partitioned(path) -> PartitionedRatings:
+def open_partitioned(path: str | os.PathLike[str]) -> PartitionedRatings:
     """Open a folder `partition` wrote: its metadata, id maps and counts, checked against each
     other (no ratings are read). Raises `PartitionError` naming the file at fault."""
     path = Path(path)
@@ -247,7 +249,7 @@ def open_partitioned(path) -> PartitionedRatings:
         item_counts=counts["item"],
         mu=float(meta["mu"]),
         rating_sum=float(meta["rating_sum"]),
-        rating_range=tuple(float(v) for v in meta["rating_range"]),
+        rating_range=(float(meta["rating_range"][0]), float(meta["rating_range"][1])),
         parts=int(meta["parts"]),
         blocks=dict(meta["blocks"]),
         digest=str(meta["digest"]),

@@ -8,9 +8,16 @@ marks an id that the id map does not know (a *cold* user or item in a test set).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import scipy.sparse as sp
 
 UNKNOWN = -1  # dense index of an id absent from the id map
 
@@ -25,7 +32,7 @@ class IdMap:
 
     raw: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         raw = np.asarray(self.raw)
         if raw.ndim != 1:
             raise ValueError(f"IdMap needs a 1-d array of raw ids, got shape {raw.shape}")
@@ -39,7 +46,7 @@ class IdMap:
         return cls(np.arange(n, dtype=np.int64))
 
     @classmethod
-    def encode(cls, raw_ids) -> tuple[IdMap, np.ndarray]:
+    def encode(cls, raw_ids: npt.ArrayLike) -> tuple[IdMap, np.ndarray]:
         """Build the map of the distinct ids in ``raw_ids``; return it and their int32 indices."""
         raw_ids = _as_id_array(raw_ids)
         uniq, inverse = np.unique(raw_ids, return_inverse=True)
@@ -48,7 +55,7 @@ class IdMap:
     def __len__(self) -> int:
         return int(self.raw.size)
 
-    def index(self, raw_ids) -> np.ndarray:
+    def index(self, raw_ids: npt.ArrayLike) -> np.ndarray:
         """Dense int32 indices of ``raw_ids``; ids not in the map get ``UNKNOWN`` (-1)."""
         raw_ids = _as_id_array(raw_ids)
         if self.raw.size == 0:
@@ -64,10 +71,10 @@ class IdMap:
         found = valid & (self.raw[pos_c] == raw_ids)
         return np.where(found, pos_c, UNKNOWN).astype(np.int32)
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, IdMap) and self.raw.shape == other.raw.shape and bool(np.all(self.raw == other.raw))
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable: __eq__ compares the arrays
 
 
 def _integer_ids(raw_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +98,7 @@ def _integer_ids(raw_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, valid
 
 
-def _as_id_array(raw_ids) -> np.ndarray:
+def _as_id_array(raw_ids: npt.ArrayLike) -> np.ndarray:
     a = np.asarray(raw_ids)
     if a.dtype == object:
         # Mixed or string ids from pandas: compare as strings.
@@ -120,7 +127,7 @@ class Ratings:
     timestamps: np.ndarray | None = None
     source: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         users = np.ascontiguousarray(self.users, dtype=np.int32).reshape(-1)
         items = np.ascontiguousarray(self.items, dtype=np.int32).reshape(-1)
         values = np.ascontiguousarray(self.values, dtype=np.float32).reshape(-1)
@@ -143,23 +150,32 @@ class Ratings:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_raw(cls, raw_users, raw_items, values, timestamps=None, *, source: str = "") -> Ratings:
+    def from_raw(
+        cls,
+        raw_users: npt.ArrayLike,
+        raw_items: npt.ArrayLike,
+        values: npt.ArrayLike,
+        timestamps: npt.ArrayLike | None = None,
+        *,
+        source: str = "",
+    ) -> Ratings:
         """Build from raw ids; the id maps are the distinct ids seen here."""
         user_ids, users = IdMap.encode(raw_users)
         item_ids, items = IdMap.encode(raw_items)
-        return cls(users, items, values, user_ids, item_ids, timestamps, source)
+        ts = None if timestamps is None else np.asarray(timestamps)
+        return cls(users, items, np.asarray(values), user_ids, item_ids, ts, source)
 
     @classmethod
     def from_dataframe(
         cls,
-        df,
+        df: pd.DataFrame,
         *,
         user_col: str = "userId",
         item_col: str = "movieId",
         rating_col: str = "rating",
         timestamp_col: str | None = "timestamp",
         source: str = "",
-        **checks,
+        **checks: Any,
     ) -> Ratings:
         """Build from a pandas DataFrame with one row per rating (raw ids), checked as a
         ratings file is (`probmf.data.io.read_dataframe`, which also finds the columns by
@@ -172,7 +188,9 @@ class Ratings:
         return read_dataframe(df, columns=columns, name=source or "DataFrame", **checks)
 
     @classmethod
-    def from_scipy(cls, matrix, *, user_ids: IdMap | None = None, item_ids: IdMap | None = None) -> Ratings:
+    def from_scipy(
+        cls, matrix: sp.spmatrix | sp.sparray, *, user_ids: IdMap | None = None, item_ids: IdMap | None = None
+    ) -> Ratings:
         """Build from a scipy.sparse matrix whose stored entries are the ratings (rows = users)."""
         coo = matrix.tocoo()
         n_users, n_items = coo.shape
@@ -186,7 +204,7 @@ class Ratings:
         )
 
     @classmethod
-    def from_parquet(cls, path, **columns) -> Ratings:
+    def from_parquet(cls, path: str | os.PathLike[str], **columns: str) -> Ratings:
         """Read a Parquet file with columns userId, movieId, rating[, timestamp] (names overridable)."""
         import pandas as pd
 
@@ -209,7 +227,7 @@ class Ratings:
         """bool (n,): both user and item are in the id maps."""
         return (self.users != UNKNOWN) & (self.items != UNKNOWN)
 
-    def take(self, index) -> Ratings:
+    def take(self, index: np.ndarray) -> Ratings:
         """The ratings at ``index`` (bool mask or integer array); id maps are kept."""
         ts = None if self.timestamps is None else self.timestamps[index]
         return dataclasses.replace(
@@ -230,14 +248,14 @@ class Ratings:
         return _raw_of(self.item_ids, self.items)
 
     # ---- conversions --------------------------------------------------------------------
-    def to_coo(self):
+    def to_coo(self) -> sp.coo_matrix:
         """scipy.sparse COO matrix (num_users x num_items); requires every id to be known."""
         import scipy.sparse as sp
 
         self._require_known("to_coo")
         return sp.coo_matrix((self.values, (self.users, self.items)), shape=(self.num_users, self.num_items))
 
-    def to_csr(self):
+    def to_csr(self) -> sp.csr_matrix:
         """scipy.sparse CSR matrix (num_users x num_items). Duplicate pairs would be summed by
         scipy, so they are rejected here."""
         csr = self.to_coo().tocsr()
@@ -245,7 +263,9 @@ class Ratings:
             raise ValueError(f"{self.source or 'ratings'} has duplicate (user, item) pairs; cannot build CSR")
         return csr
 
-    def to_dataframe(self, *, user_col: str = "userId", item_col: str = "movieId", rating_col: str = "rating"):
+    def to_dataframe(
+        self, *, user_col: str = "userId", item_col: str = "movieId", rating_col: str = "rating"
+    ) -> pd.DataFrame:
         """pandas DataFrame of raw ids and ratings (and timestamps when present)."""
         import pandas as pd
 
@@ -254,7 +274,7 @@ class Ratings:
             cols["timestamp"] = self.timestamps
         return pd.DataFrame(cols)
 
-    def to_parquet(self, path, **columns) -> None:
+    def to_parquet(self, path: str | os.PathLike[str], **columns: str) -> None:
         """Write raw ids and ratings to Parquet, atomically (temp file, then rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")

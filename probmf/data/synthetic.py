@@ -10,9 +10,10 @@ activity, no repeated (user, item) pair. Everything is host-side numpy, seeded b
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from probmf.data.ratings import IdMap, Ratings
 
@@ -47,7 +48,7 @@ class SyntheticTruth(NamedTuple):
     mu: float
     noise: float
 
-    def mean(self, users, items) -> np.ndarray:
+    def mean(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """Planted mean mu + b_i + c_j + w_i . u_j (float64 (n,)) of the pairs (users[k], items[k])."""
         users = np.asarray(users).reshape(-1)
         items = np.asarray(items).reshape(-1)
@@ -92,15 +93,17 @@ def synthetic_ratings(
       * user i's items are drawn from p without replacement (no duplicate pair).
 
     Args:
-      num_users, num_items: sizes of the identity id maps (a user or item may end up unrated
-        only if ``min_per_user == 0`` or it is far in the popularity tail).
+      num_users: size of the users' identity id map (a user or item may end up unrated only
+        if ``min_per_user == 0`` or it is far in the popularity tail).
+      num_items: size of the items' identity id map.
       num_ratings: exact number of ratings, in [num_users * min_per_user, num_users * num_items].
       rank: K, the length of w_i and u_j.
       noise: sd of eps (rating units).
       mu: global offset.
       factor_scale: sd of each entry of w_i and u_j; by default ``(0.25 / rank) ** 0.25``, so
         Var(w_i . u_j) = rank * factor_scale^4 = 0.25, the default noise variance.
-      user_bias_scale, item_bias_scale: sd of b_i and c_j.
+      user_bias_scale: sd of b_i.
+      item_bias_scale: sd of c_j.
       item_popularity_exponent: Zipf exponent a (0 = uniform popularity).
       user_activity_sigma: sigma of the lognormal activity weights (0 = equal activity).
       min_per_user: every user has at least this many ratings.
@@ -196,7 +199,9 @@ def synthetic_ratings(
     return ratings, truth
 
 
-def _user_activity(rng, num_users, num_items, num_ratings, min_per_user, sigma) -> np.ndarray:
+def _user_activity(
+    rng: np.random.Generator, num_users: int, num_items: int, num_ratings: int, min_per_user: int, sigma: float
+) -> np.ndarray:
     """int64 (num_users,) counts n_i with min_per_user <= n_i <= num_items and sum == num_ratings.
 
     n_i = min_per_user + Multinomial(rest, weights), weights ~ lognormal(0, sigma); what a full
@@ -213,7 +218,7 @@ def _user_activity(rng, num_users, num_items, num_ratings, min_per_user, sigma) 
     return counts
 
 
-def _draw_items(rng, cdf: np.ndarray, size: int) -> np.ndarray:
+def _draw_items(rng: np.random.Generator, cdf: np.ndarray, size: int) -> np.ndarray:
     """int64 (size,) items drawn i.i.d. from p = diff(cdf) by inverse CDF (binary search)."""
     out = np.empty(size, np.int64)
     for s in range(0, size, _CHUNK):
@@ -231,7 +236,7 @@ def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
 
 
-def _distinct_pairs(rng, counts: np.ndarray, log_popularity: np.ndarray) -> np.ndarray:
+def _distinct_pairs(rng: np.random.Generator, counts: np.ndarray, log_popularity: np.ndarray) -> np.ndarray:
     """Sorted int64 keys user * num_items + item: counts[i] distinct items of user i, drawn from p
     (p_j proportional to exp(log_popularity[j])).
 
@@ -269,7 +274,9 @@ def _distinct_pairs(rng, counts: np.ndarray, log_popularity: np.ndarray) -> np.n
     return keys
 
 
-def _fill_without_replacement(rng, k, users, counts, logp) -> np.ndarray:
+def _fill_without_replacement(
+    rng: np.random.Generator, k: np.ndarray, users: np.ndarray, counts: np.ndarray, logp: np.ndarray
+) -> np.ndarray:
     """Complete the sorted keys ``k`` of ``users`` (sorted) to ``counts`` distinct items each.
 
     The missing items of user i are a draw without replacement from p restricted to the items
@@ -320,7 +327,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def synthetic_preset(name: str, *, seed: int = 0, **overrides) -> tuple[Ratings, SyntheticTruth]:
+def synthetic_preset(name: str, *, seed: int = 0, **overrides: Any) -> tuple[Ratings, SyntheticTruth]:
     """`synthetic_ratings` with the sizes of a MovieLens release (see `PRESETS`).
 
     Args:

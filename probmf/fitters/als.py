@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint
 from probmf.data.partitioned import PartitionedRatings
@@ -83,7 +84,7 @@ def _cg(A: jax.Array, b: jax.Array, x0: jax.Array, num_iters: int) -> jax.Array:
     z = inv_diag * r
     rz = jnp.sum(r * z, -1)
 
-    def body(_, state):
+    def body(_: jax.Array | int, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         x, r, p, rz = state
         ap = matvec(p)
         pap = jnp.sum(p * ap, -1)
@@ -99,7 +100,7 @@ def _cg(A: jax.Array, b: jax.Array, x0: jax.Array, num_iters: int) -> jax.Array:
     return lax.fori_loop(0, num_iters, body, (x0, r, z, rz))[0]
 
 
-def regularize(G, lam_factor, lam_bias):
+def regularize(G: jax.Array, lam_factor: ArrayLike, lam_bias: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """A_i = G_i + diag(d_i), d_i = (lam_factor_i, ..., lam_factor_i, lam_bias_i) + jitter_i.
 
     G (N, k+1, k+1); lam_factor, lam_bias scalars or (N,). Returns A and d (N, k+1).
@@ -113,7 +114,7 @@ def regularize(G, lam_factor, lam_bias):
     return G + d[..., None] * jnp.eye(k1, dtype=G.dtype), d
 
 
-def solve_rows(A, h, x0, *, solver: str = "cholesky", cg_iters: int = 10):
+def solve_rows(A: jax.Array, h: jax.Array, x0: jax.Array, *, solver: str = "cholesky", cg_iters: int = 10) -> jax.Array:
     """x_i = A_i^-1 h_i for SPD A (N, k, k), h (N, k); x0 (N, k) is CG's warm start.
 
     One batched solve per call: several independent LAPACK solves in one XLA program can
@@ -127,12 +128,25 @@ def solve_rows(A, h, x0, *, solver: str = "cholesky", cg_iters: int = 10):
     raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
 
 
-def _half_sweep(X, xb, Y, yb, mu, tiles: RowTiles, lam_factor, lam_bias, solver, cg_iters):
+def _half_sweep(
+    X: jax.Array,
+    xb: jax.Array,
+    Y: jax.Array,
+    yb: jax.Array,
+    mu: jax.Array,
+    tiles: RowTiles,
+    lam_factor: ArrayLike,
+    lam_bias: ArrayLike,
+    solver: str,
+    cg_iters: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """New rows (X, xb) given the other side (Y, yb), and the SSE of these ratings after it."""
     n = X.shape[0]
     lam_rows = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), (lam_factor, lam_bias))
 
-    def solve_block(block, G, h, s, x0, lam):
+    def solve_block(
+        block: jax.Array, G: jax.Array, h: jax.Array, s: jax.Array, x0: jax.Array, lam: tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
         A, d = regularize(G, *lam)
         x = solve_rows(A, h, x0, solver=solver, cg_iters=cg_iters)
         # G is dead once A exists (XLA can regularise it in place), so G_i = A_i - diag(d_i).
@@ -153,12 +167,14 @@ def als_sweep(
 
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps", "solver", "cg_iters"))
-def als_run(params, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10):
+def als_run(
+    params: MFParams, data: Encoded, priors: Priors, *, num_sweeps: int, solver: str = "cholesky", cg_iters: int = 10
+) -> tuple[MFParams, ALSInfo]:
     """``num_sweeps`` ALS sweeps in one `lax.scan`; returns (params, ALSInfo with a leading sweep axis).
 
     A sweep with a non-finite result is discarded (params unchanged, objective NaN)."""
 
-    def step(p, _):
+    def step(p: MFParams, _: None) -> tuple[MFParams, ALSInfo]:
         new, info = als_sweep(p, data, priors, solver=solver, cg_iters=cg_iters)
         finite = jnp.isfinite(info.objective)
         for leaf in jax.tree.leaves(new):
@@ -175,7 +191,9 @@ def resolve_solver(solver: str, rank: int) -> str:
     return solver if solver != "auto" else ("cholesky" if rank <= 32 else "cg")
 
 
-def make_priors(counts_user, counts_item, *, lam: float, lam_bias: float, weight_exponent: float = 0.0) -> Priors:
+def make_priors(
+    counts_user: ArrayLike, counts_item: ArrayLike, *, lam: float, lam_bias: float, weight_exponent: float = 0.0
+) -> Priors:
     """Ridge strengths per row: lam n_i^alpha on factors (alpha = ``weight_exponent``;
     0: plain L2, 1: ALS-WR), lam_bias on biases."""
     alpha = jnp.float32(weight_exponent)
@@ -214,7 +232,7 @@ class ALSConfig(NamedTuple):
 
 
 def prepare_als(
-    rng_key, train: Ratings | PartitionedRatings, config: ALSConfig, run: RunOptions = DEFAULT_RUN
+    rng_key: jax.Array, train: Ratings | PartitionedRatings, config: ALSConfig, run: RunOptions = DEFAULT_RUN
 ) -> Program:
     """The ALS `Program`: state (params, trace (num_sweeps,) objective per sweep, NaN until
     run); a chunk runs `als_run`; finish gives the `ALSResult` (warning about a sweep that
@@ -235,13 +253,13 @@ def prepare_als(
     priors = make_priors(data.by_user.counts, data.by_item.counts, lam=config.lam, lam_bias=config.lam_bias,
                          weight_exponent=config.weight_exponent)  # fmt: skip
 
-    def run_chunk(state, first, num):
+    def run_chunk(state: tuple, first: int, num: int) -> tuple[MFParams, np.ndarray]:
         params, info = als_run(state[0], data, priors, num_sweeps=num, solver=solver, cg_iters=config.cg_iters)
         trace = np.array(state[1])
         trace[first : first + num] = np.asarray(info.objective)
         return params, trace
 
-    def finish(state) -> ALSResult:
+    def finish(state: tuple) -> ALSResult:
         params, trace = state
         stuck = np.flatnonzero(np.isnan(trace))
         if stuck.size:
@@ -260,7 +278,7 @@ def prepare_als(
 
 
 def fit_als(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings | PartitionedRatings,
     *,
     rank: int = 10,
@@ -278,12 +296,13 @@ def fit_als(
     """Fit the biased MF model by ALS (MAP; lam = lam_bias = 0 gives the MLE): `prepare_als`
     run by `probmf.program.run_program`.
 
+    The options ``rank`` .. ``init_scale`` are `ALSConfig`'s fields.
+
     Args:
       rng_key: PRNG key for the factor initialisation.
       train: training `Ratings` (every id known), or a `PartitionedRatings` folder
         (`probmf.data.partitioned.open_partitioned`), of which each process reads only the
         rows its devices solve.
-      rank .. init_scale: `ALSConfig`.
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the parameters in every ``checkpoint_every`` sweeps and
         resume from (`probmf.checkpoint`); None: no checkpoints.
@@ -303,7 +322,7 @@ def fit_als(
     return run_program(prepare_als(rng_key, train, config, run))
 
 
-def check_als_options(*, rank, lam, lam_bias, num_sweeps, solver, cg_iters) -> None:
+def check_als_options(*, rank: int, lam: float, lam_bias: float, num_sweeps: int, solver: str, cg_iters: int) -> None:
     """Reject out-of-range options before anything is compiled."""
     if int(rank) != rank or rank < 0:
         raise ValueError(f"rank must be a non-negative integer, got {rank!r}")

@@ -26,15 +26,18 @@ back to the bias baseline mu + b_i + c_j (`probmf.fitters.baseline`).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
-from probmf.checkpoint import fit_checkpoint
+from probmf.checkpoint import Checkpoint, fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.data.splits import random_split
 from probmf.fitters.baseline import fit_baseline
@@ -91,7 +94,7 @@ class AutoRecResult(NamedTuple):
     def num_items(self) -> int:
         return self.seen_rows.size if self.item_based else self.seen_cols.size
 
-    def predict(self, users, items) -> jax.Array:
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array:
         """(n,) means for int (n,) ``users``/``items``; -1 (unknown) or an id without training
         ratings gets the baseline's prediction."""
         users, items = np.asarray(users), np.asarray(items)
@@ -108,7 +111,7 @@ class AutoRecResult(NamedTuple):
 SAVED_TYPES = (AutoRecResult, AutoRecParams, RowsCSR)
 
 
-def init(rng_key, width: int, hidden: int, *, mu: float = 0.0) -> AutoRecParams:
+def init(rng_key: jax.Array, width: int, hidden: int, *, mu: float = 0.0) -> AutoRecParams:
     """W1 ~ N(0, 1/width), W2 ~ N(0, 1/hidden), b1 = 0, b2 = mu (outputs start at the mean)."""
     key_1, key_2 = jax.random.split(rng_key)
     return AutoRecParams(
@@ -124,7 +127,15 @@ def apply(params: AutoRecParams, x: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(x @ params.W1 + params.b1) @ params.W2 + params.b2
 
 
-def loss(params: AutoRecParams, x, mask, *, lam, keep=None, sse_weight=1.0) -> jax.Array:
+def loss(
+    params: AutoRecParams,
+    x: jax.Array,
+    mask: jax.Array,
+    *,
+    lam: float | jax.Array,
+    keep: jax.Array | None = None,
+    sse_weight: float | jax.Array = 1.0,
+) -> jax.Array:
     """sse_weight * sum_{mask} (h(x_in) - x)^2 + lam/2 (|W1|^2 + |W2|^2).
 
     x: (B, width) ratings, any filler where ``mask`` (bool (B, width)) is False: the input
@@ -140,7 +151,17 @@ def loss(params: AutoRecParams, x, mask, *, lam, keep=None, sse_weight=1.0) -> j
 
 # ---- training -----------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("width", "max_len"))
-def run_epoch(params, opt_state, csr: RowsCSR, batches, rng_key, hyper, *, width: int, max_len: int):
+def run_epoch(
+    params: AutoRecParams,
+    opt_state: Any,
+    csr: RowsCSR,
+    batches: jax.Array,
+    rng_key: jax.Array,
+    hyper: tuple[jax.Array, ...],
+    *,
+    width: int,
+    max_len: int,
+) -> tuple[AutoRecParams, Any, jax.Array]:
     """One epoch of Adam steps, one per row of ``batches`` (S, B) (-1 pads the last batch).
 
     hyper: (learning_rate, lam, dropout, num_rows / nnz, 1 / nnz) as float32 scalars. Each step
@@ -150,7 +171,9 @@ def run_epoch(params, opt_state, csr: RowsCSR, batches, rng_key, hyper, *, width
     lr, lam, dropout, rows_per_nnz, inv_nnz = hyper
     opt = optax.adam(lr)
 
-    def step(carry, inputs):
+    def step(
+        carry: tuple[AutoRecParams, Any], inputs: tuple[jax.Array, jax.Array]
+    ) -> tuple[tuple[AutoRecParams, Any], jax.Array]:
         params, opt_state = carry
         rows, key = inputs
         x, mask = densify(csr, rows, width, max_len)
@@ -167,10 +190,20 @@ def run_epoch(params, opt_state, csr: RowsCSR, batches, rng_key, hyper, *, width
 
 
 @functools.partial(jax.jit, static_argnames=("width", "max_len"))
-def _reconstruct_planned(params, csr: RowsCSR, batches, pair_batch, pair_pos, cols, *, width: int, max_len: int):
+def _reconstruct_planned(
+    params: AutoRecParams,
+    csr: RowsCSR,
+    batches: jax.Array,
+    pair_batch: jax.Array,
+    pair_pos: jax.Array,
+    cols: jax.Array,
+    *,
+    width: int,
+    max_len: int,
+) -> jax.Array:
     """h(r_row)[col] for every pair, reconstructing one (B, width) batch of rows per scan step."""
 
-    def step(pred, inputs):
+    def step(pred: jax.Array, inputs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         s, rows = inputs
         out = apply(params, densify(csr, rows, width, max_len)[0])
         return jnp.where(pair_batch == s, out[pair_pos, cols], pred), None
@@ -179,7 +212,16 @@ def _reconstruct_planned(params, csr: RowsCSR, batches, pair_batch, pair_pos, co
     return lax.scan(step, init_pred, (jnp.arange(batches.shape[0]), batches))[0]
 
 
-def reconstruct_pairs(params, csr: RowsCSR, rows, cols, warm, *, max_len: int, batch_size: int = 256) -> jax.Array:
+def reconstruct_pairs(
+    params: AutoRecParams,
+    csr: RowsCSR,
+    rows: ArrayLike,
+    cols: ArrayLike,
+    warm: ArrayLike,
+    *,
+    max_len: int,
+    batch_size: int = 256,
+) -> jax.Array:
     """(n,) entry ``cols[k]`` of the reconstruction of row ``rows[k]``; 0 where not ``warm``."""
     rows, cols, warm = np.asarray(rows), np.asarray(cols), np.asarray(warm, bool)
     batches, pair_batch, pair_pos = pair_plan(rows, warm, batch_size)
@@ -214,14 +256,16 @@ class AutoRecConfig(NamedTuple):
         return c
 
 
-def prepare_autorec(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_autorec(
+    rng_key: jax.Array, train: Ratings, config: AutoRecConfig, run: RunOptions = DEFAULT_RUN
+) -> Program:
     """AutoRec (I- or U-, as ``config.item_based``) as a one-step `Program` of two stages,
     each an epoch program that checkpoints itself: the early-stopped fit, the refit."""
     return staged_program(lambda: _autorec(rng_key, train, config, run), "AutoRec")
 
 
 def fit_autorec(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     item_based: bool = True,
@@ -281,7 +325,7 @@ def fit_autorec(
     return run_program(prepare_autorec(rng_key, train, config.validate(run), run))
 
 
-def _autorec(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions):
+def _autorec(rng_key: jax.Array, train: Ratings, config: AutoRecConfig, run: RunOptions) -> AutoRecResult:
     (item_based, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, validation_fraction, refit,
      lam_bias) = config  # fmt: skip
     devices, checkpoint, checkpoint_every = run.devices, run.checkpoint, run.checkpoint_every
@@ -333,7 +377,7 @@ def _autorec(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions):
     v_truth, v_idx = jnp.asarray(val.values[v_warm]), jnp.asarray(np.flatnonzero(v_warm))
     bounds = rating_range(train.values)
 
-    def score(params) -> float:
+    def score(params: AutoRecParams) -> float:
         # The clipping rule (`probmf.fitters.minibatch`): the validation RMSE of clipped predictions.
         pred = _reconstruct_planned(params, csr, *plan, width=width, max_len=fit_max_len)[v_idx]
         return float(clipped_rmse(pred, v_truth, bounds))
@@ -347,15 +391,29 @@ def _autorec(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions):
     return _result(params, train, inputs, max_len, baseline, item_based, trace, best_epoch)
 
 
-def _epochs(*args, checkpoint=None, **options) -> LoopState:
+def _epochs(*args: Any, checkpoint: Checkpoint | None = None, **options: Any) -> LoopState:
     """`_epoch_program` run to its end, saved to ``checkpoint``."""
     return run_program(_epoch_program(*args, **options)._replace(checkpoint=checkpoint))
 
 
 def _epoch_program(
-    key_init, key_shuffle, key_drop, csr, part, max_len, num_epochs, *, width, num_rows, hidden, hyper, batch_size,
-    mesh=None, score_fn=None, patience=None,
-) -> Program:  # fmt: skip
+    key_init: jax.Array,
+    key_shuffle: jax.Array,
+    key_drop: jax.Array,
+    csr: RowsCSR,
+    part: Ratings,
+    max_len: int,
+    num_epochs: int,
+    *,
+    width: int,
+    num_rows: int,
+    hidden: int,
+    hyper: tuple[float, float, float],
+    batch_size: int,
+    mesh: Mesh | None = None,
+    score_fn: Callable[[AutoRecParams], float] | None = None,
+    patience: int | None = None,
+) -> Program:
     """Up to ``num_epochs`` epochs of training on ``part`` (its CSR), scored by ``score_fn``,
     stopped after ``patience`` epochs without a better score (`epoch_program`)."""
     learning_rate, lam, dropout = hyper
@@ -368,7 +426,9 @@ def _epoch_program(
     rng = np.random.default_rng(int(jax.random.randint(key_shuffle, (), 0, 2**31 - 1)))
     num_batches = -(-num_rows // batch_size)
 
-    def epoch_step(params, opt_state, epoch, rng):
+    def epoch_step(
+        params: AutoRecParams, opt_state: Any, epoch: int, rng: np.random.Generator
+    ) -> tuple[AutoRecParams, Any, None]:
         perm = np.full(num_batches * batch_size, -1, np.int32)
         perm[:num_rows] = rng.permutation(num_rows)
         batches = split_along(mesh, jnp.asarray(perm.reshape(num_batches, batch_size)), 1)
@@ -381,7 +441,7 @@ def _epoch_program(
                          place=place)  # fmt: skip
 
 
-def autorec_epochs(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def autorec_epochs(rng_key: jax.Array, train: Ratings, config: AutoRecConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The `Program` of ``config.num_epochs`` epochs on all of ``train``, one epoch a step, as
     the fit runs them without validation (``validation_fraction=0``); it finishes as the
     `LoopState`. For timing epochs (``experiments/bench.py``). ``config`` must be validated."""
@@ -395,7 +455,16 @@ def autorec_epochs(rng_key, train: Ratings, config: AutoRecConfig, run: RunOptio
     )  # fmt: skip
 
 
-def _result(params, train, inputs, max_len, baseline, item_based, trace, best_epoch) -> AutoRecResult:
+def _result(
+    params: AutoRecParams,
+    train: Ratings,
+    inputs: RowsCSR,
+    max_len: int,
+    baseline: MFParams,
+    item_based: bool,
+    trace: ArrayLike,
+    best_epoch: int,
+) -> AutoRecResult:
     num_rows, width = (train.num_items, train.num_users) if item_based else (train.num_users, train.num_items)
     seen_rows = np.bincount(train.items if item_based else train.users, minlength=num_rows) > 0
     seen_cols = np.bincount(train.users if item_based else train.items, minlength=width) > 0
@@ -405,7 +474,7 @@ def _result(params, train, inputs, max_len, baseline, item_based, trace, best_ep
 
 
 def fit_autorec_i(
-    rng_key, train: Ratings, *, hidden: int = 500, lam: float = 150.0, dropout: float = 0.5,
+    rng_key: jax.Array, train: Ratings, *, hidden: int = 500, lam: float = 150.0, dropout: float = 0.5,
     learning_rate: float = 2.5e-4, batch_size: int = 64, num_epochs: int = 400, patience: int = 60,
     validation_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
     checkpoint: str | None = None, checkpoint_every: int = 1,
@@ -420,7 +489,7 @@ def fit_autorec_i(
 
 
 def fit_autorec_u(
-    rng_key, train: Ratings, *, hidden: int = 500, lam: float = 100.0, dropout: float = 0.5,
+    rng_key: jax.Array, train: Ratings, *, hidden: int = 500, lam: float = 100.0, dropout: float = 0.5,
     learning_rate: float = 1e-3, batch_size: int = 64, num_epochs: int = 200, patience: int = 20,
     validation_fraction: float = 0.1, refit: bool = True, lam_bias: float = 3.0, devices: int = 1,
     checkpoint: str | None = None, checkpoint_every: int = 1,
@@ -435,9 +504,19 @@ def fit_autorec_u(
 
 
 def check_autorec_options(
-    *, hidden, lam, dropout, learning_rate, batch_size, num_epochs, patience, validation_fraction, devices=1,
-    checkpoint=None, checkpoint_every=1,
-) -> None:  # fmt: skip
+    *,
+    hidden: int,
+    lam: float,
+    dropout: float,
+    learning_rate: float,
+    batch_size: int,
+    num_epochs: int,
+    patience: int,
+    validation_fraction: float,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
+) -> None:
     """Reject out-of-range options before anything is compiled."""
     for name, value in (("hidden", hidden), ("batch_size", batch_size), ("num_epochs", num_epochs)):
         if int(value) != value or value < 1:

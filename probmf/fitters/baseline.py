@@ -7,11 +7,14 @@ so it shares every code path (encoding, solves, prediction) with `fit_als`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from probmf.data.ratings import Ratings
 from probmf.fitters.als import ALSConfig, ALSResult, prepare_als
 from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
+
+if TYPE_CHECKING:
+    import jax
 
 # The named tuples a saved model of this fitter may hold (`probmf.persistence` rebuilds only these).
 SAVED_TYPES = (ALSResult,)
@@ -33,11 +36,13 @@ class BaselineConfig(NamedTuple):
         return self
 
 
-def prepare_baseline(rng_key, train: Ratings, config: BaselineConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_baseline(
+    rng_key: jax.Array, train: Ratings, config: BaselineConfig, run: RunOptions = DEFAULT_RUN
+) -> Program:
     """The rank-0 ALS `Program` (`prepare_als`)."""
     return prepare_als(rng_key, train, config.als(), run)
 
 
-def fit_baseline(rng_key, train: Ratings, *, lam_bias: float = 3.0, num_sweeps: int = 10) -> ALSResult:
+def fit_baseline(rng_key: jax.Array, train: Ratings, *, lam_bias: float = 3.0, num_sweeps: int = 10) -> ALSResult:
     """Fit global mean + user/item biases (rank 0); see `fit_als` for the result."""
     return run_program(prepare_baseline(rng_key, train, BaselineConfig(lam_bias, num_sweeps).validate()))

@@ -28,12 +28,14 @@ predictions and hyper-parameters, never of raw factors. NUTS (`probmf.fitters.nu
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.typing import ArrayLike
 from numpyro.infer.initialization import init_to_median
 
 from probmf.data.ratings import Ratings
@@ -48,24 +50,27 @@ DEFAULT_PRIORS = Hyperpriors()  # the Gibbs sampler's too: one set of constants
 
 
 def mf_model(
-    users,
-    items,
-    ratings=None,
+    users: jax.Array,
+    items: jax.Array,
+    ratings: jax.Array | None = None,
     *,
     num_users: int,
     num_items: int,
     rank: int,
-    mu,
+    mu: ArrayLike,
     hyper: str = "gamma",
-    num_ratings=None,
+    num_ratings: int | None = None,
     hyperpriors: Hyperpriors = DEFAULT_PRIORS,
-):
+) -> None:
     """The Bayesian biased MF model (module docstring) over one minibatch of ratings.
 
     Args:
-      users, items: int (B,) dense indices of the minibatch.
+      users: int (B,) dense user indices of the minibatch.
+      items: int (B,) dense item indices of the minibatch.
       ratings: float (B,) observed ratings, or None to sample them.
-      num_users, num_items, rank: N, M, k.
+      num_users: N.
+      num_items: M.
+      rank: k.
       mu: the fixed global offset (a float or a () array).
       hyper: "fixed", "gamma" or "wishart" (factor and bias priors).
       num_ratings: n, the size of the full data; the likelihood is scaled by n / B
@@ -91,8 +96,9 @@ def mf_model(
     else:
         raise ValueError(f"hyper must be one of {HYPERS}, got {hyper!r}")
 
-    def factor_prior(side, lam_diag):
+    def factor_prior(side: str, lam_diag: jax.Array | None) -> Any:
         if hyper != "wishart":
+            assert lam_diag is not None, "diagonal priors have their precisions"
             return dist.Normal(jnp.zeros(rank), lam_diag**-0.5).to_event(1)
         # (m, Lam) ~ NW(0, beta0, I, nu0): Lam ~ Wishart(nu0, I), m ~ N(0, (beta0 Lam)^-1).
         nu0 = float(rank + p.nu0_extra)
@@ -111,13 +117,13 @@ def mf_model(
     tau = numpyro.sample("tau", dist.Gamma(p.a_tau, p.b_tau))
 
     batch = users.shape[0]
-    mean = predict(MFParams(W, U, b, c, mu), users, items)
+    mean = predict(MFParams(W, U, b, c, jnp.asarray(mu)), users, items)
     scale = 1.0 if num_ratings is None else num_ratings / batch
     with numpyro.handlers.scale(scale=scale), numpyro.plate("ratings", batch):
         numpyro.sample("r", dist.Normal(mean, tau**-0.5), obs=ratings)
 
 
-def init_small_factors(site=None, *, scale: float = 0.1):
+def init_small_factors(site: dict | None = None, *, scale: float = 0.1) -> Any:
     """Init strategy: W, U ~ N(0, scale^2) (so no factor starts at the saddle W = U = 0),
     every other site at its prior median."""
     if site is None:
@@ -130,7 +136,7 @@ def init_small_factors(site=None, *, scale: float = 0.1):
 
 def _posterior_from_samples(
     samples: dict, mu: float, hyper: str, seen: tuple, hyperpriors: Hyperpriors = DEFAULT_PRIORS
-):
+) -> Posterior:
     """`Posterior` from the model's sites, each with a leading sample axis: W, U, b, c, tau,
     and the hyper-parameters that give each draw's prior of a row with no training rating
     (``seen``: (users (N,), items (M,)) bool rows with training ratings)."""
@@ -151,7 +157,7 @@ def _posterior_from_samples(
     return Posterior(draws, tau, priors=(row_prior("w", "lam_b"), row_prior("u", "lam_c")), seen=seen)
 
 
-def _check_common(rank, hyper, **positive):
+def _check_common(rank: int, hyper: str, **positive: int | None) -> None:
     if int(rank) != rank or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
     if hyper not in HYPERS:
@@ -161,7 +167,7 @@ def _check_common(rank, hyper, **positive):
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
-def _device_data(train: Ratings):
+def _device_data(train: Ratings) -> tuple[jax.Array, jax.Array, jax.Array]:
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     if not np.all(train.known):

@@ -11,7 +11,7 @@ with checkpoints equals one without, bit for bit. A run that stops early is save
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,13 +34,13 @@ class LoopState(NamedTuple):
       shuffle: uint64 (6,) state of the host shuffle generator (PCG64).
     """
 
-    params: object
-    opt_state: object
+    params: Any
+    opt_state: Any
     train_loss: np.ndarray
     val_rmse: np.ndarray
     best_score: np.ndarray
     best_epoch: np.ndarray
-    best_params: object
+    best_params: Any
     epochs_run: np.ndarray
     stopped: np.ndarray
     shuffle: np.ndarray
@@ -73,11 +73,11 @@ def _generator(words: np.ndarray) -> np.random.Generator:
     return rng
 
 
-def _to_device(tree):
+def _to_device(tree: Any) -> Any:
     return jax.tree.map(jnp.asarray, tree)
 
 
-def run_epochs(*args, checkpoint: ckpt.Checkpoint | None = None, **options) -> LoopState:
+def run_epochs(*args: Any, checkpoint: ckpt.Checkpoint | None = None, **options: Any) -> LoopState:
     """Up to ``num_epochs`` epochs of ``epoch_step``, early stopping, and checkpoints: the
     `epoch_program` of the same arguments run by `probmf.program.run_program`, saving to
     ``checkpoint`` (`probmf.checkpoint.checkpoint_for`; None: no checkpoints)."""
@@ -86,8 +86,8 @@ def run_epochs(*args, checkpoint: ckpt.Checkpoint | None = None, **options) -> L
 
 def epoch_program(
     epoch_step: Callable,
-    params,
-    opt_state,
+    params: Any,
+    opt_state: Any,
     num_epochs: int,
     rng: np.random.Generator,
     *,
@@ -101,7 +101,8 @@ def epoch_program(
     Args:
       epoch_step: ``(params, opt_state, epoch, rng) -> (params, opt_state, loss)``: one epoch,
         shuffling with the numpy generator ``rng``; ``loss`` () may be None (not traced).
-      params, opt_state: the initial parameters and optimiser state (pytrees).
+      params: the initial parameters (a pytree).
+      opt_state: the initial optimiser state (a pytree).
       num_epochs: most epochs.
       rng: the host shuffle generator (PCG64, e.g. ``np.random.default_rng(seed)``).
       score_fn: ``params -> float`` validation RMSE after each epoch (None: no validation).

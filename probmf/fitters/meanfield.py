@@ -12,11 +12,13 @@ step on CPU).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from probmf.fitters.bayes_model import DEFAULT_PRIORS
 from probmf.model import MFParams, predict
@@ -25,7 +27,17 @@ from probmf.objectives import Hyperpriors
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper="gamma", hyperpriors=DEFAULT_PRIORS):
+def mf_log_joint(
+    z: dict,
+    users: jax.Array,
+    items: jax.Array,
+    ratings: jax.Array,
+    *,
+    mu: ArrayLike,
+    num_ratings: int | None = None,
+    hyper: str = "gamma",
+    hyperpriors: Hyperpriors = DEFAULT_PRIORS,
+) -> jax.Array:
     """log p(r_batch, theta) of `mf_model` ("fixed" or "gamma") at unconstrained values ``z``.
 
     ``z`` maps each latent site to its value, the positive sites (tau, lam_*) as z = log x with
@@ -36,7 +48,7 @@ def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper=
     """
     p = hyperpriors
 
-    def log_gamma(name, a, b):  # log density of z = log x, x ~ Gamma(a, b)
+    def log_gamma(name: str, a: float, b: float) -> jax.Array:  # log density of z = log x, x ~ Gamma(a, b)
         return jnp.sum(a * np.log(b) - math.lgamma(a) + a * z[name] - b * jnp.exp(z[name]))
 
     if hyper == "gamma":
@@ -60,15 +72,24 @@ def mf_log_joint(z: dict, users, items, ratings, *, mu, num_ratings=None, hyper=
             - 0.5 * x.size * _LOG_2PI
         )  # fmt: skip
     log_p = log_p + log_gamma("tau", p.a_tau, p.b_tau)
-    mean = predict(MFParams(z["W"], z["U"], z["b"], z["c"], mu), users, items)
+    mean = predict(MFParams(z["W"], z["U"], z["b"], z["c"], jnp.asarray(mu)), users, items)
     scale = 1.0 if num_ratings is None else num_ratings / users.shape[0]
     log_lik = scale * jnp.sum(0.5 * z["tau"] - 0.5 * _LOG_2PI - 0.5 * jnp.exp(z["tau"]) * jnp.square(ratings - mean))
     return log_lik + log_p
 
 
 def meanfield_elbo(
-    params, rng_key, users, items, ratings, *, mu, num_ratings=None, hyper="gamma", hyperpriors=DEFAULT_PRIORS
-):
+    params: dict,
+    rng_key: jax.Array,
+    users: jax.Array,
+    items: jax.Array,
+    ratings: jax.Array,
+    *,
+    mu: ArrayLike,
+    num_ratings: int | None = None,
+    hyper: str = "gamma",
+    hyperpriors: Hyperpriors = DEFAULT_PRIORS,
+) -> jax.Array:
     """One-draw reparameterised ELBO estimate of `mf_model` ("fixed" or "gamma") under a
     mean-field normal guide: `Trace_ELBO` with `AutoNormal`, written out for speed.
 
@@ -93,7 +114,7 @@ def meanfield_elbo(
     )
 
 
-def _meanfield_init(rng_key, sites: dict, *, init_scale: float, hyperpriors: Hyperpriors) -> dict:
+def _meanfield_init(rng_key: jax.Array, sites: dict, *, init_scale: float, hyperpriors: Hyperpriors) -> dict:
     """Initial {site: (loc, log scale)} of the hand-written path, as `make_guide` starts
     AutoNormal: factor means ~ N(0, init_scale^2); every other site at the median of 15 draws
     from its prior given the sites before it (NumPyro's ``init_to_median``, in log space for
@@ -101,10 +122,10 @@ def _meanfield_init(rng_key, sites: dict, *, init_scale: float, hyperpriors: Hyp
     p = hyperpriors
     keys = dict(zip(sites, jax.random.split(rng_key, len(sites)), strict=True))
 
-    def median(name, draw):  # init_to_median: the median of 15 draws
+    def median(name: str, draw: Callable[..., jax.Array]) -> jax.Array:  # init_to_median: the median of 15 draws
         return jnp.median(draw(keys[name], (15, *sites[name])), axis=0)
 
-    def gamma(a, b):
+    def gamma(a: float, b: float) -> Callable[[jax.Array, tuple[int, ...]], jax.Array]:
         return lambda key, shape: jax.random.gamma(key, a, shape) / b
 
     loc = {}
@@ -122,7 +143,7 @@ def _meanfield_init(rng_key, sites: dict, *, init_scale: float, hyperpriors: Hyp
             for name, shape in sites.items()}  # fmt: skip
 
 
-def _meanfield_draw(keys, params: dict):
+def _meanfield_draw(keys: jax.Array, params: dict) -> dict:
     """Draws {W, U, b, c, tau, lam_*} (each with a leading (S,) axis) from the mean-field guide, in
     antithetic pairs: draw S/2 + j is the reflection loc - (z_j - loc) of draw j (each draw is
     still an exact draw from q; the pairs cancel the Monte Carlo error of every term linear in
@@ -140,7 +161,9 @@ def _meanfield_draw(keys, params: dict):
     return out
 
 
-def _meanfield_program(num_users, num_items, rank, hyper, init_scale, adam):
+def _meanfield_program(
+    num_users: int, num_items: int, rank: int, hyper: str, init_scale: float, adam: optax.GradientTransformation
+) -> tuple[Callable, Callable, Callable, Callable]:
     """(init, update, to_params, draw) of the hand-written path of `probmf.fitters.svi`'s
     ``_svi_program`` (which see), with the optimiser ``adam``: the state is (params {site:
     (loc, log scale)}, Adam state, ELBO key, step) of `meanfield_elbo`, step s drawing its
@@ -151,21 +174,25 @@ def _meanfield_program(num_users, num_items, rank, hyper, init_scale, adam):
 
     # The state holds every site flat (W, U as (N k,), (M k,)): Adam's and the prior's
     # elementwise loops then vectorise on CPU; they are viewed as (N, k), (M, k) for the ELBO.
-    def flat(params):
+    def flat(params: dict) -> dict:
         return {name: (loc.reshape(-1), log_s.reshape(-1)) for name, (loc, log_s) in params.items()}
 
-    def shaped(params):
+    def shaped(params: dict) -> dict:
         return {name: (loc.reshape(sites[name]), log_s.reshape(sites[name])) for name, (loc, log_s) in params.items()}
 
-    def init(key, users, items, values, data_kwargs):
+    def init(key: jax.Array, users: jax.Array, items: jax.Array, values: jax.Array, data_kwargs: dict) -> tuple:
         key_params, key_elbo = jax.random.split(key)
         params = flat(_meanfield_init(key_params, sites, init_scale=init_scale, hyperpriors=DEFAULT_PRIORS))
         return params, adam.init(params), key_elbo, jnp.zeros((), jnp.int32)
 
-    def neg_elbo(params, key, users, items, values, data_kwargs):
+    def neg_elbo(
+        params: dict, key: jax.Array, users: jax.Array, items: jax.Array, values: jax.Array, data_kwargs: dict
+    ) -> jax.Array:
         return -meanfield_elbo(shaped(params), key, users, items, values, hyper=hyper, **data_kwargs)
 
-    def update(state, users, items, values, data_kwargs):
+    def update(
+        state: tuple, users: jax.Array, items: jax.Array, values: jax.Array, data_kwargs: dict
+    ) -> tuple[tuple, jax.Array]:
         params, opt_state, key, step = state
         loss, grads = jax.value_and_grad(neg_elbo)(
             params, jax.random.fold_in(key, step), users, items, values, data_kwargs
@@ -173,14 +200,14 @@ def _meanfield_program(num_users, num_items, rank, hyper, init_scale, adam):
         updates, opt_state = adam.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, key, step + 1), loss
 
-    def to_params(state):
+    def to_params(state: tuple) -> dict[str, jax.Array]:
         out = {}
         for site, (loc, log_s) in shaped(state[0]).items():
             out[f"{site}_auto_loc"], out[f"{site}_auto_scale"] = loc, jnp.exp(log_s)
         return out
 
     @jax.jit
-    def draw(keys, params):
+    def draw(keys: jax.Array, params: dict[str, jax.Array]) -> dict:
         sites_params = {s: (params[f"{s}_auto_loc"], jnp.log(params[f"{s}_auto_scale"])) for s in sites}
         return _meanfield_draw(keys, sites_params)
 

@@ -49,15 +49,17 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.typing import ArrayLike
 
 from probmf import checkpoint as ckpt
+from probmf.checkpoint import Checkpoint
 from probmf.fitters.epochs import LoopState, epoch_program
 from probmf.program import Program, run_program
 from probmf.sharding import check_devices, device_mesh, replicated, split_along
@@ -66,7 +68,7 @@ from probmf.sharding import check_devices, device_mesh, replicated, split_along
 class MinibatchState(NamedTuple):
     """Trainer state: the model parameters (any pytree) and the optimiser's state."""
 
-    params: object
+    params: Any
     opt_state: optax.OptState
 
 
@@ -87,7 +89,7 @@ class MinibatchResult(NamedTuple):
     """Returned parameters (the best epoch's when validating), final state, trace, best epoch
     (0-based; the last epoch without validation)."""
 
-    params: object
+    params: Any
     state: MinibatchState
     trace: MinibatchTrace
     best_epoch: int
@@ -103,7 +105,9 @@ def make_epoch(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Ca
     """
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def step(state: MinibatchState, batch_index, data):
+    def step(
+        state: MinibatchState, batch_index: tuple[jax.Array, jax.Array], data: tuple
+    ) -> tuple[MinibatchState, jax.Array]:
         index, weights = batch_index
         batch = tuple(a[index] for a in data)
         loss, grads = grad_fn(state.params, batch, weights)
@@ -113,20 +117,22 @@ def make_epoch(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Ca
         return MinibatchState(params, opt_state), loss * jnp.sum(weights)
 
     @jax.jit
-    def epoch(state: MinibatchState, data, index, weights):
+    def epoch(
+        state: MinibatchState, data: tuple, index: jax.Array, weights: jax.Array
+    ) -> tuple[MinibatchState, jax.Array]:
         state, losses = lax.scan(lambda s, x: step(s, x, data), state, (index, weights))
         return state, jnp.sum(losses) / jnp.sum(weights)
 
     return epoch
 
 
-def rating_range(values) -> tuple[float, float]:
+def rating_range(values: np.ndarray) -> tuple[float, float]:
     """(min, max) of the training ratings' ``values``: the bounds of the clipping rule."""
     values = np.asarray(values)
     return float(values.min()), float(values.max())
 
 
-def clipped_rmse(pred, targets, rating_range: tuple[float, float] | None) -> jax.Array:
+def clipped_rmse(pred: ArrayLike, targets: ArrayLike, rating_range: tuple[float, float] | None) -> jax.Array:
     """RMSE of ``pred`` against ``targets`` with ``pred`` clipped to ``rating_range`` = (lo, hi)
     first (the clipping rule, module docstring); None: unclipped. Works inside `jax.jit`."""
     pred = jnp.asarray(pred)
@@ -141,7 +147,7 @@ def _rmse_fn(predict_fn: Callable, rating_range: tuple[float, float] | None = No
     of ``predict_fn(params, *inputs)``."""
 
     @jax.jit
-    def val_rmse(params, val_arrays):
+    def val_rmse(params: Any, val_arrays: tuple[jax.Array, ...]) -> jax.Array:
         *inputs, targets = val_arrays
         return clipped_rmse(predict_fn(params, *inputs), targets, rating_range)
 
@@ -156,7 +162,7 @@ def padded_index(num_rows: int, batch_size: int) -> tuple[int, np.ndarray]:
     return num_batches, weights.reshape(num_batches, batch_size)
 
 
-def check_loop_options(*, batch_size, devices, checkpoint, checkpoint_every) -> None:
+def check_loop_options(*, batch_size: int, devices: int, checkpoint: str | None, checkpoint_every: int) -> None:
     """Validate ``devices`` (B = ``batch_size`` must divide by it) and the checkpoint options
     without touching any device."""
     devices = check_devices(devices)
@@ -172,7 +178,15 @@ def check_loop_options(*, batch_size, devices, checkpoint, checkpoint_every) -> 
     ckpt.check_every(checkpoint_every)
 
 
-def train_minibatch(rng_key, loss_fn: Callable, params, train_arrays: tuple, *, checkpoint=None, **options):
+def train_minibatch(
+    rng_key: jax.Array,
+    loss_fn: Callable,
+    params: Any,
+    train_arrays: tuple,
+    *,
+    checkpoint: Checkpoint | None = None,
+    **options: Any,
+) -> MinibatchResult:
     """Minimise ``loss_fn`` over ``train_arrays`` by minibatch steps: `minibatch_program`
     (the same arguments) run by `probmf.program.run_program`, saving to ``checkpoint``
     (`probmf.checkpoint.checkpoint_for`; None: no checkpoints; the result is the same either
@@ -182,9 +196,9 @@ def train_minibatch(rng_key, loss_fn: Callable, params, train_arrays: tuple, *, 
 
 
 def minibatch_program(
-    rng_key,
+    rng_key: jax.Array,
     loss_fn: Callable,
-    params,
+    params: Any,
     train_arrays: tuple,
     *,
     optimizer: optax.GradientTransformation,
@@ -244,7 +258,7 @@ def minibatch_program(
     check_loop_options(batch_size=batch_size, devices=devices, checkpoint=None, checkpoint_every=1)
     mesh = device_mesh(devices)
     epoch = epoch_fn or make_epoch(loss_fn, optimizer)
-    val_rmse = _rmse_fn(predict_fn, rating_range) if val_arrays is not None else None
+    val_rmse = _rmse_fn(predict_fn, rating_range) if val_arrays is not None and predict_fn is not None else None
 
     num_batches, weights = padded_index(n, batch_size)
     weights = split_along(mesh, jnp.asarray(weights), 1)
@@ -254,7 +268,7 @@ def minibatch_program(
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng_key)).ravel())
     index = np.zeros(num_batches * batch_size, np.int32)  # the tail stays 0: padding rows
 
-    def epoch_step(params, opt_state, e, rng):
+    def epoch_step(params: Any, opt_state: Any, e: int, rng: np.random.Generator) -> tuple[Any, Any, jax.Array]:
         index[:n] = rng.permutation(n)
         batches = split_along(mesh, jnp.asarray(index.reshape(num_batches, batch_size)), 1)
         state, loss = epoch(MinibatchState(params, opt_state), data, batches, weights)

@@ -27,17 +27,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.fitters.holdout import known, validation_split
-from probmf.fitters.minibatch import MinibatchTrace, check_loop_options, make_epoch, rating_range, train_minibatch
+from probmf.fitters.minibatch import (
+    MinibatchResult,
+    MinibatchTrace,
+    check_loop_options,
+    make_epoch,
+    rating_range,
+    train_minibatch,
+)
 from probmf.model import MFParams, predict_with_fallback
 from probmf.nn import Dense, as_hidden, init_layers, l2, tower
 from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program, staged_program
@@ -58,7 +66,16 @@ class MLPParams(NamedTuple):
 
 
 # ---- the model ----------------------------------------------------------------------------
-def init(rng_key, num_users: int, num_items: int, *, rank: int, hidden=(64, 32), mu=0.0, scale=0.1) -> MLPParams:
+def init(
+    rng_key: jax.Array,
+    num_users: int,
+    num_items: int,
+    *,
+    rank: int,
+    hidden: int | tuple[int, ...] = (64, 32),
+    mu: ArrayLike = 0.0,
+    scale: float = 0.1,
+) -> MLPParams:
     """Embeddings ~ N(0, scale^2), biases 0, offset ``mu``, layers by `probmf.nn.init_layers`."""
     key_p, key_q, key_l = jax.random.split(rng_key, 3)
     return MLPParams(
@@ -71,7 +88,9 @@ def init(rng_key, num_users: int, num_items: int, *, rank: int, hidden=(64, 32),
     )
 
 
-def apply(params: MLPParams, users, items, *, dropout: float = 0.0, rng_key=None) -> jax.Array:
+def apply(
+    params: MLPParams, users: jax.Array, items: jax.Array, *, dropout: float = 0.0, rng_key: jax.Array | None = None
+) -> jax.Array:
     """r_hat = mu + b_i + c_j + f([p_i; q_j]) for in-range int (B,) ``users``/``items`` -> (B,)."""
     x = jnp.concatenate([params.P[users], params.Q[items]], axis=-1)
     f = tower(params.layers, x, dropout=dropout, rng_key=rng_key)
@@ -96,12 +115,14 @@ def batch_key(salt: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), salt[0]), salt[-1])
 
 
-def batch_mean(weights, x) -> jax.Array:
+def batch_mean(weights: jax.Array, x: jax.Array) -> jax.Array:
     """sum_k w_k x_k / sum_k w_k over a batch (B,), 0 for an all-padding batch."""
     return jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def ridge_weights(part: Ratings, num_users: int, num_items: int, exponent: float):
+def ridge_weights(
+    part: Ratings, num_users: int, num_items: int, exponent: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(a_user, a_item) per rating: n^(alpha - 1), so the ridge summed over a row's n ratings
     is lam n^alpha; and (n_users, n_items) counts."""
     n_u = np.bincount(part.users, minlength=num_users).astype(np.float32)
@@ -111,12 +132,12 @@ def ridge_weights(part: Ratings, num_users: int, num_items: int, exponent: float
     return a_u[part.users], a_i[part.items], n_u, n_i
 
 
-def salts(rng_key, n: int) -> np.ndarray:
+def salts(rng_key: jax.Array, n: int) -> np.ndarray:
     """int32 (n,) random salts, one per rating: `batch_key` makes a batch's dropout key of them."""
     return np.asarray(jax.random.randint(rng_key, (n,), 0, np.iinfo(np.int32).max, jnp.int32))
 
 
-def mlp_objective(params: MLPParams, batch, weights, *, hyper: Hyper) -> jax.Array:
+def mlp_objective(params: MLPParams, batch: tuple[jax.Array, ...], weights: jax.Array, *, hyper: Hyper) -> jax.Array:
     """loss_S of the embedding MLP; batch = (users, items, ratings, a_user, a_item, salt),
     each (B,); ``mu`` gets no gradient."""
     users, items, ratings, a_u, a_i, salt = batch
@@ -133,7 +154,9 @@ def mlp_objective(params: MLPParams, batch, weights, *, hyper: Hyper) -> jax.Arr
 _EPOCHS: dict = {}
 
 
-def compiled_epoch(objective: Callable, hyper: Hyper, learning_rate: float, **constants):
+def compiled_epoch(
+    objective: Callable, hyper: Hyper, learning_rate: float, **constants: Any
+) -> tuple[Callable, optax.GradientTransformation, Callable]:
     """(loss_fn, optimizer, jitted epoch) of ``objective(params, batch, weights, hyper=hyper,
     **constants)`` under Adam at ``learning_rate``, built once per distinct value of them."""
     key = (objective, hyper, learning_rate, tuple(sorted(constants.items())))
@@ -145,7 +168,7 @@ def compiled_epoch(objective: Callable, hyper: Hyper, learning_rate: float, **co
 
 
 @jax.jit
-def _mlp_predict(params: MLPParams, users, items) -> jax.Array:
+def _mlp_predict(params: MLPParams, users: jax.Array, items: jax.Array) -> jax.Array:
     return apply(params, users, items)
 
 
@@ -164,7 +187,7 @@ class MLPResult(NamedTuple):
     def rank(self) -> int:
         return int(self.params.P.shape[1])
 
-    def predict(self, users, items) -> jax.Array:
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array:
         """(n,) means for int (n,) ``users``/``items``; an unknown (-1) or unfitted id drops
         its embedding and the network: mu + the known biases."""
         users, items = jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)
@@ -207,18 +230,18 @@ class MLPConfig(NamedTuple):
         return c
 
 
-def prepare_mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_mlp(rng_key: jax.Array, train: Ratings, config: MLPConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The MLP as a one-step `Program` of two stages, each an epoch program that checkpoints
     itself: the early-stopped fit, then the refit on all of ``train``."""
     return staged_program(lambda: _mlp(rng_key, train, config, run), "MLP")
 
 
 def fit_mlp(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     rank: int = 32,
-    hidden=(64, 32),
+    hidden: int | tuple[int, ...] = (64, 32),
     dropout: float = 0.1,
     lam: float = 0.05,
     lam_bias: float = 0.05,
@@ -243,11 +266,14 @@ def fit_mlp(
       rank: embedding dim (each of p_i, q_j).
       hidden: widths of the ReLU layers, a tuple (or an int: one layer).
       dropout: rate in [0, 1) after each hidden layer.
-      lam, lam_bias: ridge of the embeddings and biases, lam n_i^weight_exponent per row.
+      lam: ridge of the embeddings, lam n_i^weight_exponent per row.
+      lam_bias: ridge of the biases, likewise.
       lam_net: L2 of the dense weights (over the whole objective F).
-      learning_rate, batch_size, num_epochs, patience: Adam and the trainer; training stops
-        after ``patience`` epochs without a better validation RMSE (of the predictions
-        clipped to the training rating range).
+      learning_rate: Adam's step size.
+      batch_size: ratings per step.
+      num_epochs: most epochs.
+      patience: training stops after this many epochs without a better validation RMSE (of
+        the predictions clipped to the training rating range).
       validation_fraction: share of ``train`` held out for early stopping (0: none).
       refit: retrain on all of ``train`` for the chosen number of epochs.
       init_scale: sd of the initial embeddings.
@@ -271,7 +297,7 @@ def fit_mlp(
     return run_program(prepare_mlp(rng_key, train, config.validate(run), run))
 
 
-def _mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions):
+def _mlp(rng_key: jax.Array, train: Ratings, config: MLPConfig, run: RunOptions) -> MLPResult:
     (rank, hidden, dropout, lam, lam_bias, lam_net, weight_exponent, learning_rate, batch_size, num_epochs,
      patience, validation_fraction, refit, init_scale) = config  # fmt: skip
     devices, checkpoint, checkpoint_every = run.devices, run.checkpoint, run.checkpoint_every
@@ -287,7 +313,7 @@ def _mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions):
     key_init, key_split, key_shuffle, key_drop = jax.random.split(rng_key, 4)
     fit, val = validation_split(key_split, train, validation_fraction)
 
-    def run(part: Ratings, epochs: int, val_arrays, stage: str):
+    def run_stage(part: Ratings, epochs: int, val_arrays: tuple | None, stage: str) -> MinibatchResult:
         a_u, a_i, *_ = ridge_weights(part, train.num_users, train.num_items, weight_exponent)
         mu = float(np.mean(part.values, dtype=np.float64))
         params = init(key_init, train.num_users, train.num_items, rank=rank, hidden=hidden, mu=mu, scale=init_scale)
@@ -312,10 +338,10 @@ def _mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions):
         )
 
     val_arrays = None if val is None else (jnp.asarray(val.users), jnp.asarray(val.items), jnp.asarray(val.values))
-    result = run(fit, num_epochs, val_arrays, "mlp")
+    result = run_stage(fit, num_epochs, val_arrays, "mlp")
     trace, best_epoch, final = result.trace, result.best_epoch, fit
     if val is not None and refit:
-        result, final = run(train, best_epoch + 1, None, "mlp-refit"), train
+        result, final = run_stage(train, best_epoch + 1, None, "mlp-refit"), train
     return MLPResult(
         result.params,
         np.bincount(final.users, minlength=train.num_users) > 0,
@@ -326,9 +352,23 @@ def _mlp(rng_key, train: Ratings, config: MLPConfig, run: RunOptions):
 
 
 # ---- options ------------------------------------------------------------------------------
-def check_common_options(*, hidden, dropout, lam, lam_net, lam_bias, weight_exponent, learning_rate,
-                         batch_size, num_epochs, patience, validation_fraction, devices=1, checkpoint=None,
-                         checkpoint_every=1) -> None:  # fmt: skip
+def check_common_options(
+    *,
+    hidden: int | tuple[int, ...],
+    dropout: float,
+    lam: float,
+    lam_net: float,
+    lam_bias: float,
+    weight_exponent: float,
+    learning_rate: float,
+    batch_size: int,
+    num_epochs: int,
+    patience: int,
+    validation_fraction: float,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
+) -> None:
     """Reject out-of-range options shared by `fit_mlp` and `probmf.fitters.residual.fit_residual`."""
     if not as_hidden(hidden):
         raise ValueError(f"hidden needs at least one layer, got {hidden!r}")
@@ -349,7 +389,7 @@ def check_common_options(*, hidden, dropout, lam, lam_net, lam_bias, weight_expo
     check_loop_options(batch_size=batch_size, devices=devices, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
 
-def check_mlp_options(*, rank, init_scale, **common) -> None:
+def check_mlp_options(*, rank: int, init_scale: float, **common: Any) -> None:
     """Reject out-of-range options of `fit_mlp` before anything is compiled."""
     if int(rank) != rank or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")

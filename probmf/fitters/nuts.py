@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from numpyro.infer import MCMC, NUTS
 
 from probmf.data.ratings import Ratings
@@ -58,7 +59,9 @@ class MCMCRun(tuple):
     loads with ``run=()`` (``NUTSResult.mcmc`` None). An MCMC object holds compiled
     functions and the training data; it is not a file format."""
 
-    def __new__(cls, mcmc: MCMC | None = None):
+    mcmc: MCMC | None
+
+    def __new__(cls, mcmc: MCMC | None = None) -> MCMCRun:
         self = super().__new__(cls)
         self.mcmc = mcmc
         return self
@@ -106,10 +109,10 @@ class NUTSResult(NamedTuple):
     def ess_min(self) -> float:
         return float(np.min(self.info.ess))
 
-    def predict(self, users, items):
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array:
         return self.posterior.predict(users, items)
 
-    def predictive(self, users, items):
+    def predictive(self, users: ArrayLike, items: ArrayLike) -> tuple[jax.Array, jax.Array]:
         return self.posterior.predictive(users, items)
 
 
@@ -158,13 +161,13 @@ class NUTSConfig(NamedTuple):
         return c
 
 
-def prepare_nuts(rng_key, train: Ratings, config: NUTSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_nuts(rng_key: jax.Array, train: Ratings, config: NUTSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """NUTS as a one-step `Program`: NumPyro's `MCMC.run` draws every chain in one call."""
     return staged_program(lambda: _nuts(rng_key, train, config), "NUTS")
 
 
 def fit_nuts(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     rank: int = 3,
@@ -199,10 +202,14 @@ def fit_nuts(
       train: training `Ratings` (every id known).
       rank: k >= 1.
       hyper: "fixed", "gamma" or "wishart" (see `mf_model`).
-      num_warmup, num_samples: per chain; num_chains: >= 1.
-      max_tree_depth, target_accept_prob: NUTS settings.
+      num_warmup: warm-up draws per chain.
+      num_samples: kept draws per chain.
+      num_chains: >= 1.
+      max_tree_depth: NUTS's tree depth limit.
+      target_accept_prob: NUTS's target acceptance probability.
       init_scale: sd of the initial factors.
-      max_users, max_items: fit only the ratings among this many most active users/items.
+      max_users: fit only the ratings among this many most active users.
+      max_items: and among this many most active items.
       num_check_pairs: training pairs whose predictions get R-hat/ESS.
 
     Returns:
@@ -213,7 +220,7 @@ def fit_nuts(
     return run_program(prepare_nuts(rng_key, train, config.validate()))
 
 
-def _nuts(rng_key, train: Ratings, config: NUTSConfig) -> NUTSResult:
+def _nuts(rng_key: jax.Array, train: Ratings, config: NUTSConfig) -> NUTSResult:
     (rank, hyper, num_warmup, num_samples, num_chains, max_tree_depth, target_accept_prob, init_scale, max_users,
      max_items, num_check_pairs) = config  # fmt: skip
     users, items, values = _device_data(train)

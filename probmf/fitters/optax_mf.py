@@ -23,7 +23,8 @@ training rating range, as every score in the project (`probmf.fitters.minibatch`
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +62,14 @@ SAVED_TYPES = (OptaxResult, MinibatchTrace)
 
 
 def mf_objective(
-    params: MFParams, batch, weights, *, priors: Priors, num_ratings: int, loss=None
-) -> jax.Array:  # fmt: skip
+    params: MFParams,
+    batch: tuple[jax.Array, jax.Array, jax.Array],
+    weights: jax.Array,
+    *,
+    priors: Priors,
+    num_ratings: int,
+    loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> jax.Array:
     """loss_S = sum_k w_k l(r_hat_k, r_k) / sum_k w_k + penalty(params, priors) / n, with
     l(r_hat, r) = 1/2 (r - r_hat)^2 (``loss`` None) or ``loss(r_hat, r)`` (elementwise, (B,)).
 
@@ -81,7 +88,7 @@ def mf_objective(
 
 
 def make_optimizer(
-    name, learning_rate: float, *, schedule: str = "constant", total_steps: int = 1
+    name: str | optax.GradientTransformation, learning_rate: float, *, schedule: str = "constant", total_steps: int = 1
 ) -> optax.GradientTransformation:
     """optax ``adam``/``sgd``/``adagrad`` at ``learning_rate``, constant or cosine-decayed to
     0 over ``total_steps``; an `optax.GradientTransformation` given as ``name`` as it is."""
@@ -128,7 +135,7 @@ class OptaxConfig(NamedTuple):
     validation_fraction: float = 0.0
     patience: int = 5
     init_scale: float = 0.1
-    loss: object = None
+    loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> OptaxConfig:
         """Self, or a ValueError naming the option out of range (``run``'s too)."""
@@ -137,7 +144,7 @@ class OptaxConfig(NamedTuple):
         return self
 
 
-def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_optax(rng_key: jax.Array, train: Ratings, config: OptaxConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The optax `Program` (`probmf.fitters.minibatch.minibatch_program`, one epoch a step):
     validation split, initial parameters and priors from ``rng_key``; it finishes as the
     `OptaxResult`. ``config`` must be validated."""
@@ -165,7 +172,7 @@ def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions 
     else:
         priors = Priors(*(jnp.float32(0.0),) * 4)
 
-    def loss_fn(p, batch, weights):
+    def loss_fn(p: MFParams, batch: tuple[jax.Array, jax.Array, jax.Array], weights: jax.Array) -> jax.Array:
         return mf_objective(p, batch, weights, priors=priors, num_ratings=n, loss=c.loss)
 
     steps = c.num_epochs * -(-n // min(c.batch_size, n))
@@ -184,7 +191,7 @@ def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions 
         rating_range=rating_range(train.values),
     )
 
-    def finish(state) -> OptaxResult:
+    def finish(state: Any) -> OptaxResult:
         result = program.finish(state)
         return OptaxResult(result.params, result.trace, result.best_epoch, priors)
 
@@ -195,7 +202,7 @@ def prepare_optax(rng_key, train: Ratings, config: OptaxConfig, run: RunOptions 
 
 
 def fit_optax(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     rank: int = 10,
@@ -211,7 +218,7 @@ def fit_optax(
     validation_fraction: float = 0.0,
     patience: int = 5,
     init_scale: float = 0.1,
-    loss=None,
+    loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 1,
@@ -219,11 +226,12 @@ def fit_optax(
     """Fit the biased MF model by minibatch gradient descent on the MLE or MAP objective:
     `prepare_optax` run by `probmf.program.run_program`.
 
+    The options ``rank`` .. ``loss`` are `OptaxConfig`'s fields (``optimizer`` may be any optax
+    `GradientTransformation`, ``loss`` any per-rating loss).
+
     Args:
       rng_key: PRNG key (initialisation, validation split, shuffles).
       train: training `Ratings` (every id known).
-      rank .. loss: `OptaxConfig` (``optimizer`` may be any optax `GradientTransformation`,
-        ``loss`` any per-rating loss).
       devices: D devices, data parallel (`probmf.fitters.minibatch`); ``batch_size`` must
         divide by D. The result equals the 1-device fit up to float rounding.
       checkpoint: folder to save the epochs in and resume from (None: no checkpoints); the
@@ -247,23 +255,23 @@ def fit_optax(
 
 def check_optax_options(
     *,
-    rank,
-    objective,
-    lam,
-    lam_bias,
-    weight_exponent,
-    optimizer,
-    learning_rate,
-    schedule,
-    batch_size,
-    num_epochs,
-    validation_fraction,
-    patience,
-    init_scale,
-    loss=None,
-    devices=1,
-    checkpoint=None,
-    checkpoint_every=1,
+    rank: int,
+    objective: str,
+    lam: float,
+    lam_bias: float,
+    weight_exponent: float,
+    optimizer: str | optax.GradientTransformation,
+    learning_rate: float,
+    schedule: str,
+    batch_size: int,
+    num_epochs: int,
+    validation_fraction: float,
+    patience: int,
+    init_scale: float,
+    loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    devices: int = 1,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> None:
     """Reject out-of-range options before anything is compiled."""
     custom = isinstance(optimizer, optax.GradientTransformation)

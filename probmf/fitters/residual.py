@@ -31,17 +31,18 @@ only: the network's term is masked, and every gather uses a safe index, never JA
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint
 from probmf.data.ratings import Ratings
 from probmf.fitters.als import fit_als
 from probmf.fitters.holdout import folds, key_seed, known, validation_split
-from probmf.fitters.minibatch import MinibatchTrace, clipped_rmse, rating_range, train_minibatch
+from probmf.fitters.minibatch import MinibatchResult, MinibatchTrace, clipped_rmse, rating_range, train_minibatch
 from probmf.fitters.mlp import Hyper, batch_key, batch_mean, check_common_options, compiled_epoch, ridge_weights, salts
 from probmf.fitters.optax_mf import fit_optax
 from probmf.model import MFParams, predict, predict_with_fallback
@@ -71,7 +72,9 @@ class JointParams(NamedTuple):
 
 
 # ---- the model ----------------------------------------------------------------------------
-def mf_features(mf: MFParams, users, items, lc_user, lc_item) -> tuple[jax.Array, jax.Array]:
+def mf_features(
+    mf: MFParams, users: jax.Array, items: jax.Array, lc_user: jax.Array, lc_item: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """(MF_ij (B,), x (B, 8)) for in-range (B,) ``users``/``items``, with the MF summarised by
     features that do not change under a rotation of its factors (so they mean the same for
     every MF fit): x = (MF_ij - mu, b_i, c_j, w_i . u_j, |w_i|, |u_j|, log(1 + n_i) / 5,
@@ -86,12 +89,21 @@ def mf_features(mf: MFParams, users, items, lc_user, lc_item) -> tuple[jax.Array
     return base, jnp.stack(x, axis=-1)
 
 
-def net_inputs(net: NetParams, users, items, x) -> jax.Array:
+def net_inputs(net: NetParams, users: jax.Array, items: jax.Array, x: jax.Array) -> jax.Array:
     """z (B, 2d + 8) = [e_i; e'_j; x] for MF features x (B, 8) (`mf_features`)."""
     return jnp.concatenate([net.E[users], net.F[items], x], axis=-1)
 
 
-def residual_apply(mf: MFParams, net: NetParams, users, items, log_counts, *, dropout=0.0, rng_key=None):
+def residual_apply(
+    mf: MFParams,
+    net: NetParams,
+    users: jax.Array,
+    items: jax.Array,
+    log_counts: tuple[jax.Array, ...],
+    *,
+    dropout: float = 0.0,
+    rng_key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """r_hat = MF_ij + g(z_ij) for in-range (B,) ``users``/``items``; ``log_counts`` =
     (log(1 + n_users) (num_users,), log(1 + n_items) (num_items,)). Returns (r_hat, MF_ij)."""
     base, x = mf_features(mf, users, items, log_counts[0][users], log_counts[1][items])
@@ -99,7 +111,7 @@ def residual_apply(mf: MFParams, net: NetParams, users, items, log_counts, *, dr
 
 
 # ---- objectives: per-rating estimates of F / n (`probmf.fitters.mlp`) ---------------------
-def residual_objective(net: NetParams, batch, weights, *, hyper: Hyper) -> jax.Array:
+def residual_objective(net: NetParams, batch: tuple[jax.Array, ...], weights: jax.Array, *, hyper: Hyper) -> jax.Array:
     """loss_S of the network on MF residuals; batch = (users, items, residuals, a_user,
     a_item, salt, x (B, 8)): the MF enters only through its features x (`mf_features`)."""
     users, items, resid, a_u, a_i, salt, x = batch
@@ -109,7 +121,9 @@ def residual_objective(net: NetParams, batch, weights, *, hyper: Hyper) -> jax.A
     return batch_mean(weights, 0.5 * err * err + 0.5 * ridge) + 0.5 * hyper.lam_net * l2(net.layers) / hyper.num_ratings
 
 
-def joint_objective(params: JointParams, batch, weights, *, hyper: Hyper, mf_lam: float) -> jax.Array:
+def joint_objective(
+    params: JointParams, batch: tuple[jax.Array, ...], weights: jax.Array, *, hyper: Hyper, mf_lam: float
+) -> jax.Array:
     """loss_S of MF + network on the full rating; batch = (users, items, ratings, a_user,
     a_item, salt, a_mf_user, a_mf_item, a_bias_user, a_bias_item, log(1 + n_user),
     log(1 + n_item)); the MF ridge is ALS's, mf_lam n^0.5 on factors and lam_bias on biases."""
@@ -125,7 +139,9 @@ def joint_objective(params: JointParams, batch, weights, *, hyper: Hyper, mf_lam
 
 
 @jax.jit
-def _residual_predict(params: JointParams, users, items, log_counts) -> jax.Array:
+def _residual_predict(
+    params: JointParams, users: jax.Array, items: jax.Array, log_counts: tuple[jax.Array, jax.Array]
+) -> jax.Array:
     return residual_apply(params.mf, params.net, users, items, log_counts)[0]
 
 
@@ -166,7 +182,7 @@ class ResidualResult(NamedTuple):
     def params(self) -> MFParams:
         return self.mf
 
-    def predict(self, users, items) -> jax.Array:
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array:
         """(n,) means MF_ij + g(z_ij) for int (n,) ``users``/``items``; where an id is unknown
         (-1) or unfitted, or without the network, the MF's prediction with fallback."""
         users, items = jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)
@@ -185,7 +201,7 @@ class ResidualResult(NamedTuple):
 SAVED_TYPES = (Dense, NetParams, JointParams, ResidualResult, MinibatchTrace)
 
 
-def _fit_base(rng_key, part: Ratings, base: str) -> MFParams:
+def _fit_base(rng_key: jax.Array, part: Ratings, base: str) -> MFParams:
     return (fit_als if base == "als" else fit_optax)(rng_key, part).params
 
 
@@ -218,21 +234,23 @@ class ResidualConfig(NamedTuple):
         return c
 
 
-def prepare_residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_residual(
+    rng_key: jax.Array, train: Ratings, config: ResidualConfig, run: RunOptions = DEFAULT_RUN
+) -> Program:
     """The hybrid as a one-step `Program` of stages (the cross-fitted MF bases, the network's
     early-stopped epochs, the refit), each of which checkpoints itself."""
     return staged_program(lambda: _residual(rng_key, train, config, run), "MF + ANN")
 
 
 def fit_residual(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     base: str = "als",
     joint: bool = False,
     embedding_dim: int = 0,
     num_folds: int = 5,
-    hidden=(64, 32),
+    hidden: int | tuple[int, ...] = (64, 32),
     dropout: float = 0.1,
     lam: float = 0.05,
     lam_net: float = 1.0,
@@ -267,7 +285,10 @@ def fit_residual(
         keeps the base's own factor ridge for the MF (lam 1.5, exponent 0.5 for ALS).
       lam_net: L2 of the dense weights (over the whole objective F).
       lam_bias: ridge of the MF biases when ``joint``.
-      learning_rate, batch_size, num_epochs, patience: Adam and the trainer.
+      learning_rate: Adam's step size.
+      batch_size: ratings per step.
+      num_epochs: most epochs.
+      patience: epochs without a better validation RMSE before training stops.
       validation_fraction: share of ``train`` held out to stop the network and to decide
         whether to keep it, in (0, 1).
       refit: refit the MF on all of ``train`` and retrain the network on it for the chosen
@@ -294,7 +315,7 @@ def fit_residual(
     return run_program(prepare_residual(rng_key, train, config.validate(run), run))
 
 
-def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
+def _residual(rng_key: jax.Array, train: Ratings, config: ResidualConfig, run: RunOptions) -> ResidualResult:
     (base, joint, embedding_dim, num_folds, hidden, dropout, lam, lam_net, lam_bias, weight_exponent,
      learning_rate, batch_size, num_epochs, patience, validation_fraction, refit) = config  # fmt: skip
     devices, checkpoint, checkpoint_every = run.devices, run.checkpoint, run.checkpoint_every
@@ -310,20 +331,25 @@ def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
     key_init, key_split, key_shuffle, key_drop = jax.random.split(jax.random.fold_in(rng_key, 1), 4)
     bounds = rating_range(train.values)  # the clipping rule: every validation RMSE is clipped to it
     fit, val = validation_split(key_split, train, validation_fraction)
+    if val is None:
+        raise ValueError(
+            f"{train.source or 'training ratings'}: validation_fraction={validation_fraction!r} holds out none of "
+            f"the {len(train)} ratings, and the network is chosen on the held-out ones"
+        )
     num_users, num_items = train.num_users, train.num_items
     keys = jax.random.split(key_init, 3)
     net0 = NetParams(
         E=0.1 * jax.random.normal(keys[0], (num_users, embedding_dim), jnp.float32),
         F=0.1 * jax.random.normal(keys[1], (num_items, embedding_dim), jnp.float32),
-        layers=init_layers(keys[2], 2 * embedding_dim + _NUM_FEATURES, hidden),
+        layers=init_layers(keys[2], 2 * embedding_dim + _NUM_FEATURES, as_hidden(hidden)),
     )
 
-    def log_counts_of(part: Ratings):
+    def log_counts_of(part: Ratings) -> tuple[np.ndarray, np.ndarray]:
         n_u = np.bincount(part.users, minlength=num_users)
         n_i = np.bincount(part.items, minlength=num_items)
         return np.log1p(n_u).astype(np.float32), np.log1p(n_i).astype(np.float32)
 
-    def arrays_for(part: Ratings, mf: MFParams):
+    def arrays_for(part: Ratings, mf: MFParams) -> tuple:
         """The trainer's columns for ``part``, and the MF fitted on all of it."""
         a_u, a_i, n_u, n_i = ridge_weights(part, num_users, num_items, weight_exponent)
         salt = salts(key_drop, len(part))
@@ -347,7 +373,9 @@ def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
             feats[fold_out] = np.asarray(x)
         return (part.users, part.items, resid, a_u, a_i, salt, feats)
 
-    def run(part: Ratings, mf: MFParams, epochs: int, val_ratings: Ratings | None, stage: str):
+    def run_stage(
+        part: Ratings, mf: MFParams, epochs: int, val_ratings: Ratings | None, stage: str
+    ) -> tuple[JointParams, tuple[jax.Array, ...], MinibatchResult]:
         hyper = Hyper(float(lam), float(lam_bias), float(lam_net), float(dropout), len(part))
         objective, constants = (joint_objective, {"mf_lam": _MF_LAM}) if joint else (residual_objective, {})
         loss_fn, optimizer, epoch = compiled_epoch(objective, hyper, float(learning_rate), **constants)
@@ -356,9 +384,11 @@ def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
         if val_ratings is not None:
             val_arrays = tuple(jnp.asarray(a) for a in (val_ratings.users, val_ratings.items, val_ratings.values))
 
-            def predict_fn(p, vu, vi):
+            def predict_val(p: Any, vu: jax.Array, vi: jax.Array) -> jax.Array:
                 full = p if joint else JointParams(mf, p)
                 return residual_apply(full.mf, full.net, vu, vi, log_counts)[0]
+
+            predict_fn = predict_val
 
         result = train_minibatch(
             key_shuffle,
@@ -379,7 +409,7 @@ def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
         return (result.params if joint else JointParams(mf, result.params)), log_counts, result
 
     mf_fit = _fit_base(rng_key, fit, base)
-    fitted, log_counts, result = run(fit, mf_fit, num_epochs, val, "residual")
+    fitted, log_counts, result = run_stage(fit, mf_fit, num_epochs, val, "residual")
     vu, vi = jnp.asarray(val.users), jnp.asarray(val.items)
     val_mf = float(clipped_rmse(predict(mf_fit, vu, vi), val.values, bounds))
     val_hybrid = float(clipped_rmse(residual_apply(fitted.mf, fitted.net, vu, vi, log_counts)[0], val.values, bounds))
@@ -390,7 +420,7 @@ def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
         final = train
         mf_all = _fit_base(rng_key, train, base)
         if use_network:
-            fitted, log_counts, _ = run(train, mf_all, result.best_epoch + 1, None, "residual-refit")
+            fitted, log_counts, _ = run_stage(train, mf_all, result.best_epoch + 1, None, "residual-refit")
         else:
             fitted, log_counts = JointParams(mf_all, fitted.net), tuple(jnp.asarray(c) for c in log_counts_of(train))
     elif not use_network:
@@ -411,7 +441,9 @@ def _residual(rng_key, train: Ratings, config: ResidualConfig, run: RunOptions):
 
 
 # ---- options ------------------------------------------------------------------------------
-def check_residual_options(*, base, embedding_dim, num_folds, validation_fraction, **common) -> None:
+def check_residual_options(
+    *, base: str, embedding_dim: int, num_folds: int, validation_fraction: float, **common: Any
+) -> None:
     """Reject out-of-range options of `fit_residual` before anything is compiled."""
     if base not in BASES:
         raise ValueError(f"unknown base {base!r}; choose one of {BASES}")

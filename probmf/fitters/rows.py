@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,9 @@ def _gram(x: jax.Array) -> jax.Array:
     return jnp.einsum("ctk,ctl->ckl", x, x, precision=lax.Precision.HIGHEST)
 
 
-def normal_equations(a: jax.Array, offset: jax.Array, tiles: RowTiles, block: jax.Array):
+def normal_equations(
+    a: jax.Array, offset: jax.Array, tiles: RowTiles, block: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(G, h, s) of the rows of one block; see the module docstring.
 
     a: (M + 1, k+1) rows [other_j; 1] and a zero padding row; offset: (M + 1,) the other
@@ -48,7 +51,7 @@ def normal_equations(a: jax.Array, offset: jax.Array, tiles: RowTiles, block: ja
     k1 = a.shape[1]
     r = tiles.block_rows
 
-    def body(c, acc):
+    def body(c: jax.Array, acc: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
         G, h, s = acc
         rows, cols, vals = tiles.rows[c], tiles.cols[c], tiles.vals[c]
         x = a[cols]  # (C, T, k+1)
@@ -62,7 +65,7 @@ def normal_equations(a: jax.Array, offset: jax.Array, tiles: RowTiles, block: ja
     return lax.fori_loop(tiles.starts[block], tiles.starts[block + 1], body, init)
 
 
-def residual_sum_of_squares(x, G, h, s) -> jax.Array:
+def residual_sum_of_squares(x: jax.Array, G: jax.Array, h: jax.Array, s: jax.Array) -> jax.Array:
     """sum_i sum_j (y_ij - a_j.x_i)^2 = sum_i max(s_i - 2 x_i.h_i + x_i^T G_i x_i, 0).
 
     The expansion cancels when a row is fitted almost exactly (float32 rounding can then make
@@ -75,7 +78,16 @@ def residual_sum_of_squares(x, G, h, s) -> jax.Array:
 BlockSolver = Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def update_rows(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSolver):
+def update_rows(
+    X: jax.Array,
+    xb: jax.Array,
+    Y: jax.Array,
+    yb: jax.Array,
+    mu: jax.Array,
+    tiles: RowTiles,
+    per_row: Any,
+    solve_block: BlockSolver,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """New rows [X, xb] of one side given the other side (Y, yb).
 
     Args:
@@ -98,13 +110,13 @@ def update_rows(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSo
     a = jnp.concatenate([jnp.concatenate([Y, jnp.ones((m, 1), Y.dtype)], 1), jnp.zeros((1, Y.shape[1] + 1))], 0)
     offset = jnp.concatenate([yb + mu, jnp.zeros((1,))])
 
-    def per_block(v):  # (n, ...) -> (blocks, r, ...), padding rows zero
+    def per_block(v: jax.Array) -> jax.Array:  # (n, ...) -> (blocks, r, ...), padding rows zero
         v = jnp.pad(v, [(0, blocks * r - n)] + [(0, 0)] * (v.ndim - 1))
         return v.reshape((blocks, r) + v.shape[1:])
 
     x0 = per_block(jnp.concatenate([X, xb[:, None]], axis=1))
 
-    def body(total, inputs):
+    def body(total: jax.Array, inputs: tuple) -> tuple[jax.Array, jax.Array]:
         block, x0_b, per_row_b = inputs
         G, h, s = normal_equations(a, offset, tiles, block)
         x, value = solve_block(block, G, h, s, x0_b, per_row_b)
@@ -115,17 +127,38 @@ def update_rows(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSo
     return x[:, :-1], x[:, -1], total
 
 
-def _update_sharded(X, xb, Y, yb, mu, tiles: RowTiles, per_row, solve_block: BlockSolver):
+def _update_sharded(
+    X: jax.Array,
+    xb: jax.Array,
+    Y: jax.Array,
+    yb: jax.Array,
+    mu: jax.Array,
+    tiles: RowTiles,
+    per_row: Any,
+    solve_block: BlockSolver,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`update_rows` with device d solving rows [d n_local, (d + 1) n_local), n_local = ceil(N / D)."""
     mesh, n = tiles.mesh, X.shape[0]
+    assert mesh is not None, "called for tiles split across a mesh"
     d = mesh.size
     n_local = -(-n // d)
 
-    def by_device(v):  # (n, ...) -> (D, n_local, ...), padding rows zero
+    def by_device(v: jax.Array) -> jax.Array:  # (n, ...) -> (D, n_local, ...), padding rows zero
         v = jnp.pad(v, [(0, d * n_local - n)] + [(0, 0)] * (v.ndim - 1))
         return v.reshape((d, n_local) + v.shape[1:])
 
-    def local(X, xb, per_row, rows, cols, vals, starts, Y, yb, mu):
+    def local(
+        X: jax.Array,
+        xb: jax.Array,
+        per_row: Any,
+        rows: jax.Array,
+        cols: jax.Array,
+        vals: jax.Array,
+        starts: jax.Array,
+        Y: jax.Array,
+        yb: jax.Array,
+        mu: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         squeeze = lambda v: v[0]  # noqa: E731 - this device's slice of the leading axis
         X, xb, per_row, rows, cols, vals, starts = jax.tree.map(squeeze, (X, xb, per_row, rows, cols, vals, starts))
         counts = jnp.zeros((n_local,), jnp.float32)  # unused by the solve
@@ -159,7 +192,7 @@ def row_sums(tiles: RowTiles, Z: jax.Array) -> jax.Array:
     # Chunk c belongs to block b with starts[b] <= c < starts[b + 1]; its rows are relative to b.
     base = (jnp.searchsorted(tiles.starts, jnp.arange(tiles.rows.shape[0]), side="right") - 1) * r
 
-    def body(c, out):
+    def body(c: jax.Array, out: jax.Array) -> jax.Array:
         return out.at[base[c] + tiles.rows[c]].add(jnp.sum(Zp[tiles.cols[c]], axis=1))
 
     out = lax.fori_loop(0, tiles.starts[-1], body, jnp.zeros((tiles.num_blocks * r, Z.shape[1]), Z.dtype))
@@ -169,10 +202,11 @@ def row_sums(tiles: RowTiles, Z: jax.Array) -> jax.Array:
 def _row_sums_sharded(tiles: RowTiles, Z: jax.Array) -> jax.Array:
     """`row_sums` with device d summing rows [d n_local, (d + 1) n_local), n_local = ceil(N / D)."""
     mesh, n = tiles.mesh, tiles.num_rows
+    assert mesh is not None, "called for tiles split across a mesh"
     d = mesh.size
     n_local = -(-n // d)
 
-    def local(rows, cols, starts, Z):
+    def local(rows: jax.Array, cols: jax.Array, starts: jax.Array, Z: jax.Array) -> jax.Array:
         rows, cols, starts = rows[0], cols[0], starts[0]
         counts = jnp.zeros((n_local,), jnp.float32)  # only its length is read
         tiles_local = dataclasses.replace(

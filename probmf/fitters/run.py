@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 
@@ -22,6 +22,9 @@ from probmf.fitters import FITTERS, NETWORK_FITTERS, POSTERIOR_FITTERS, REGISTRY
 from probmf.metrics import plugin_sd
 from probmf.predictor import PointPredictor, Predictor
 from probmf.program import RunOptions, run_program
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class FitResult(NamedTuple):
@@ -51,7 +54,7 @@ def resolve_options(model: str, given: dict) -> dict:
     return {**options, **given}
 
 
-def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
+def run_fitter(model: str, train: Ratings, *, options: dict, rng_key: jax.Array) -> tuple:
     """Run the fitter ``model`` on ``train``: its ``Config`` from ``options`` (the rest are
     `RunOptions`), validated, its ``prepare``, and `probmf.program.run_program`, the loop every
     fitter shares (checkpoints, progress bar). Returns (its result, options used, seconds)."""
@@ -65,7 +68,7 @@ def run_fitter(model: str, train: Ratings, *, options: dict, rng_key) -> tuple:
     return result, options, time.perf_counter() - t0
 
 
-def predictor_of(model: str, result, train: Ratings, clip=True) -> Predictor:
+def predictor_of(model: str, result: Any, train: Ratings, clip: bool | tuple[float, float] = True) -> Predictor:
     """The `Predictor` of fitter ``model``'s ``result`` on ``train``: a posterior result as it
     is; a point fit (its ``params``, or the result when it predicts by itself) as a
     `PointPredictor` whose plug-in sd is over ``train`` with predictions clipped as ``clip``
@@ -78,19 +81,29 @@ def predictor_of(model: str, result, train: Ratings, clip=True) -> Predictor:
     return PointPredictor(fitted, plugin_sd(fitted, train, clip or None))
 
 
-def fit_model(model: str, train: Ratings, *, options: dict, seed: int = 0, clip=True) -> tuple:
+def fit_model(
+    model: str, train: Ratings, *, options: dict, seed: int = 0, clip: bool | tuple[float, float] = True
+) -> tuple:
     """Fit ``model`` on ``train``: returns (its `Predictor` (`predictor_of`), options used, seconds)."""
     result, options, seconds = run_fitter(model, train, options=options, rng_key=jax.random.PRNGKey(seed))
     return predictor_of(model, result, train, clip), options, seconds
 
 
-def fit(model: str, train, *, rng_key=None, seed: int = 0, progress: bool | None = None, **config) -> FitResult:
+def fit(
+    model: str,
+    train: Ratings | pd.DataFrame,
+    *,
+    rng_key: jax.Array | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    **config: Any,
+) -> FitResult:
     """Fit ``model`` (a name in ``probmf.FITTERS``) on ``train`` (`Ratings`, or a pandas
     DataFrame checked by `probmf.data.io.read_dataframe`) with the fitter's options
     ``config`` (unknown ones are an error). ``rng_key`` (or ``seed``) seeds it.
     ``progress``: a progress bar over the sweeps or epochs (None: in interactive sessions;
     `probmf.checkpoint.show_progress`)."""
-    train: Ratings = to_ratings(train)
+    train = to_ratings(train)
     key = jax.random.PRNGKey(seed) if rng_key is None else rng_key
     with show_progress(progress):
         result, options, seconds = run_fitter(model, train, options=config, rng_key=key)

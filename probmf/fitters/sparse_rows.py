@@ -65,7 +65,7 @@ def densify(csr: RowsCSR, rows: jax.Array, width: int, max_len: int) -> tuple[ja
     return x[:, :width], mask[:, :width]
 
 
-def pair_plan(rows: np.ndarray, warm: np.ndarray, batch_size: int):
+def pair_plan(rows: np.ndarray, warm: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Host-side plan to reconstruct each distinct warm row once: (S, B) row batches (-1 pad),
     and for every pair its batch and position in it (batch -1: not reconstructed)."""
     uniq, inverse = np.unique(np.where(warm, rows, -1), return_inverse=True)

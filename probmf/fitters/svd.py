@@ -35,7 +35,9 @@ class SVDResult(NamedTuple):
 SAVED_TYPES = (SVDResult,)
 
 
-def truncated_svd(matrix, rank: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def truncated_svd(
+    matrix: sp.spmatrix | sp.sparray | np.ndarray, rank: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best rank-k factors of a dense ndarray or scipy.sparse matrix: (U_k, s_k, V_k).
 
     Dense input uses LAPACK's full SVD; sparse input ARPACK's `svds` started from a
@@ -48,7 +50,7 @@ def truncated_svd(matrix, rank: int, *, seed: int = 0) -> tuple[np.ndarray, np.n
         return np.zeros((n, 0)), np.zeros(0), np.zeros((m, 0))
     if sp.issparse(matrix):
         if rank >= min(n, m):
-            matrix = matrix.toarray()
+            matrix = matrix.toarray()  # type: ignore[union-attr]  # sparse: sp.issparse above
         else:
             v0 = np.random.default_rng(seed).standard_normal(min(n, m))
             u, s, vt = scipy.sparse.linalg.svds(matrix.astype(np.float64), k=rank, v0=v0)
@@ -75,19 +77,19 @@ class SVDConfig(NamedTuple):
         return self
 
 
-def prepare_svd(rng_key, train: Ratings, config: SVDConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_svd(rng_key: jax.Array, train: Ratings, config: SVDConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The SVD as a one-step `Program` (closed form: nothing to iterate or checkpoint)."""
     return staged_program(lambda: _svd(rng_key, train, config), "SVD")
 
 
 def fit_svd(
-    rng_key, train: Ratings, *, rank: int = 10, lam_bias: float = 3.0, dense_limit: int = DENSE_LIMIT
+    rng_key: jax.Array, train: Ratings, *, rank: int = 10, lam_bias: float = 3.0, dense_limit: int = DENSE_LIMIT
 ) -> SVDResult:
     """Fit biases, then the rank-k truncated SVD of the residual matrix (missing = 0)."""
     return run_program(prepare_svd(rng_key, train, SVDConfig(rank, lam_bias, dense_limit).validate()))
 
 
-def _svd(rng_key, train: Ratings, config: SVDConfig) -> SVDResult:
+def _svd(rng_key: jax.Array, train: Ratings, config: SVDConfig) -> SVDResult:
     rank, lam_bias, dense_limit = config
     key_base, key_svd = jax.random.split(rng_key)
     base = fit_baseline(key_base, train, lam_bias=lam_bias).params

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
+from jax.typing import ArrayLike
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 
@@ -46,7 +47,9 @@ class SVIResult(NamedTuple):
     elbo: np.ndarray
     params: dict
 
-    num_chains = 1
+    @property
+    def num_chains(self) -> int:
+        return 1
 
     @property
     def rank(self) -> int:
@@ -56,10 +59,10 @@ class SVIResult(NamedTuple):
     def num_samples(self) -> int:
         return int(self.posterior.num_samples)
 
-    def predict(self, users, items):
+    def predict(self, users: ArrayLike, items: ArrayLike) -> jax.Array:
         return self.posterior.predict(users, items)
 
-    def predictive(self, users, items):
+    def predictive(self, users: ArrayLike, items: ArrayLike) -> tuple[jax.Array, jax.Array]:
         return self.posterior.predictive(users, items)
 
 
@@ -67,7 +70,9 @@ class SVIResult(NamedTuple):
 SAVED_TYPES = (SVIResult,)
 
 
-def make_guide(model, guide: str, *, init_scale: float = 0.1, guide_rank: int | None = None):
+def make_guide(
+    model: Callable, guide: str, *, init_scale: float = 0.1, guide_rank: int | None = None
+) -> AutoNormal | AutoLowRankMultivariateNormal:
     """AutoNormal (mean-field) or AutoLowRankMultivariateNormal over every latent site,
     initialised at small random factors and the other sites' prior medians."""
     init = init_small_factors(scale=init_scale)
@@ -117,8 +122,9 @@ class SVITrainer(NamedTuple):
         return Program(self.state, self.run_epochs, self.finish, self.num_epochs, desc="SVI epochs")
 
 
-def _check_svi_options(rank, guide, hyper, num_epochs, batch_size, learning_rate, num_samples, guide_rank,
-                       init_scale, devices):  # fmt: skip
+def _check_svi_options(rank: int, guide: str, hyper: str, num_epochs: int, batch_size: int | None,
+                       learning_rate: float, num_samples: int, guide_rank: int, init_scale: float,
+                       devices: int) -> int:  # fmt: skip
     _check_common(rank, hyper, num_epochs=num_epochs, num_samples=num_samples, guide_rank=guide_rank,
                   **({} if batch_size is None else {"batch_size": batch_size}))  # fmt: skip
     if guide not in GUIDES:
@@ -129,7 +135,7 @@ def _check_svi_options(rank, guide, hyper, num_epochs, batch_size, learning_rate
 
 
 def svi_trainer(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     rank: int = 10,
@@ -168,7 +174,7 @@ def svi_trainer(
     users, items, values, data_kwargs = replicated(mesh, (users, items, values, data_kwargs))
     seed = [int(w) for w in np.asarray(jax.random.key_data(key_shuffle)).ravel()]
 
-    def run_epochs(full_state, first: int, num: int):
+    def run_epochs(full_state: tuple, first: int, num: int) -> tuple:
         state, elbo = replicated(mesh, full_state[0]), np.array(full_state[1], np.float64)
         for e in range(first, first + num):
             perm = np.random.default_rng([*seed, e]).permutation(n)
@@ -178,7 +184,7 @@ def svi_trainer(
             elbo[e] = -float(jnp.mean(losses))
         return state, elbo
 
-    def finish(full_state) -> SVIResult:
+    def finish(full_state: tuple) -> SVIResult:
         state, elbo = full_state
         params = to_params(state)
         draws = draw(jax.random.split(key_draw, int(num_samples)), params)
@@ -190,7 +196,7 @@ def svi_trainer(
 
 
 def fit_svi(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings,
     *,
     rank: int = 10,
@@ -273,7 +279,7 @@ class SVIConfig(NamedTuple):
         return self
 
 
-def prepare_svi(rng_key, train: Ratings, config: SVIConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_svi(rng_key: jax.Array, train: Ratings, config: SVIConfig, run: RunOptions = DEFAULT_RUN) -> Program:
     """The SVI `Program` (`svi_trainer`'s, one epoch a step, checkpointed as ``run`` says);
     it finishes as the `SVIResult`. ``config`` must be validated."""
     options = {**config._asdict(), "devices": run.devices}
@@ -286,8 +292,17 @@ def prepare_svi(rng_key, train: Ratings, config: SVIConfig, run: RunOptions = DE
 
 @functools.lru_cache(maxsize=8)
 def _svi_program(
-    num_users, num_items, rank, hyper, guide, guide_rank, init_scale, learning_rate, total_steps, hand_written
-):
+    num_users: int,
+    num_items: int,
+    rank: int,
+    hyper: str,
+    guide: str,
+    guide_rank: int,
+    init_scale: float,
+    learning_rate: float,
+    total_steps: int,
+    hand_written: bool,
+) -> tuple[Callable, Callable, Callable, Callable]:
     """(init, epoch, to_params, draw) for one configuration: ``init(key, users, items, values,
     data_kwargs)`` (one batch, for NumPyro to trace the model) -> state, ``epoch(state, idx
     (steps, B), users, items, values, data_kwargs) -> (state, losses (steps,))``,
@@ -307,21 +322,25 @@ def _svi_program(
         q = make_guide(model, guide, init_scale=init_scale, guide_rank=guide_rank)
         svi = SVI(model, q, numpyro.optim.optax_to_numpyro(adam), Trace_ELBO())
 
-        def init(key, users, items, values, data_kwargs):
+        def init(key: jax.Array, users: jax.Array, items: jax.Array, values: jax.Array, data_kwargs: dict) -> Any:
             return svi.init(key, users, items, values, **data_kwargs)
 
-        def update(state, users, items, values, data_kwargs):
+        def update(
+            state: Any, users: jax.Array, items: jax.Array, values: jax.Array, data_kwargs: dict
+        ) -> tuple[Any, jax.Array]:
             return svi.update(state, users, items, values, **data_kwargs)
 
         to_params = svi.get_params
 
         @jax.jit
-        def draw(keys, params):
+        def draw(keys: jax.Array, params: dict) -> dict:
             return jax.lax.map(lambda k: q.sample_posterior(k, params), keys)
 
     @jax.jit
-    def epoch(state, idx, users, items, values, data_kwargs):
-        def step(s, batch_idx):
+    def epoch(
+        state: Any, idx: jax.Array, users: jax.Array, items: jax.Array, values: jax.Array, data_kwargs: dict
+    ) -> tuple[Any, jax.Array]:
+        def step(s: Any, batch_idx: jax.Array) -> tuple[Any, jax.Array]:
             return update(s, users[batch_idx], items[batch_idx], values[batch_idx], data_kwargs)
 
         return jax.lax.scan(step, state, idx)

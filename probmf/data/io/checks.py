@@ -9,8 +9,9 @@ way (`read_dataframe`, its columns found by `dataframe_columns`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ _HUGE_RATING = "rating {value} is too large in magnitude (|rating| <= 1e9; resca
 
 
 def read_dataframe(
-    df,
+    df: pd.DataFrame,
     *,
     columns: Sequence | None = None,
     rating_scale: tuple[float, float] | None = None,
@@ -54,14 +55,26 @@ def read_dataframe(
     return dataclasses.replace(ratings, source=name)
 
 
-def to_ratings(data, *, columns=None, rating_scale=None, duplicates: str = "error") -> Ratings:
+def to_ratings(
+    data: Ratings | pd.DataFrame,
+    *,
+    columns: Sequence | None = None,
+    rating_scale: tuple[float, float] | None = None,
+    duplicates: str = "error",
+) -> Ratings:
     """``data`` as `Ratings`: a `Ratings` as it is, a DataFrame checked by `read_dataframe`."""
     if isinstance(data, Ratings):
         return data
     return read_dataframe(data, columns=columns, rating_scale=rating_scale, duplicates=duplicates)
 
 
-def dataframe_columns(df, columns=None, *, name: str = "DataFrame", need=("user", "item", "rating")) -> dict:
+def dataframe_columns(
+    df: pd.DataFrame,
+    columns: Sequence | None = None,
+    *,
+    name: str = "DataFrame",
+    need: Sequence[str] = ("user", "item", "rating"),
+) -> dict:
     """role -> column label of ``df`` for the roles in ``need`` (and timestamp when present):
     ``columns`` in role order, else found by name (`read_dataframe`)."""
     if not hasattr(df, "columns") or not hasattr(df, "iloc"):
@@ -92,7 +105,7 @@ def dataframe_columns(df, columns=None, *, name: str = "DataFrame", need=("user"
     return {role: found[role][0] for role in (*need, "timestamp") if role in found}
 
 
-def _check_options(duplicates: str, id_type: str, rating_scale) -> None:
+def _check_options(duplicates: str, id_type: str, rating_scale: tuple[float, float] | None) -> None:
     if id_type not in ("auto", "int", "str"):
         raise ValueError(f"id_type must be 'auto', 'int' or 'str', got {id_type!r}")
     if duplicates not in ("error", "last", "mean"):
@@ -100,7 +113,7 @@ def _check_options(duplicates: str, id_type: str, rating_scale) -> None:
     _scale(rating_scale)
 
 
-def _scale(rating_scale) -> tuple[float, float] | None:
+def _scale(rating_scale: tuple[float, float] | None) -> tuple[float, float] | None:
     if rating_scale is None:
         return None
     low, high = (float(v) for v in rating_scale)
@@ -112,11 +125,11 @@ def _scale(rating_scale) -> tuple[float, float] | None:
 class _Problems:
     """Collects the first bad row of each check; the earliest one in the file is raised."""
 
-    def __init__(self, src: _Source):
+    def __init__(self, src: _Source) -> None:
         self.src = src
-        self.first: tuple[int, str, object] | None = None
+        self.first: tuple[int, str, Any, Any] | None = None
 
-    def add(self, mask, what, role: str | None = None) -> None:
+    def add(self, mask: np.ndarray, what: Callable[[int], tuple[str, Any]], role: str | None = None) -> None:
         """``what(pos)`` -> (message, value) for the first True row of ``mask`` (of the
         column of ``role``, which `_about` also tells)."""
         mask = np.asarray(mask, dtype=bool)
@@ -133,26 +146,26 @@ class _Problems:
             raise self.src.error(pos, message, value, column)
 
 
-def _py(value):
+def _py(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _raw_value(col: pd.Series, pos: int):
+def _raw_value(col: pd.Series, pos: int) -> Any:
     return _py(col.iloc[pos])
 
 
-def _about(col: pd.Series, template: str):
+def _about(col: pd.Series, template: str) -> Callable[[int], tuple[str, Any]]:
     """``what(pos)`` for `_Problems.add`: ``template`` with ``{value}`` set to the row's value."""
 
-    def what(pos):
+    def what(pos: int) -> tuple[str, Any]:
         value = _raw_value(col, pos)
         return template.format(value=repr(value)), value
 
-    what.column = col.name
+    what.column = col.name  # type: ignore[attr-defined]  # read back by _Problems.add
     return what
 
 
-def _missing(src: _Source, role: str, pos: int):
+def _missing(src: _Source, role: str, pos: int) -> tuple[str, Any]:
     """Message for an empty field: a short line, or a field left empty."""
     if src.text is not None:
         line = _file_line(src.path, src.text.encoding, src.line_of(pos))
@@ -200,7 +213,7 @@ def _check_ids(src: _Source, role: str, problems: _Problems, id_type: str) -> np
     return col.astype(str).str.strip().to_numpy(dtype=str)
 
 
-def _numeric_ids(num: np.ndarray, col: pd.Series, skip: np.ndarray, name: str, problems: _Problems):
+def _numeric_ids(num: np.ndarray, col: pd.Series, skip: np.ndarray, name: str, problems: _Problems) -> np.ndarray:
     ok = ~skip
     with np.errstate(invalid="ignore"):
         nonint = ok & ((num != np.floor(num)) | ~np.isfinite(num))
@@ -212,7 +225,7 @@ def _numeric_ids(num: np.ndarray, col: pd.Series, skip: np.ndarray, name: str, p
     return np.where(ok & ~nonint & ~negative & ~too_large, num, 0).astype(np.int64)
 
 
-def _check_ratings(src: _Source, scale, problems: _Problems) -> np.ndarray:
+def _check_ratings(src: _Source, scale: tuple[float, float] | None, problems: _Problems) -> np.ndarray:
     col = src.df[src.roles["rating"]]
     missing = col.isna().to_numpy()
     problems.add(missing, lambda p: _missing(src, "rating", p), "rating")
@@ -263,7 +276,7 @@ def _check_timestamps(src: _Source, problems: _Problems) -> np.ndarray | None:
     return np.where(missing | bad, 0, num).astype(np.int64)
 
 
-def _to_ratings(src: _Source, *, rating_scale, duplicates: str, id_type: str) -> Ratings:
+def _to_ratings(src: _Source, *, rating_scale: tuple[float, float] | None, duplicates: str, id_type: str) -> Ratings:
     if len(src.df) == 0:
         raise src.error(None, "no ratings (no data lines)")
     problems = _Problems(src)

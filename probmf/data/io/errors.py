@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 
 class RatingsFileError(ValueError):
     """A ratings file that cannot be read as ratings.
@@ -13,7 +16,9 @@ class RatingsFileError(ValueError):
       value: the offending value (a string as it appears in the file), or None.
     """
 
-    def __init__(self, message: str, *, path, line: int | None = None, value=None):
+    def __init__(
+        self, message: str, *, path: str | os.PathLike[str], line: int | None = None, value: Any = None
+    ) -> None:
         super().__init__(message)
         self.path = str(path)
         self.line = line

@@ -13,7 +13,9 @@ import gzip
 import io
 import lzma
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,7 @@ from probmf.data.io.sniff import (
 class _Source:
     """A parsed table and how to point at its rows in the file."""
 
-    def __init__(self, path: Path, df: pd.DataFrame, roles: dict[str, str], first_line: int, unit: str):
+    def __init__(self, path: Path, df: pd.DataFrame, roles: dict[str, str], first_line: int, unit: str) -> None:
         self.path = path
         self.df = df  # one column per role; df.index = 0-based row position in the file's data
         self.roles = roles  # role -> column label of df
@@ -50,7 +52,7 @@ class _Source:
         """File line number of the ``pos``-th remaining row."""
         return self.first_line + int(self.df.index[pos])
 
-    def error(self, pos: int | None, what: str, value=None, column=None) -> RatingsFileError:
+    def error(self, pos: int | None, what: str, value: Any = None, column: str | None = None) -> RatingsFileError:
         if pos is None:
             return RatingsFileError(f"{self.path}: {what}", path=self.path, value=value)
         line = self.line_of(pos)
@@ -60,7 +62,7 @@ class _Source:
         return RatingsFileError(f"{self.path}, {where}: {what}", path=self.path, line=line, value=value)
 
 
-def _open_binary(path: Path):
+def _open_binary(path: Path) -> gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile | io.BufferedReader:
     suffix = path.suffix.lower()
     if suffix == ".gz":
         return gzip.open(path, "rb")
@@ -71,7 +73,7 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-def _iter_lines(path: Path, encoding: str):
+def _iter_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its end) for each line of the file."""
     with _open_binary(path) as raw:
         text = io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline=None)
@@ -86,7 +88,9 @@ def _file_line(path: Path, encoding: str, wanted: int) -> str:
     return ""
 
 
-def _read_text(path: Path, *, sep, header, columns, encoding, id_type) -> _Source:
+def _read_text(
+    path: Path, *, sep: str | None, header: Any, columns: Sequence | None, encoding: str, id_type: str
+) -> _Source:
     encoding = _text_encoding(encoding)
     first = None
     for number, line in _iter_lines(path, encoding):
@@ -159,7 +163,7 @@ def _read_text(path: Path, *, sep, header, columns, encoding, id_type) -> _Sourc
 class _ReplacingReader(io.RawIOBase):
     """Binary stream that replaces a multi-byte separator by `_UNIT_SEP` on the fly."""
 
-    def __init__(self, raw, sep: bytes, chunk_size: int = 1 << 20):
+    def __init__(self, raw: io.BufferedIOBase, sep: bytes, chunk_size: int = 1 << 20) -> None:
         self._raw = raw
         self._chunk_size = chunk_size
         self._sep = sep
@@ -170,7 +174,7 @@ class _ReplacingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         while not self._out and not self._eof:
             chunk = self._raw.read(self._chunk_size)
             out = (self._held + chunk).replace(self._sep, _UNIT_SEP.encode())
@@ -233,11 +237,11 @@ def _locate_bad_line(path: Path, fmt: _TextFormat, first_line: int, err: Excepti
     """Find the first line the parser refused (wrong field count or undecodable text)."""
     if isinstance(err, UnicodeDecodeError):
         with _open_binary(path) as raw:
-            for number, line in enumerate(raw, start=1):
+            for number, raw_line in enumerate(raw, start=1):
                 try:
-                    line.decode(fmt.encoding)
+                    raw_line.decode(fmt.encoding)
                 except UnicodeDecodeError:
-                    value = line.rstrip(b"\r\n")
+                    value = raw_line.rstrip(b"\r\n")
                     encoding = fmt.encoding.removesuffix("-sig")
                     return RatingsFileError(
                         f"{path}, line {number}: not valid {encoding} text: {value!r}",
@@ -260,7 +264,7 @@ def _locate_bad_line(path: Path, fmt: _TextFormat, first_line: int, err: Excepti
     return RatingsFileError(f"{path}: cannot parse: {err}", path=path)
 
 
-def _read_parquet(path: Path, columns) -> _Source:
+def _read_parquet(path: Path, columns: Sequence | None) -> _Source:
     try:
         df = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a damaged file

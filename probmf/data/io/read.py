@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,10 +19,10 @@ from probmf.data.ratings import Ratings
 
 
 def read_ratings(
-    path,
+    path: str | os.PathLike[str],
     *,
     sep: str | None = None,
-    header="infer",
+    header: Any = "infer",
     columns: Sequence | None = None,
     rating_scale: tuple[float, float] | None = None,
     duplicates: str = "error",
@@ -84,15 +85,33 @@ def read_ratings(
     return _to_ratings(src, rating_scale=rating_scale, duplicates=duplicates, id_type=id_type)
 
 
-def read_pairs(path) -> tuple[np.ndarray, np.ndarray]:
+def read_pairs(path: str | os.PathLike[str], *, times: bool = False) -> tuple:
     """(users, items) raw ids from a CSV with a header naming the user and item columns
     (``userId,movieId[,...]``; other columns are ignored). Every pair is kept, repeats too;
-    an empty id is a `RatingsFileError` naming the line."""
+    an empty id is a `RatingsFileError` naming the line. ``times``: also return the pairs'
+    ``timestamp`` column (float64 seconds, (n,)), or None when the file has none; a value
+    that is not a finite number is a `RatingsFileError` naming the line."""
+    path = Path(os.fspath(path))
     df = _read_small_csv(path, ("user", "item"))
-    return df["user"].to_numpy(), df["item"].to_numpy()
+    if not times:
+        return df["user"].to_numpy(), df["item"].to_numpy()
+    try:
+        df = _read_small_csv(path, ("user", "item", "timestamp"))
+    except RatingsFileError as err:
+        if "no timestamp column" not in str(err):
+            raise
+        return df["user"].to_numpy(), df["item"].to_numpy(), None
+    stamps = pd.to_numeric(df["timestamp"].str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(stamps)
+    if bad.any():
+        k = int(np.argmax(bad))
+        value, line = df["timestamp"].iloc[k], int(df.index[k])
+        raise RatingsFileError(f"{path}, line {line}: timestamp {value!r} is not a finite number", path=path,
+                               line=line, value=value)  # fmt: skip
+    return df["user"].to_numpy(), df["item"].to_numpy(), stamps
 
 
-def read_new_user(path) -> tuple[np.ndarray, np.ndarray]:
+def read_new_user(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """(items, ratings) of one new user from a CSV with header ``movieId,rating``.
 
     Each item may appear once, and each rating must be a finite number of magnitude at most
@@ -123,7 +142,7 @@ def read_new_user(path) -> tuple[np.ndarray, np.ndarray]:
     return items, ratings
 
 
-def _read_small_csv(path, roles: tuple[str, ...]) -> pd.DataFrame:
+def _read_small_csv(path: str | os.PathLike[str], roles: tuple[str, ...]) -> pd.DataFrame:
     """A small headed CSV (comma, tab, semicolon or ``|``) with the columns of ``roles``,
     renamed to the role names and indexed by file line number; ids are parsed as integers
     when every value is one."""
@@ -142,7 +161,7 @@ def _read_small_csv(path, roles: tuple[str, ...]) -> pd.DataFrame:
     sep = next((c for c in (",", "\t", ";", "|") if c in head), ",")
     fmt = _TextFormat(sep, "utf-8", 0)
     names = [name.strip() for name in fmt.split(head)]
-    found = {}
+    found: dict[str | None, int] = {}
     for k, name in enumerate(names):
         found.setdefault(_role_of(name), k)
     missing = [r for r in roles if r not in found]

@@ -6,6 +6,9 @@ timestamp (`_column_positions`)."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from probmf.data.io.errors import RatingsFileError
 
@@ -25,7 +28,7 @@ _ROLE_NAMES = {
 
 
 class _TextFormat:
-    def __init__(self, sep: str, encoding: str, ncol: int):
+    def __init__(self, sep: str, encoding: str, ncol: int) -> None:
         self.sep = sep
         self.encoding = encoding
         self.ncol = ncol
@@ -74,7 +77,9 @@ def _sep_name(sep: str) -> str:
     return {"\t": "tabs", _WHITESPACE: "whitespace"}.get(sep, repr(sep))
 
 
-def _column_positions(path, line_no, names, ncol, columns) -> dict[str, int]:
+def _column_positions(
+    path: Path, line_no: int | None, names: Any, ncol: int, columns: Sequence | None
+) -> dict[str, int]:
     """0-based field position of each role present in the file."""
     if columns is not None:
         positions = {}
@@ -100,11 +105,11 @@ def _column_positions(path, line_no, names, ncol, columns) -> dict[str, int]:
                     raise ValueError(f"column positions must be >= 0, got {columns!r}")
         return positions
     if names is not None:
-        found = {}
+        found: dict[str, int] = {}
         for k, name in enumerate(names):
-            role = _role_of(name)
-            if role is not None and role not in found:
-                found[role] = k
+            named = _role_of(name)
+            if named is not None and named not in found:
+                found[named] = k
         if all(r in found for r in ("user", "item", "rating")):
             return found
     positions = {"user": 0, "item": 1, "rating": 2}

@@ -6,13 +6,15 @@ from __future__ import annotations
 import io
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from probmf.data.io.sniff import _PARQUET_SUFFIXES, _UNIT_SEP
 from probmf.data.ratings import Ratings
 
 
-def write_ratings(ratings: Ratings, path, *, sep: str = ",", header: bool = True) -> None:
+def write_ratings(ratings: Ratings, path: str | os.PathLike[str], *, sep: str = ",", header: bool = True) -> None:
     """Write raw ids and ratings: Parquet for ``.parquet`` / ``.pq``, else delimited text.
 
     Columns ``userId, movieId, rating[, timestamp]``. The file is written under a temporary
@@ -29,12 +31,12 @@ def write_ratings(ratings: Ratings, path, *, sep: str = ",", header: bool = True
     df = ratings.to_dataframe()  # raises for unknown (-1) ids, whose raw ids are lost
     if path.suffix.lower() in _PARQUET_SUFFIXES:
 
-        def write(f):
+        def write(f: BinaryIO) -> None:
             df.to_parquet(f, index=False)
 
     else:
 
-        def write(f):
+        def write(f: BinaryIO) -> None:
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
             if len(sep) == 1:
                 df.to_csv(text, sep=sep, header=header, index=False, lineterminator="\n")
@@ -51,7 +53,7 @@ def write_ratings(ratings: Ratings, path, *, sep: str = ",", header: bool = True
     _atomic_write(path, write)
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         # "xb" creates a fresh file with the usual permissions (umask), unlike mkstemp's 0600.

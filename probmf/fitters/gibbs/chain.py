@@ -16,12 +16,14 @@ clock that maps a pair's timestamp to its bin and drift (`probmf.fitters.gibbs.t
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from jax import lax
+from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint, matrix_digest
 from probmf.data.features import FeatureTable
@@ -33,7 +35,7 @@ from probmf.fitters.gibbs.features import feature_matrix, feature_operators, fea
 from probmf.fitters.gibbs.implicit import IMPLICIT_SOLVERS, implicit_operators, implicit_solver
 from probmf.fitters.gibbs.kernel import GibbsInfo, GibbsState, gibbs_sweep, init_state, row_priors
 from probmf.fitters.gibbs.rounded import Latent, rounding_intervals
-from probmf.fitters.gibbs.temporal import DEFAULT_TIME_BINS, time_data, training_clock
+from probmf.fitters.gibbs.temporal import DEFAULT_TIME_BINS, TimeData, time_data, training_clock
 from probmf.linalg import LINALGS
 from probmf.objectives import Hyperpriors
 from probmf.posterior import (
@@ -73,21 +75,26 @@ class GibbsResult(NamedTuple):
 
     @property
     def num_samples(self) -> int:
-        return int((self.posterior if self.posterior is not None else self.summary).num_samples)
+        kept = self.posterior if self.posterior is not None else self.summary
+        assert kept is not None, "a Gibbs result keeps its draws or their summary"
+        return int(kept.num_samples)
 
     @property
     def uses_time(self) -> bool:
         """Whether the model has time effects (its predictions then take the pairs' ``times``)."""
         return self.posterior is not None and self.posterior.time is not None
 
-    def predict(self, users, items, times=None):
+    def predict(self, users: ArrayLike, items: ArrayLike, times: ArrayLike | None = None) -> jax.Array:
         return self.predictive(users, items, times)[0]
 
-    def predictive(self, users, items, times=None):
+    def predictive(
+        self, users: ArrayLike, items: ArrayLike, times: ArrayLike | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """(mean, sd) of the pairs; ``times``: their timestamps (seconds) with time effects
         (None: "now", `probmf.posterior`); a summary's pairs have their fit-time times."""
         if self.posterior is not None:
             return self.posterior.predictive(users, items, times)
+        assert self.summary is not None, "a Gibbs result keeps its draws or their summary"
         return self.summary.predictive(users, items)
 
 
@@ -120,9 +127,25 @@ def init_chain(state: GibbsState, total: int, num_samples: int, keep_draws: bool
 
 @functools.partial(jax.jit, static_argnames=("num", "num_warmup", "thin", "linalg"))
 def gibbs_chunk(
-    rng_key, chain: GibbsChain, data: Encoded, hyperpriors: Hyperpriors, pairs, first, latent=None, levels=None,
-    ops=None, seen=None, feature_ops=None, time_data=None, pair_time=None, *, num, num_warmup, thin, linalg="lapack",
-) -> GibbsChain:  # fmt: skip
+    rng_key: jax.Array,
+    chain: GibbsChain,
+    data: Encoded,
+    hyperpriors: Hyperpriors,
+    pairs: tuple[jax.Array, jax.Array] | None,
+    first: jax.Array | int,
+    latent: Latent | None = None,
+    levels: jax.Array | None = None,
+    ops: tuple | None = None,
+    seen: tuple[jax.Array, jax.Array] | None = None,
+    feature_ops: tuple | None = None,
+    time_data: TimeData | None = None,
+    pair_time: tuple[jax.Array, jax.Array] | None = None,
+    *,
+    num: int,
+    num_warmup: int,
+    thin: int,
+    linalg: str = "lapack",
+) -> GibbsChain:
     """Sweeps first, ..., first + num - 1 of a run that burns in ``num_warmup`` sweeps and
     then keeps every ``thin``-th; sweep s draws with ``fold_in(rng_key, s)``. ``pairs``:
     (users (P,), items (P,)) of the summary, or None; ``latent``, ``levels``: the rounded
@@ -133,7 +156,7 @@ def gibbs_chunk(
     ``pair_time``: the summary pairs' (bins, dev) with time effects."""
     features = features_of(feature_ops)
 
-    def sweep(chain: GibbsChain, s):
+    def sweep(chain: GibbsChain, s: jax.Array) -> tuple[GibbsChain, None]:
         state, info = gibbs_sweep(
             jax.random.fold_in(rng_key, s), chain.state, data, hyperpriors, linalg, latent, ops, feature_ops, time_data
         )
@@ -148,7 +171,12 @@ def gibbs_chunk(
             draw = Posterior(state.params, state.tau, priors=priors, time=time)
             draws = jax.tree.map(lambda d, x: lax.dynamic_update_index_in_dim(d, x, slot, 0), draws, draw)
         if moments is not None:
-            offset = None if state.time is None else time_offset(state.time.effects(), *pairs, *pair_time)
+            assert pairs is not None, "moments are kept at the summary pairs"
+            offset = (
+                None
+                if state.time is None or pair_time is None
+                else time_offset(state.time.effects(), *pairs, *pair_time)
+            )
             pred, var = draw_predictive(state.params, state.tau, *pairs, priors, seen, levels, features, offset)
             moments = moments_update(moments, pred, var, kept.astype(jnp.float32))
         trace = jax.tree.map(lambda t, v: t.at[s].set(v), chain.trace, info)
@@ -181,7 +209,7 @@ class GibbsConfig(NamedTuple):
     num_chains: int = 1
     time: bool = False
     time_bins: int = DEFAULT_TIME_BINS
-    predict_times: object = None
+    predict_times: ArrayLike | None = None
 
     def validate(self, run: RunOptions = DEFAULT_RUN) -> GibbsConfig:
         """The config with its defaults filled in, ``predict_pairs`` as int32 arrays and the
@@ -196,6 +224,7 @@ class GibbsConfig(NamedTuple):
             user_features=_checked(self.user_features, "user"),
             item_features=_checked(self.item_features, "item"),
         )
+        assert c.num_warmup is not None and c.num_samples is not None
         for name, v, low in (("rank", c.rank, 1), ("num_samples", c.num_samples, 1), ("thin", c.thin, 1),
                              ("num_warmup", c.num_warmup, 0), ("init_sweeps", c.init_sweeps, 1),
                              ("num_chains", c.num_chains, 1),
@@ -206,8 +235,6 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
         if c.num_chains > 1 and run.devices != 1:
             raise ValueError("several chains run vectorised on one device (devices=1)")
-        if c.likelihood == "rounded" and run.devices != 1:
-            raise ValueError("the rounded likelihood runs on one device (devices=1)")
         if c.linalg not in LINALGS:
             raise ValueError(f"linalg must be one of {LINALGS}, got {c.linalg!r}")
         if not c.keep_draws and c.predict_pairs is None:
@@ -220,8 +247,6 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"time must be True or False, got {c.time!r}")
         if int(c.time_bins) != c.time_bins or c.time_bins < 1:
             raise ValueError(f"time_bins must be an integer >= 1, got {c.time_bins!r}")
-        if c.time and run.devices != 1:
-            raise ValueError("time effects run on one device (devices=1)")
         times = c.predict_times
         if times is not None:
             times = np.asarray(times, np.float64)
@@ -231,14 +256,16 @@ class GibbsConfig(NamedTuple):
         return c
 
 
-def _checked(X, side: str):
+def _checked(
+    X: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None, side: str
+) -> FeatureTable | sp.csr_matrix | None:
     """An attribute matrix checked now; a `FeatureTable` (raw ids) is aligned with the
     training id map, and checked, in `prepare_gibbs`."""
     return X if X is None or isinstance(X, FeatureTable) else feature_matrix(X, side)
 
 
 def prepare_gibbs(
-    rng_key, train: Ratings | PartitionedRatings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN
+    rng_key: jax.Array, train: Ratings | PartitionedRatings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN
 ) -> Program:
     """The Gibbs `Program`: the ALS start, the encoded data and the chain (`GibbsChain`);
     a chunk runs `gibbs_chunk`; it finishes as the `GibbsResult`. ``config`` must be
@@ -253,41 +280,44 @@ def prepare_gibbs(
                      ("item_features", config.item_features is not None)) if on]  # fmt: skip
         if needs_all:
             raise ValueError(f"gibbs on a partitioned folder takes the plain model only, not {', '.join(needs_all)}")
+    # Below, a partitioned folder reaches only the plain model's paths, which read no rating.
+    ratings = cast(Ratings, train)
     c = config._replace(
         user_features=side_matrix(config.user_features, train.user_ids, "user"),
         item_features=side_matrix(config.item_features, train.item_ids, "item"),
     )
     pairs = c.predict_pairs
+    assert c.num_warmup is not None and c.num_samples is not None, "config must be validated"
     mesh = device_mesh(check_devices(run.devices))
     # Host-side checks, before anything compiles: sides too large for an eigendecomposition
     # asked for, attribute matrices of the wrong size.
     if c.implicit:
         implicit_solver(c.implicit_solver, max(train.num_users, train.num_items))
-    feature_ops = feature_operators(c.user_features, c.item_features, train)
-    clock = training_clock(train, int(c.time_bins)) if c.time else None
+    feature_ops = feature_operators(c.user_features, c.item_features, ratings)
+    clock = training_clock(ratings, int(c.time_bins)) if c.time else None
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if c.linalg == "jax" else "auto"
     # The rounded likelihood writes each sweep's latent ratings through the tiles' slots, and
     # time effects the ratings minus their time terms.
-    if partitioned:
+    if isinstance(train, PartitionedRatings):
         data = encode_partitioned(train, layout_for_rank(c.rank), mesh=mesh)
     else:
         data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded" or c.time)
     latent = levels = None
     if c.likelihood == "rounded":
-        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
-        latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
-    ops = implicit_operators(train, c.implicit_solver, data) if c.implicit else None
-    total = c.num_warmup + c.num_samples * c.thin
+        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(ratings.values))
+        latent = Latent(jnp.asarray(ratings.users), jnp.asarray(ratings.items), lower, upper)
+    ops = implicit_operators(ratings, c.implicit_solver, data) if c.implicit else None
+    total, num_kept = c.num_warmup + c.num_samples * c.thin, c.num_samples
     widths = None if feature_ops is None else tuple(None if op is None else op.num_cols for op in feature_ops)
 
-    def start(key):  # one chain, from ALS's MAP estimate and its residual precision
+    def start(key: jax.Array) -> GibbsChain:  # one chain, from ALS's MAP estimate and its residual precision
         init = fit_als(key, train, rank=c.rank, num_sweeps=c.init_sweeps, solver=solver, devices=run.devices)
         mse = 2.0 * float(init.trace[-1]) / len(train)  # >= the MAP training MSE
         return init_chain(
             init_state(init.params, 1.0 / max(mse, 1e-6), c.implicit, widths, int(c.time_bins) if c.time else None),
-            total, c.num_samples, c.keep_draws, None if pairs is None else pairs[0].shape[0],
+            total, num_kept, c.keep_draws, None if pairs is None else pairs[0].shape[0],
         )  # fmt: skip
 
     # Chain 0 draws with the keys of a single chain; chain j > 0 with keys folded with j (its
@@ -295,18 +325,18 @@ def prepare_gibbs(
     keys_init, keys_run = (jnp.stack([key] + [jax.random.fold_in(key, j) for j in range(1, c.num_chains)])
                            for key in (key_init, key_run))  # fmt: skip
     chain = start(key_init) if c.num_chains == 1 else jax.tree.map(lambda *a: jnp.stack(a), *map(start, keys_init))
-    if partitioned:
+    if isinstance(train, PartitionedRatings):
         seen = (jnp.asarray(train.user_counts > 0), jnp.asarray(train.item_counts > 0))
     else:
         seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
     times = pair_time = None
     if clock is not None:
-        times = time_data(train, clock)
+        times = time_data(ratings, clock)
         if pairs is not None:
             pair_time = tuple(jnp.asarray(a) for a in clock_inputs(clock, pairs[0], c.predict_times))
 
-    def run_chunk(chain, first, num):
-        def one(key, chain):
+    def run_chunk(chain: GibbsChain, first: int, num: int) -> GibbsChain:
+        def one(key: jax.Array, chain: GibbsChain) -> GibbsChain:
             return gibbs_chunk(key, chain, data, Hyperpriors(), pairs, first, latent, levels, ops, seen, feature_ops,
                                times, pair_time, num=num, num_warmup=c.num_warmup, thin=c.thin,
                                linalg=c.linalg)  # fmt: skip
@@ -318,7 +348,7 @@ def prepare_gibbs(
         if c.num_chains > 1:  # draws chain-major; the chains' moments pooled
             draws = None if draws is None else jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), draws)
             moments = None if moments is None else pooled_moments(moments)
-        summary = None if pairs is None else PredictiveSummary(*pairs, *moments)
+        summary = None if pairs is None or moments is None else PredictiveSummary(*pairs, *moments)
         features = features_of(feature_ops)
         draws = None if draws is None else draws._replace(levels=levels, seen=seen, features=features, clock=clock)
         return GibbsResult(draws, jax.tree.map(np.asarray, chain.trace), summary, int(c.rank), int(c.num_chains))
@@ -357,7 +387,7 @@ def pooled_moments(moments: tuple) -> tuple:
 
 
 def fit_gibbs(
-    rng_key,
+    rng_key: jax.Array,
     train: Ratings | PartitionedRatings,
     *,
     rank: int = 10,
@@ -367,8 +397,8 @@ def fit_gibbs(
     init_sweeps: int = 10,
     likelihood: str = "gaussian",
     implicit: bool = False,
-    user_features=None,
-    item_features=None,
+    user_features: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None = None,
+    item_features: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None = None,
     keep_draws: bool = True,
     predict_pairs: tuple | None = None,
     linalg: str = "lapack",
@@ -376,7 +406,7 @@ def fit_gibbs(
     num_chains: int = 1,
     time: bool = False,
     time_bins: int = DEFAULT_TIME_BINS,
-    predict_times=None,
+    predict_times: ArrayLike | None = None,
     devices: int = 1,
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
@@ -394,13 +424,14 @@ def fit_gibbs(
         `probmf.fitters.gibbs.rounded`).
       implicit: implicit feedback in both directions (SVD++-like; see `probmf.fitters.gibbs.implicit`):
         which items each user rated, and which users rated each item, in ``train``.
-      user_features, item_features: side information (see `probmf.fitters.gibbs.features`):
+      user_features: the users' side information (see `probmf.fitters.gibbs.features`):
         a `probmf.data.features.FeatureTable` on raw ids (`read_features`, or
         `probmf.data.movielens.load_features("ml-100k", "user")`), aligned with ``train``'s id
         map here (an id without a row gets zeros, with a warning); or a scipy.sparse or dense
         float matrix (num_users, G_u) / (num_items, G_i), row i for dense index i. Each row's
         prior mean gains x_i A, and a row with no training rating is predicted from its
         attributes. None: none.
+      item_features: the items' side information, likewise.
       keep_draws: store every kept draw (S x (N + M)(k + 1) floats); False keeps only the
         running predictive moments at ``predict_pairs``, for data whose draws would not fit.
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean

@@ -58,7 +58,7 @@ class FeatureSide(NamedTuple):
     c: jax.Array
 
 
-def feature_matrix(X, side: str) -> sp.csr_matrix:
+def feature_matrix(X: sp.spmatrix | sp.sparray | np.ndarray, side: str) -> sp.csr_matrix:
     """``X`` (scipy.sparse or dense, (rows, G) numbers) as canonical float64 CSR (sorted
     indices, no duplicates or stored zeros), or a ValueError naming ``side`` ("user", "item")."""
     name = f"{side}_features"
@@ -84,7 +84,9 @@ def feature_matrix(X, side: str) -> sp.csr_matrix:
     return M
 
 
-def side_matrix(X, id_map: IdMap, side: str):
+def side_matrix(
+    X: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None, id_map: IdMap, side: str
+) -> sp.csr_matrix | None:
     """``X`` as the design matrix of the training id map: a `FeatureTable` (raw ids) aligned
     with ``id_map`` (`probmf.data.features.design_matrix`: an id without a row gets a zero row,
     with a warning), a matrix as it is (rows already in dense index order); None stays None."""
@@ -108,7 +110,11 @@ def feature_operator(M: sp.csr_matrix) -> ImplicitOperator:
     return implicit_operator(coo.row, coo.col, M.shape[0], M.shape[1], coo.data)
 
 
-def feature_operators(user_features, item_features, train: Ratings) -> tuple | None:
+def feature_operators(
+    user_features: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None,
+    item_features: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None,
+    train: Ratings,
+) -> tuple | None:
     """(users', items') `ImplicitOperator` of the attribute matrices (None for a side without),
     after checking their rows against ``train``'s id maps; None when neither is given."""
     if user_features is None and item_features is None:

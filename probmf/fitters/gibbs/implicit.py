@@ -71,12 +71,14 @@ class ImplicitOperator(NamedTuple):
         """F Y: (C, d) -> (N, d)."""
         if self.tiles is not None:
             return self.tiles[2][:, None] * row_sums(self.tiles[0], Y)
+        assert self.rows is not None and self.cols is not None and self.weights is not None, "no tiles: nonzeros"
         return jax.ops.segment_sum(Y[self.cols] * self.weights[:, None], self.rows, num_rows)
 
     def apply_t(self, T: jax.Array) -> jax.Array:
         """F^T T: (N, d) -> (C, d)."""
         if self.tiles is not None:
             return row_sums(self.tiles[1], self.tiles[2][:, None] * T)
+        assert self.rows is not None and self.cols is not None and self.weights is not None, "no tiles: nonzeros"
         return jax.ops.segment_sum(T[self.rows] * self.weights[:, None], self.cols, self.num_cols)
 
 
@@ -118,10 +120,11 @@ def implicit_operator(
         weights = 1.0 / np.sqrt(counts[rows])
     F = sp.csr_matrix((weights, (rows, cols)), shape=(num_rows, num_cols))
     diag = np.asarray(F.multiply(F).sum(axis=0)).ravel()
-    vals = vecs = None
+    vals: jax.Array | None = None
+    vecs: jax.Array | None = None
     if solver == "eigen":
-        vals, vecs = np.linalg.eigh((F.T @ F).toarray())
-        vals, vecs = jnp.asarray(np.maximum(vals, 0.0), jnp.float32), jnp.asarray(vecs, jnp.float32)
+        eigvals, eigvecs = np.linalg.eigh((F.T @ F).toarray())
+        vals, vecs = jnp.asarray(np.maximum(eigvals, 0.0), jnp.float32), jnp.asarray(eigvecs, jnp.float32)
     return ImplicitOperator(
         jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), jnp.asarray(weights, jnp.float32), vecs, vals,
         jnp.asarray(diag, jnp.float32),
@@ -145,8 +148,15 @@ def implicit_operators(
     item. ``solver`` per side (`implicit_solver`); a CG side uses ``data``'s tiles (the encoded
     ``train``) when given, else the nonzeros."""
 
-    def side(rows, cols, num_rows, num_cols, tiles, tiles_t):
-        if implicit_solver(solver, num_cols) == "cg" and data is not None:
+    def side(
+        rows: np.ndarray,
+        cols: np.ndarray,
+        num_rows: int,
+        num_cols: int,
+        tiles: RowTiles | None,
+        tiles_t: RowTiles | None,
+    ) -> ImplicitOperator:
+        if implicit_solver(solver, num_cols) == "cg" and tiles is not None and tiles_t is not None:  # with data
             return tiled_operator(tiles, tiles_t)
         return implicit_operator(rows, cols, num_rows, num_cols, solver=solver)
 
@@ -163,7 +173,15 @@ class ImplicitSide(NamedTuple):
     c: jax.Array
 
 
-def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, linalg: str = "lapack", x0=None) -> jax.Array:
+def sample_implicit(
+    rng_key: jax.Array,
+    T: jax.Array,
+    P: jax.Array,
+    c: jax.Array,
+    op: ImplicitOperator,
+    linalg: str = "lapack",
+    x0: jax.Array | None = None,
+) -> jax.Array:
     """Y ~ p(Y | T) when the rows of T (N, d) are N(F_i Y, P^-1) and those of Y (C, d) are
     N(0, (c P)^-1): matrix normal with row covariance (F^T F + c I)^-1 and column covariance
     P^-1, drawn by perturbation, Y = (F^T F + c I)^-1 (F^T (T + E1) + sqrt(c) E2) with the
@@ -180,12 +198,13 @@ def sample_implicit(rng_key, T, P, c, op: ImplicitOperator, linalg: str = "lapac
     rhs = op.apply_t(T + e1) + jnp.sqrt(c) * e2
     if op.vecs is None:
         return solve_cg(op, c, rhs, T.shape[0], jnp.zeros_like(rhs) if x0 is None else x0, CG_TOLERANCE)[0]
+    assert op.vals is not None, "an operator with eigenvectors keeps their eigenvalues"
     hi = lax.Precision.HIGHEST
     return jnp.matmul(op.vecs, jnp.matmul(op.vecs.T, rhs, precision=hi) / (op.vals + c)[:, None], precision=hi)
 
 
 def solve_cg(
-    op: ImplicitOperator, c, rhs: jax.Array, num_rows: int, x0: jax.Array, tol: float = CG_TOLERANCE,
+    op: ImplicitOperator, c: jax.Array, rhs: jax.Array, num_rows: int, x0: jax.Array, tol: float = CG_TOLERANCE,
     max_iterations: int = CG_MAX_ITERATIONS,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """(Y, iterations): Y (C, d) solving (F^T F + c I) Y = rhs column by column, by conjugate
@@ -193,7 +212,7 @@ def solve_cg(
     2-norm is at most ``tol`` times its right-hand side's (or ``max_iterations``). Each
     iteration applies F and F^T once (two passes over the ratings)."""
 
-    def gram(Y):
+    def gram(Y: jax.Array) -> jax.Array:
         return op.apply_t(op.apply(Y, num_rows)) + c * Y
 
     m_inv = (1.0 / (op.diag + c))[:, None]
@@ -202,10 +221,10 @@ def solve_cg(
     z = m_inv * r
     state = (jnp.int32(0), x0, r, z, jnp.sum(r * z, axis=0))
 
-    def not_done(s):
+    def not_done(s: tuple) -> jax.Array:
         return (s[0] < max_iterations) & jnp.any(jnp.sum(s[2] * s[2], axis=0) > bound)
 
-    def step(s):
+    def step(s: tuple) -> tuple:
         it, x, r, p, rz = s
         Ap = gram(p)
         pAp = jnp.sum(p * Ap, axis=0)

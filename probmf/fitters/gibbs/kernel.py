@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from probmf.encoding import Encoded
+from probmf.encoding import Encoded, RowTiles
 from probmf.fitters.gibbs.features import FeatureSide
 from probmf.fitters.gibbs.implicit import ImplicitOperator, ImplicitSide, sample_implicit
 from probmf.fitters.gibbs.rounded import Latent, _sample_latent, latent_values, with_values
@@ -65,8 +66,8 @@ class GibbsInfo(NamedTuple):
 
 
 def sample_normal_wishart(
-    rng_key, X: jax.Array, beta0: float, nu0: float, linalg: str = "lapack", extra: tuple | None = None
-):
+    rng_key: jax.Array, X: jax.Array, beta0: float, nu0: float, linalg: str = "lapack", extra: tuple | None = None
+) -> tuple[jax.Array, jax.Array]:
     """(mu, Lam) ~ p(mu, Lam | X) under the Normal-Wishart(0, beta0, I, nu0) prior on the
     mean and precision of the rows of X (n, k) (BPMF eq. 14). ``extra = (S, m)``: m more
     zero-mean vectors y_j ~ N(0, (c Lam)^-1) with c sum_j y_j y_j^T = S, which inform Lam
@@ -96,11 +97,23 @@ def sample_normal_wishart(
     return mu, lam
 
 
-def _sample_gamma(rng_key, shape, rate):
+def _sample_gamma(rng_key: jax.Array, shape: ArrayLike, rate: ArrayLike) -> jax.Array:
     return jax.random.gamma(rng_key, shape) / rate
 
 
-def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, linalg):
+def _sample_rows(
+    rng_key: jax.Array,
+    X: jax.Array,
+    xb: jax.Array,
+    Y: jax.Array,
+    yb: jax.Array,
+    mu: jax.Array,
+    tiles: RowTiles,
+    tau: jax.Array,
+    prior_prec: jax.Array,
+    prior_mean: jax.Array,
+    linalg: str,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Draw every row [x_i; xb_i] of one side from its Gaussian conditional; also return
     the SSE of this side's ratings at the drawn rows. ``prior_mean``: (k+1,) shared by every
     row, or (N, k+1) one per row (implicit feedback)."""
@@ -108,7 +121,9 @@ def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, 
     prior_rhs = jnp.broadcast_to(prior_mean @ prior_prec, (n, k1))  # P m_i (P symmetric)
     noise = jax.random.normal(rng_key, (n, k1))  # z_i, row by row
 
-    def solve_block(block, G, h, s, x0, per_row):
+    def solve_block(
+        block: jax.Array, G: jax.Array, h: jax.Array, s: jax.Array, x0: jax.Array, per_row: tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
         z, rhs = per_row
         L = cholesky(tau * G + prior_prec, linalg)
         y = solve_lower(L, tau * h + rhs, linalg=linalg)
@@ -118,7 +133,7 @@ def _sample_rows(rng_key, X, xb, Y, yb, mu, tiles, tau, prior_prec, prior_mean, 
     return update_rows(X, xb, Y, yb, mu, tiles, (noise, prior_rhs), solve_block)
 
 
-def _block_prior(lam_factor, mu_factor, lam_bias):
+def _block_prior(lam_factor: jax.Array, mu_factor: jax.Array, lam_bias: jax.Array) -> tuple[jax.Array, jax.Array]:
     k = mu_factor.shape[0]
     P = jnp.zeros((k + 1, k + 1)).at[:k, :k].set(lam_factor).at[k, k].set(lam_bias)
     return P, jnp.concatenate([mu_factor, jnp.zeros((1,))])
@@ -130,12 +145,12 @@ class _Term(NamedTuple):
 
     key: jax.Array
     op: ImplicitOperator
-    side: tuple
+    side: tuple | None
     shape: float
     rate: float
 
 
-def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, linalg):
+def _side_prior(keys: Any, X: jax.Array, xb: jax.Array, terms: tuple, hyperpriors: Hyperpriors, linalg: str) -> tuple:
     """Draw one side's hyper-parameters (and the vectors of its linear terms) given its rows
     [X, xb] (N, k+1).
 
@@ -180,7 +195,15 @@ def _side_prior(keys, X, xb, terms: tuple, hyperpriors: Hyperpriors, linalg):
     return mu, lam, lam_b, m + functools.reduce(operator.add, offsets), tuple(sides)
 
 
-def _terms(rng_key, index: int, implicit, implicit_op, features, feature_op, hyperpriors: Hyperpriors) -> tuple:
+def _terms(
+    rng_key: jax.Array,
+    index: int,
+    implicit: ImplicitSide | None,
+    implicit_op: ImplicitOperator | None,
+    features: FeatureSide | None,
+    feature_op: ImplicitOperator | None,
+    hyperpriors: Hyperpriors,
+) -> tuple:
     """One side's `_Term`s: implicit feedback's (key fold_in(rng_key, 1 + index)), then side
     information's (fold_in(rng_key, 3 + index)), each where its operator is given."""
     h = hyperpriors
@@ -193,7 +216,7 @@ def _terms(rng_key, index: int, implicit, implicit_op, features, feature_op, hyp
 
 
 def gibbs_sweep(
-    rng_key, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, linalg: str = "lapack",
+    rng_key: jax.Array, state: GibbsState, data: Encoded, hyperpriors: Hyperpriors, linalg: str = "lapack",
     latent: Latent | None = None, ops: tuple | None = None, feature_ops: tuple | None = None,
     time_data: TimeData | None = None,
 ) -> tuple[GibbsState, GibbsInfo]:  # fmt: skip
@@ -212,6 +235,7 @@ def gibbs_sweep(
     keys = jax.random.split(rng_key, 8)
     time = state.time
     if time_data is not None:
+        assert time is not None, "time data comes with the time effects' state"
         if latent is not None:
             y = latent_values(keys[7], state.params, state.tau, latent, offsets(time, time_data))
         else:
@@ -265,7 +289,9 @@ def row_priors(state: GibbsState, linalg: str = "lapack") -> tuple[RowPrior, Row
     side_w, side_u = state.implicit or (None, None)
     feat_w, feat_u = state.features or (None, None)
 
-    def prior(mu, lam, lam_b, side, feat):
+    def prior(
+        mu: jax.Array, lam: jax.Array, lam_b: jax.Array, side: ImplicitSide | None, feat: FeatureSide | None
+    ) -> RowPrior:
         scale = 1.0 if side is None else 1.0 + 1.0 / side.c
         return RowPrior(mu, scale * _spd_inverse(lam, linalg), scale / lam_b, None if feat is None else feat.A)
 
@@ -281,7 +307,11 @@ def _spd_inverse(A: jax.Array, linalg: str) -> jax.Array:
 
 
 def init_state(
-    params: MFParams, tau, implicit: bool = False, features: tuple | None = None, time_bins: int | None = None
+    params: MFParams,
+    tau: ArrayLike,
+    implicit: bool = False,
+    features: tuple | None = None,
+    time_bins: int | None = None,
 ) -> GibbsState:
     """Start from a point estimate (e.g. ALS's MAP) with unit hyper-precisions (and, with
     ``implicit``, zero implicit vectors with c = 1). ``features``: (users', items') number

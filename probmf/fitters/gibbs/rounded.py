@@ -16,9 +16,12 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from probmf.encoding import Encoded
+from probmf.encoding import Encoded, RowTiles
 from probmf.model import MFParams, predict_with_fallback
+from probmf.sharding import AXIS
 
 
 class Latent(NamedTuple):
@@ -42,7 +45,7 @@ def rounding_intervals(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return levels.astype(np.float32), cuts[k], cuts[k + 1]
 
 
-def truncated_standard_normal(rng_key, lower: jax.Array, upper: jax.Array) -> jax.Array:
+def truncated_standard_normal(rng_key: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
     """z ~ N(0, 1) truncated to [lower, upper] (any shape, +-inf allowed); see
     `truncated_from_uniform`."""
     return truncated_from_uniform(jax.random.uniform(rng_key, lower.shape), lower, upper)
@@ -68,13 +71,15 @@ def truncated_from_uniform(u: jax.Array, lower: jax.Array, upper: jax.Array) -> 
     return jnp.where(mirror, -z, z)
 
 
-def _sample_latent(rng_key, params: MFParams, tau, latent: Latent, data: Encoded) -> Encoded:
+def _sample_latent(rng_key: jax.Array, params: MFParams, tau: jax.Array, latent: Latent, data: Encoded) -> Encoded:
     """Draw y_ij ~ N(r_hat_ij, 1/tau) truncated to its rating's interval and write it into
     both row layouts in place of the ratings."""
     return with_values(data, latent_values(rng_key, params, tau, latent))
 
 
-def latent_values(rng_key, params: MFParams, tau, latent: Latent, offset: jax.Array | None = None) -> jax.Array:
+def latent_values(
+    rng_key: jax.Array, params: MFParams, tau: jax.Array, latent: Latent, offset: jax.Array | None = None
+) -> jax.Array:
     """y_ij ~ N(r_hat_ij + o_ij, 1/tau) truncated to its rating's interval (n,), in input
     order; ``offset`` o (n,): per-rating terms outside the factors (the time effects of
     `probmf.fitters.gibbs.temporal`), None: none."""
@@ -89,8 +94,10 @@ def with_values(data: Encoded, values: jax.Array) -> Encoded:
     """Both row layouts with new values (n,) for the same ratings, in input order (needs the
     layouts' ``slots``: `encode(..., with_slots=True)`)."""
 
-    def write(tiles):
+    def write(tiles: RowTiles) -> RowTiles:
         vals = jnp.zeros(tiles.vals.size, values.dtype).at[tiles.slots].set(values).reshape(tiles.vals.shape)
+        if tiles.mesh is not None:  # keep each device's tiles on it (the stacked axis 0 is split)
+            vals = jax.lax.with_sharding_constraint(vals, NamedSharding(tiles.mesh, P(AXIS)))
         return dataclasses.replace(tiles, vals=vals)
 
     return Encoded(write(data.by_user), write(data.by_item))

@@ -109,7 +109,9 @@ def offsets(state: TimeState, data: TimeData) -> jax.Array:
     return time_offset(state.effects(), data.users, data.items, data.bins, data.dev)[0]
 
 
-def sample_time(rng_key, state: TimeState, base: jax.Array, data: TimeData, tau, hyperpriors: Hyperpriors) -> TimeState:
+def sample_time(
+    rng_key: jax.Array, state: TimeState, base: jax.Array, data: TimeData, tau: jax.Array, hyperpriors: Hyperpriors
+) -> TimeState:
     """One draw of the time block (module docstring) given ``base`` (n,) = y - (w.u + b + c
     + mu), the residuals of the ratings without their time terms, and the noise precision."""
     M, B = state.item_bins.shape
@@ -133,7 +135,9 @@ def sample_time(rng_key, state: TimeState, base: jax.Array, data: TimeData, tau,
     return TimeState(item_bins, drift, lam_bins, lam_drift)
 
 
-def _scalar_block(key_x, key_lam, info, rhs, lam, shape, rate):
+def _scalar_block(
+    key_x: jax.Array, key_lam: jax.Array, info: jax.Array, rhs: jax.Array, lam: jax.Array, shape: float, rate: float
+) -> tuple[jax.Array, jax.Array]:
     """x_g ~ N(rhs_g / p_g, 1/p_g), p_g = info_g + lam, for every group g (G,), then lam | x.
 
     A group the ratings say nothing about (info 0: no rating, or devs all 0) has x_g ~ N(0,
