@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
+    from probmf.data.partitioned import PartitionedRatings
     from probmf.data.ratings import Ratings
 
 
@@ -104,7 +105,7 @@ def fit_checkpoint(
     every: int,
     name: str,
     rng_key: jax.Array,
-    train: Ratings,
+    train: Ratings | PartitionedRatings,
     options: dict,
     *extra: Any,
 ) -> Checkpoint | None:
@@ -112,6 +113,10 @@ def fit_checkpoint(
     checkpoint options), key ``rng_key`` and training `Ratings` ``train``; ``extra``: any
     further inputs (arrays or JSON-able)."""
     parts = (options, np.asarray(jax.random.key_data(rng_key)), train.num_users, train.num_items)
+    from probmf.data import partitioned
+
+    if isinstance(train, partitioned.PartitionedRatings):  # the hash of its ratings, taken when it was written
+        return checkpoint_for(folder, name, every, *parts, train.digest, *extra)
     return checkpoint_for(folder, name, every, *parts, train.users, train.items, train.values, *extra)
 
 

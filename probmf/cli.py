@@ -7,6 +7,7 @@ probmf predict --model models/gibbs --pairs pairs.csv
 probmf recommend --model models/gibbs --user 196 -n 10 --strategy ucb
 probmf recommend --model models/gibbs --ratings my_ratings.csv
 probmf info --model models/gibbs
+probmf partition --train ratings.csv --out parts --parts 8
 """
 
 from __future__ import annotations
@@ -442,6 +443,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partition_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "partition",
+        help="write ratings as Parquet split by user and by item row blocks, for fits whose processes "
+        "each read only their own rows",
+    )
+    p.add_argument("--train", required=True, help="ratings file (CSV userId,movieId,rating[,timestamp], tab, Parquet)")
+    p.add_argument("--out", required=True, help="folder to write (a folder an earlier partition wrote is replaced)")
+    p.add_argument("--parts", type=int, required=True, help="row blocks per side, e.g. the number of devices")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from probmf.data.io import read_ratings
+    from probmf.data.partitioned import partition
+
+    if args.parts < 1:
+        raise ValueError(f"--parts must be a positive integer, got {args.parts}")
+    part = partition(read_ratings(args.train), args.out, args.parts, source=str(args.train))
+    info = {"saved": str(part.path), "n_ratings": len(part), "num_users": part.num_users,
+            "num_items": part.num_items, "parts": part.parts}  # fmt: skip
+    text = (f"wrote {len(part):,} ratings of {part.num_users:,} users x {part.num_items:,} items in "
+            f"{part.parts} parts per side to {part.path}")  # fmt: skip
+    print(json.dumps(info) if args.json else text)
+    return 0
+
+
 def _round(x: Any) -> float | None:
     """x to 4 decimals; None (JSON null) for NaN, the sd of a point model saved without one."""
     import numpy as np
@@ -475,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-processes", dest="num_processes", type=int, help="with --coordinator: hosts in all")
     parser.add_argument("--process-id", dest="process_id", type=int, help="with --coordinator: this host's index")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_evaluate_parser, _fit_parser, _predict_parser, _recommend_parser, _info_parser):
+    for add in (_evaluate_parser, _fit_parser, _predict_parser, _recommend_parser, _info_parser, _partition_parser):
         add(sub)
     args = parser.parse_args(argv)
     import jax
@@ -488,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         commands = {"evaluate": cmd_evaluate, "fit": cmd_fit, "predict": cmd_predict, "recommend": cmd_recommend,
-                    "info": cmd_info}  # fmt: skip
+                    "info": cmd_info, "partition": cmd_partition}  # fmt: skip
         # A progress bar on stderr when a person watches it (a terminal), never in a pipe or log.
         with show_progress(sys.stderr.isatty() or None):
             return commands[args.command](args)

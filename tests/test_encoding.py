@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probmf.encoding import Layout, layout_for_rank, row_tiles
+from probmf.encoding import Layout, layout_for_rank, row_tiles, tile_shape
 
 
 def _dense_from_tiles(t, num_rows, num_cols):
@@ -32,13 +32,24 @@ def test_tiles_reconstruct_the_ratings(n, num_rows, num_cols, tile_len, chunk_en
     rng = np.random.default_rng(seed)
     rows, cols = rng.integers(0, num_rows, n), rng.integers(0, num_cols, n)
     vals = rng.standard_normal(n).astype(np.float32)
-    t = row_tiles(rows, cols, vals, num_rows, num_cols, Layout(tile_len, chunk_entries, block_rows))
+    layout = Layout(tile_len, chunk_entries, block_rows)
+    t = row_tiles(rows, cols, vals, num_rows, num_cols, layout)
     ref = np.zeros((num_rows, num_cols + 1))
     np.add.at(ref, (rows, cols), vals)
     dense = _dense_from_tiles(t, num_rows, num_cols)
     np.testing.assert_allclose(dense, ref, atol=1e-5)  # padding column num_cols stays 0
     np.testing.assert_array_equal(np.asarray(t.counts), np.bincount(rows, minlength=num_rows))
     assert np.all(np.asarray(t.rows) < t.block_rows)
+    # The shape follows from the counts alone (how a process pads tiles it never sees).
+    counts = np.bincount(rows, minlength=num_rows)
+    assert tile_shape(counts, layout) == t.rows.shape[::-1]
+    assert tile_shape(counts, layout, chunk=3)[1] == row_tiles(rows, cols, vals, num_rows, num_cols, layout,
+                                                                 chunk=3).rows.shape[0]  # fmt: skip
+    # Triples already sorted by row (stably) skip the sort and give the same tiles.
+    order = np.argsort(rows, kind="stable")
+    s = row_tiles(rows[order], cols[order], vals[order], num_rows, num_cols, layout, host=True)
+    for field in ("rows", "cols", "vals", "starts", "counts"):
+        np.testing.assert_array_equal(getattr(s, field), np.asarray(getattr(t, field)), err_msg=field)
 
 
 def test_out_of_range_indices_are_rejected():
@@ -48,7 +59,7 @@ def test_out_of_range_indices_are_rejected():
         row_tiles(np.array([-1]), np.array([0]), np.array([1.0]), 1, 5)
 
 
-def test_layout_for_rank_bounds_block_memory():
+def teslayout_for_rank_bounds_block_memory():
     for rank in (0, 10, 64, 200):
         lay = layout_for_rank(rank)
         assert lay.block_rows * (rank + 1) ** 2 * 4 <= 2**26 or lay.block_rows == 1 << 10

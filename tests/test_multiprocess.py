@@ -10,6 +10,7 @@ can hang XLA-CPU. Every process has a deadline and all are killed when one fails
 deadline passes, so a hang fails the test instead of blocking the suite.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -195,3 +196,104 @@ def test_cli_fit_across_two_processes_saves_the_one_process_model(gloo, tmp_path
     assert sorted(two) == sorted(one)
     for k in one:
         np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+
+
+# argv: coordinator num_processes process_id folder out; fits ALS and Gibbs on the partitioned
+# folder, logging every range of rows ALS reads in each process, and writes out (.npz).
+PARTITIONED = r"""
+import json
+import sys
+
+import jax
+import numpy as np
+
+coordinator, num_processes, process_id, folder, out = sys.argv[1:]
+jax.distributed.initialize(coordinator, int(num_processes), int(process_id))
+
+import probmf.data.partitioned as partitioned
+from probmf.fitters.als import fit_als
+from probmf.fitters.gibbs import fit_gibbs
+from probmf.sharding import to_host
+
+reads = []
+load_rows = partitioned.load_rows
+
+
+def logged(part, side, lo, hi):
+    rows = load_rows(part, side, lo, hi)
+    reads.append({"side": side, "lo": lo, "hi": hi, "n": int(rows.rows.size), "files": list(rows.files)})
+    return rows
+
+
+partitioned.load_rows = logged
+part = partitioned.open_partitioned(folder)
+result = fit_als(jax.random.PRNGKey(0), part, rank=3, num_sweeps=4, solver="cg", devices=2)
+als_reads = list(reads)
+gibbs = fit_gibbs(jax.random.PRNGKey(0), part, rank=3, num_warmup=3, num_samples=4, linalg="jax", devices=2)
+arrays = {}
+for name, tree in (("als", result.params), ("gibbs", gibbs.posterior)):
+    for p, v in jax.tree_util.tree_leaves_with_path(to_host(tree)):
+        arrays[f"{name}{jax.tree_util.keystr(p)}"] = np.asarray(v)
+np.savez(out, trace=result.trace, reads=json.dumps(als_reads), **arrays)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_fit_a_partitioned_folder_reading_only_their_rows(gloo, tmp_path):
+    import jax
+
+    from probmf.data.partitioned import partition
+    from probmf.data.synthetic import synthetic_preset
+    from probmf.fitters.als import fit_als
+    from probmf.fitters.gibbs import fit_gibbs
+
+    train, _ = synthetic_preset("tiny")
+    part = partition(train, tmp_path / "parts", 2)
+    outs = [tmp_path / f"p{i}.npz" for i in range(2)]
+    _two_processes(
+        lambda c, i: [sys.executable, "-c", PARTITIONED, c, "2", str(i), str(part.path), str(outs[i])],
+        tmp_path / "logs",
+    )
+    one = fit_als(jax.random.PRNGKey(0), train, rank=3, num_sweeps=4, solver="cg", devices=1)
+    gibbs = fit_gibbs(jax.random.PRNGKey(0), train, rank=3, num_warmup=3, num_samples=4, linalg="jax", devices=1)
+    reference = {}
+    for name, tree in (("als", one.params), ("gibbs", gibbs.posterior)):
+        for p, v in jax.tree_util.tree_leaves_with_path(tree):
+            reference[f"{name}{jax.tree_util.keystr(p)}"] = np.asarray(v)
+    for i, out in enumerate(outs):
+        got = dict(np.load(out))
+        assert sorted(got) == sorted([*reference, "trace", "reads"])
+        for k, v in reference.items():  # every process holds the whole result, the one-process fit's
+            if k.startswith("als"):  # per-row CG solves of the same rows: bit for bit
+                np.testing.assert_array_equal(got[k], v, err_msg=f"process {i}: {k}")
+            else:  # sums over all rows all-reduced in another order: within the bound of the full-data test
+                assert float(np.max(np.abs(got[k].astype(np.float64) - v), initial=0.0)) < 1e-5, k
+        np.testing.assert_array_equal(got["trace"], one.trace)
+        reads = json.loads(str(got["reads"]))
+        assert sorted(r["side"] for r in reads) == ["item", "user"]
+        for r in reads:
+            n = part.num_rows(r["side"])
+            half = -(-n // 2)
+            # Process i solves rows [i half, (i + 1) half) of each side, and reads just those:
+            # its own file, and as many ratings as the counts give its rows.
+            assert (r["lo"], r["hi"]) == (i * half, min((i + 1) * half, n))
+            assert r["files"] == [str(tmp_path / "parts" / f"by_{r['side']}" / f"part-{i:05d}.parquet")]
+            assert r["n"] == int(part.counts(r["side"])[r["lo"] : r["hi"]].sum()) < len(train)
+
+
+@pytest.mark.slow
+def test_multihost_experiment_smoke(gloo, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import multihost
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    out = tmp_path / "m.jsonl"
+    assert multihost.main(["--smoke", "--folder", str(tmp_path / "parts"), "--out", str(out), "--json"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["mode"], r["processes"]) for r in rows] == [("folder", 1), ("memory", 1), ("folder", 2)]
+    one, _, two = rows
+    assert one["equal_to_one_process"] and two["equal_to_one_process"]
+    assert one["ratings_read"] == [2 * one["n_ratings"]]  # both sides, all rows
+    assert sum(two["ratings_read"]) == 2 * two["n_ratings"] and max(two["ratings_read"]) < 2 * two["n_ratings"]
+    assert all(len(r["peak_rss_mb"]) == r["processes"] and min(r["peak_rss_mb"]) > 0 for r in rows)

@@ -1,5 +1,6 @@
-"""Ratings data: the container, file and MovieLens loaders, splits, synthetic data, and side
-information (user / item attributes as design matrices)."""
+"""Ratings data: the container, file and MovieLens loaders, splits, synthetic data, side
+information (user / item attributes as design matrices), and partitioned folders (ratings
+split by row blocks, read a range of rows at a time)."""
 
 from probmf.data.features import (
     FeatureTable,
@@ -21,6 +22,7 @@ from probmf.data.movielens import (
     load_split_or_synthetic,
     load_titles,
 )
+from probmf.data.partitioned import PartitionedRatings, load_rows, open_partitioned, partition
 from probmf.data.ratings import UNKNOWN, IdMap, Ratings
 from probmf.data.splits import (
     kfold,
@@ -39,6 +41,7 @@ __all__ = [
     "PRESETS",
     "IdMap",
     "MissingFeaturesWarning",
+    "PartitionedRatings",
     "Ratings",
     "RatingsFileError",
     "SyntheticTruth",
@@ -49,9 +52,12 @@ __all__ = [
     "kfold",
     "load_features",
     "load_movielens",
+    "load_rows",
     "load_split",
     "load_split_or_synthetic",
     "load_titles",
+    "open_partitioned",
+    "partition",
     "per_user_split",
     "per_user_temporal_split",
     "random_split",

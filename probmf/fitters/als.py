@@ -41,8 +41,9 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import Ratings
-from probmf.encoding import Encoded, RowTiles, encode, layout_for_rank
+from probmf.encoding import Encoded, RowTiles, encode, encode_partitioned, layout_for_rank
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
 from probmf.model import MFParams, init_params
 from probmf.objectives import Priors, penalty
@@ -230,17 +231,24 @@ class ALSConfig(NamedTuple):
         return self
 
 
-def prepare_als(rng_key: jax.Array, train: Ratings, config: ALSConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_als(
+    rng_key: jax.Array, train: Ratings | PartitionedRatings, config: ALSConfig, run: RunOptions = DEFAULT_RUN
+) -> Program:
     """The ALS `Program`: state (params, trace (num_sweeps,) objective per sweep, NaN until
     run); a chunk runs `als_run`; finish gives the `ALSResult` (warning about a sweep that
-    could not be taken on). ``config`` must be validated."""
+    could not be taken on). ``config`` must be validated. ``train`` may be a partitioned
+    folder (`probmf.data.partitioned`): each process then reads only the ratings of the rows
+    its devices solve."""
     if len(train) == 0:
         raise ValueError(f"{train.source or 'training ratings'}: no ratings to fit")
     mesh = device_mesh(check_devices(run.devices))
     rank, num_sweeps = config.rank, config.num_sweeps
     solver = resolve_solver(config.solver, rank)
-    data = encode(train, layout_for_rank(rank), mesh=mesh)
-    mu = float(np.mean(train.values, dtype=np.float64))
+    if isinstance(train, PartitionedRatings):  # each process reads its own rows of the folder
+        data, mu = encode_partitioned(train, layout_for_rank(rank), mesh=mesh), train.mu
+    else:
+        data = encode(train, layout_for_rank(rank), mesh=mesh)
+        mu = float(np.mean(train.values, dtype=np.float64))
     params = init_params(rng_key, train.num_users, train.num_items, rank, scale=config.init_scale, mu=mu)
     priors = make_priors(data.by_user.counts, data.by_item.counts, lam=config.lam, lam_bias=config.lam_bias,
                          weight_exponent=config.weight_exponent)  # fmt: skip
@@ -271,7 +279,7 @@ def prepare_als(rng_key: jax.Array, train: Ratings, config: ALSConfig, run: RunO
 
 def fit_als(
     rng_key: jax.Array,
-    train: Ratings,
+    train: Ratings | PartitionedRatings,
     *,
     rank: int = 10,
     lam: float = 1.5,
@@ -292,7 +300,9 @@ def fit_als(
 
     Args:
       rng_key: PRNG key for the factor initialisation.
-      train: training `Ratings` (every id known).
+      train: training `Ratings` (every id known), or a `PartitionedRatings` folder
+        (`probmf.data.partitioned.open_partitioned`), of which each process reads only the
+        rows its devices solve.
       devices: split the rows of each half-sweep across this many devices (`probmf.sharding`).
       checkpoint: folder to save the parameters in every ``checkpoint_every`` sweeps and
         resume from (`probmf.checkpoint`); None: no checkpoints.

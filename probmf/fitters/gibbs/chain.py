@@ -16,7 +16,7 @@ clock that maps a pair's timestamp to its bin and drift (`probmf.fitters.gibbs.t
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +27,9 @@ from jax.typing import ArrayLike
 
 from probmf.checkpoint import fit_checkpoint, matrix_digest
 from probmf.data.features import FeatureTable
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import Ratings
-from probmf.encoding import Encoded, encode, layout_for_rank
+from probmf.encoding import Encoded, encode, encode_partitioned, layout_for_rank
 from probmf.fitters.als import fit_als
 from probmf.fitters.gibbs.features import feature_matrix, feature_operators, features_of, side_matrix
 from probmf.fitters.gibbs.implicit import IMPLICIT_SOLVERS, implicit_operators, implicit_solver
@@ -263,10 +264,24 @@ def _checked(
     return X if X is None or isinstance(X, FeatureTable) else feature_matrix(X, side)
 
 
-def prepare_gibbs(rng_key: jax.Array, train: Ratings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN) -> Program:
+def prepare_gibbs(
+    rng_key: jax.Array, train: Ratings | PartitionedRatings, config: GibbsConfig, run: RunOptions = DEFAULT_RUN
+) -> Program:
     """The Gibbs `Program`: the ALS start, the encoded data and the chain (`GibbsChain`);
     a chunk runs `gibbs_chunk`; it finishes as the `GibbsResult`. ``config`` must be
-    validated (`GibbsConfig.validate`)."""
+    validated (`GibbsConfig.validate`). ``train`` may be a partitioned folder
+    (`probmf.data.partitioned`) for the plain model: each process then reads only the
+    ratings of the rows its devices solve."""
+    partitioned = isinstance(train, PartitionedRatings)
+    if partitioned:  # each process reads only its own rows: nothing may need all the ratings
+        needs_all = [name for name, on in (("likelihood='rounded'", config.likelihood == "rounded"),
+                     ("implicit", config.implicit), ("time", config.time),
+                     ("user_features", config.user_features is not None),
+                     ("item_features", config.item_features is not None)) if on]  # fmt: skip
+        if needs_all:
+            raise ValueError(f"gibbs on a partitioned folder takes the plain model only, not {', '.join(needs_all)}")
+    # Below, a partitioned folder reaches only the plain model's paths, which read no rating.
+    ratings = cast(Ratings, train)
     c = config._replace(
         user_features=side_matrix(config.user_features, train.user_ids, "user"),
         item_features=side_matrix(config.item_features, train.item_ids, "item"),
@@ -278,19 +293,22 @@ def prepare_gibbs(rng_key: jax.Array, train: Ratings, config: GibbsConfig, run: 
     # asked for, attribute matrices of the wrong size.
     if c.implicit:
         implicit_solver(c.implicit_solver, max(train.num_users, train.num_items))
-    feature_ops = feature_operators(c.user_features, c.item_features, train)
-    clock = training_clock(train, int(c.time_bins)) if c.time else None
+    feature_ops = feature_operators(c.user_features, c.item_features, ratings)
+    clock = training_clock(ratings, int(c.time_bins)) if c.time else None
     key_init, key_run = jax.random.split(rng_key)
     # linalg="jax" is the no-LAPACK path: the ALS start then uses CG too.
     solver = "cg" if c.linalg == "jax" else "auto"
     # The rounded likelihood writes each sweep's latent ratings through the tiles' slots, and
     # time effects the ratings minus their time terms.
-    data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded" or c.time)
+    if isinstance(train, PartitionedRatings):
+        data = encode_partitioned(train, layout_for_rank(c.rank), mesh=mesh)
+    else:
+        data = encode(train, layout_for_rank(c.rank), mesh=mesh, with_slots=c.likelihood == "rounded" or c.time)
     latent = levels = None
     if c.likelihood == "rounded":
-        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(train.values))
-        latent = Latent(jnp.asarray(train.users), jnp.asarray(train.items), lower, upper)
-    ops = implicit_operators(train, c.implicit_solver, data) if c.implicit else None
+        levels, lower, upper = (jnp.asarray(a) for a in rounding_intervals(ratings.values))
+        latent = Latent(jnp.asarray(ratings.users), jnp.asarray(ratings.items), lower, upper)
+    ops = implicit_operators(ratings, c.implicit_solver, data) if c.implicit else None
     total, num_kept = c.num_warmup + c.num_samples * c.thin, c.num_samples
     widths = None if feature_ops is None else tuple(None if op is None else op.num_cols for op in feature_ops)
 
@@ -307,10 +325,13 @@ def prepare_gibbs(rng_key: jax.Array, train: Ratings, config: GibbsConfig, run: 
     keys_init, keys_run = (jnp.stack([key] + [jax.random.fold_in(key, j) for j in range(1, c.num_chains)])
                            for key in (key_init, key_run))  # fmt: skip
     chain = start(key_init) if c.num_chains == 1 else jax.tree.map(lambda *a: jnp.stack(a), *map(start, keys_init))
-    seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
+    if isinstance(train, PartitionedRatings):
+        seen = (jnp.asarray(train.user_counts > 0), jnp.asarray(train.item_counts > 0))
+    else:
+        seen = seen_rows(train.users, train.items, train.num_users, train.num_items)
     times = pair_time = None
     if clock is not None:
-        times = time_data(train, clock)
+        times = time_data(ratings, clock)
         if pairs is not None:
             pair_time = tuple(jnp.asarray(a) for a in clock_inputs(clock, pairs[0], c.predict_times))
 
@@ -367,7 +388,7 @@ def pooled_moments(moments: tuple) -> tuple:
 
 def fit_gibbs(
     rng_key: jax.Array,
-    train: Ratings,
+    train: Ratings | PartitionedRatings,
     *,
     rank: int = 10,
     num_warmup: int | None = None,
