@@ -389,6 +389,7 @@ def test_the_estimator_and_the_cli_take_feature_tables(tmp_path, capsys):
     assert "users.csv" in row["options"]["user_features"] and np.isfinite(row["rmse"])
 
 
+@pytest.mark.slow
 def test_a_new_user_is_recommended_from_their_attributes_by_the_estimator_and_the_cli(tmp_path, capsys):
     """User 4 has attributes but no training rating and is not in the model: `Recommender`
     and ``probmf recommend --user 4 --user-features`` predict them from their row, as

@@ -261,6 +261,7 @@ def test_every_walk_over_the_draws_carries_the_time_terms():
         np.testing.assert_allclose(score_user(model, 0, rng_key=key)[2], now[_draw_index(key, 4)], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_estimator_and_probmf_predict_take_the_pairs_timestamps(tmp_path, capsys):
     """`Recommender.predict` reads a DataFrame's timestamp column and ``probmf predict`` a pairs
     file's: each pair is predicted at its time, as the posterior's ``predictive(times=)`` says,

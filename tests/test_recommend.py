@@ -165,6 +165,7 @@ def test_title_of_matches_ids_across_int_and_text():
     assert title_of(titles, 18) is None and title_of(None, 17) is None and title_of({}, "17") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("likelihood", ["gaussian", "rounded"])
 def test_a_new_user_folded_in_from_attributes_alone_is_predicted_as_a_cold_user_with_them(likelihood):
     """No ratings and user 4's attribute row: in every draw the fold-in's row is the draw's
