@@ -44,6 +44,7 @@ from scipy.stats import norm
 
 from probmf.data.movielens import DATASETS, load_titles
 from probmf.data.ratings import UNKNOWN
+from probmf.fitters import POSTERIOR_FITTERS
 from probmf.model import MFParams
 from probmf.persistence import FittedModel
 from probmf.posterior import (
@@ -58,7 +59,6 @@ from probmf.posterior import (
     summarize,
     time_offset,
 )
-from probmf.predictor import PointPredictor
 
 STRATEGIES = ("mean", "ucb", "thompson")
 
@@ -200,13 +200,16 @@ def fold_in(
         post = posterior._replace(clock=None)
         mean, sd, draw = _fold_in_draws(key, post, jnp.asarray(items), jnp.asarray(r), x, jnp.int32(s), now)
         return (np.asarray(mean), np.asarray(sd), np.asarray(draw)), items
-    fitted = model.fitted  # a point estimate's factors, when it is a matrix factorisation
-    params: MFParams | None = fitted.params if isinstance(fitted, PointPredictor) else None
-    if isinstance(fitted, PointPredictor) and params is not None:
+    # A point estimate (by its fitter's name: a summary-only posterior also has no draws here):
+    # its factors, when it is a matrix factorisation.
+    point = model.model not in POSTERIOR_FITTERS
+    params: MFParams | None = model.fitted.params if point else None  # type: ignore[attr-defined]
+    if params is not None:
         lam, lam_b = _ridge(model, len(r))
         x = _solve_row(params.U[items], params.c[items], params.mu, r, lam, lam_b)
         mean = np.asarray(params.U @ x[:-1] + x[-1] + params.c + params.mu)
-        return (mean, np.full(mean.shape, fitted.noise_sd, np.float32), None), items
+        noise_sd = model.fitted.noise_sd  # type: ignore[attr-defined]  # a point estimate's plug-in sd
+        return (mean, np.full(mean.shape, noise_sd, np.float32), None), items
     raise ValueError(
         f"fold-in needs a posterior's draws or a point estimate's factors; this {model.model!r} model keeps "
         "neither (a summary-only run keeps no draws: fit with keep_draws=True)"
