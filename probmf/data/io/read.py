@@ -92,16 +92,12 @@ def read_pairs(path: str | os.PathLike[str], *, times: bool = False) -> tuple:
     ``timestamp`` column (float64 seconds, (n,)), or None when the file has none; a value
     that is not a finite number is a `RatingsFileError` naming the line."""
     path = Path(os.fspath(path))
-    df = _read_small_csv(path, ("user", "item"))
+    df = _read_small_csv(path, ("user", "item"), optional=("timestamp",) if times else ())
     if not times:
         return df["user"].to_numpy(), df["item"].to_numpy()
-    try:
-        df = _read_small_csv(path, ("user", "item", "timestamp"))
-    except RatingsFileError as err:
-        if "no timestamp column" not in str(err):
-            raise
+    if "timestamp" not in df:
         return df["user"].to_numpy(), df["item"].to_numpy(), None
-    stamps = pd.to_numeric(df["timestamp"].str.strip(), errors="coerce").to_numpy(np.float64)
+    stamps = pd.to_numeric(df["timestamp"], errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(stamps)
     if bad.any():
         k = int(np.argmax(bad))
@@ -142,8 +138,11 @@ def read_new_user(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     return items, ratings
 
 
-def _read_small_csv(path: str | os.PathLike[str], roles: tuple[str, ...]) -> pd.DataFrame:
-    """A small headed CSV (comma, tab, semicolon or ``|``) with the columns of ``roles``,
+def _read_small_csv(
+    path: str | os.PathLike[str], roles: tuple[str, ...], *, optional: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """A small headed CSV (comma, tab, semicolon or ``|``) with the columns of ``roles`` (and of
+    ``optional`` where the header has them),
     renamed to the role names and indexed by file line number; ids are parsed as integers
     when every value is one."""
     path = Path(os.fspath(path))
@@ -173,6 +172,7 @@ def _read_small_csv(path: str | os.PathLike[str], roles: tuple[str, ...]) -> pd.
             line=first + 1,
             value=head,
         )
+    roles = (*roles, *(r for r in optional if r in found))  # the optional columns the header has
     rows, numbers = [], []
     for number, line in enumerate(lines[first + 1 :], start=first + 2):
         if not line.strip():
