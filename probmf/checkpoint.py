@@ -19,6 +19,15 @@ when each chunk depends only on (state, first step, length): per-step PRNG keys 
 ``fold_in(key, step)``, never from a sequence of splits, and a host shuffle generator's
 state is part of the saved state. The finished run's checkpoint is
 kept: running the same command again returns the result without refitting.
+
+Under ``jax.distributed`` (several processes, `probmf.sharding`) every process writes its own
+file, ``<name>-<fingerprint>.process<i>-of-<n>.npz``, so hosts need no shared folder: the
+state is gathered to every process (the factor tables are replicated there anyway; never the
+ratings) and each keeps its previous file beside the new one (``.previous.npz``) until the
+next save. Processes save after the same chunk and no process can start the next chunk (its
+collectives) before every other has finished saving, so a kill at any moment leaves every
+process holding the newest step that all of them reached: resuming, the processes agree on
+the largest step they all hold and each reads its own file of that step.
 """
 
 from __future__ import annotations
@@ -97,7 +106,14 @@ def checkpoint_for(folder: str | os.PathLike[str] | None, name: str, every: int,
     check_every(every)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return Checkpoint(folder / f"{name}-{fingerprint(name, *parts)}.npz", int(every))
+    n = jax.process_count()
+    process = "" if n == 1 else f".process{jax.process_index()}-of-{n}"
+    return Checkpoint(folder / f"{name}-{fingerprint(name, *parts)}{process}.npz", int(every))
+
+
+def _previous(path: Path) -> Path:
+    """Where a multi-process run keeps a process's last file but one."""
+    return path.with_name(path.name.removesuffix(".npz") + ".previous.npz")
 
 
 def fit_checkpoint(
@@ -121,8 +137,13 @@ def fit_checkpoint(
 
 
 def save(checkpoint: Checkpoint, step: int, state: Any) -> None:
-    """Write ``state`` (a pytree of arrays) reached after ``step`` steps, atomically."""
-    leaves = jax.tree.leaves(state)
+    """Write ``state`` (a pytree of arrays) reached after ``step`` steps, atomically.
+
+    Under ``jax.distributed`` a collective: every process calls it at the same step and writes
+    its own file, keeping its previous one (see the module docstring)."""
+    from probmf.sharding import to_host
+
+    leaves = jax.tree.leaves(to_host(state))
     arrays: dict[str, Any] = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays["step"] = np.int64(step)
     folder = checkpoint.path.parent
@@ -132,6 +153,8 @@ def save(checkpoint: Checkpoint, step: int, state: Any) -> None:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        if jax.process_count() > 1 and checkpoint.path.exists():
+            os.replace(checkpoint.path, _previous(checkpoint.path))
         os.replace(tmp, checkpoint.path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -142,24 +165,62 @@ def restore(checkpoint: Checkpoint, state: Any) -> tuple[int, Any]:
     """(step, state) from the checkpoint file, or (0, ``state``) when there is none.
 
     ``state`` is the fresh state: it gives the tree structure, shapes and dtypes to expect.
+    Under ``jax.distributed`` a collective: the processes resume from the largest step they
+    all hold (a `CheckpointError` when they hold files but no common step), and each leaf
+    that spans several processes' devices is rebuilt with the fresh leaf's sharding.
     """
-    if not checkpoint.path.exists():
+    if jax.process_count() == 1:
+        if not checkpoint.path.exists():
+            return 0, state
+        return _read(checkpoint.path, state)
+    from jax.experimental import multihost_utils
+
+    paths = [path for path in (checkpoint.path, _previous(checkpoint.path)) if path.exists()]
+    held = [_read(path, state, step_only=True)[0] for path in paths]
+    everyone = np.asarray(multihost_utils.process_allgather(np.array(held + [-1] * (2 - len(held)), np.int64)))
+    if np.all(everyone == -1):
         return 0, state
+    common = set(everyone[0].tolist())
+    for steps in everyone[1:]:
+        common &= set(steps.tolist())
+    common.discard(-1)
+    if not common:
+        raise CheckpointError(
+            f"{checkpoint.path}: the {len(everyone)} processes hold checkpoints of steps "
+            f"{[sorted(set(s.tolist()) - {-1}) for s in everyone]} but none in common; delete them to start over"
+        )
+    step, restored = _read(paths[held.index(max(common))], state)
+
+    def placed(fresh: Any, a: np.ndarray) -> Any:
+        if isinstance(fresh, jax.Array) and not fresh.is_fully_addressable:
+            return jax.make_array_from_callback(a.shape, fresh.sharding, lambda index: a[index])
+        return a
+
+    return step, jax.tree.map(placed, state, restored)
+
+
+def _read(path: Path, state: Any, *, step_only: bool = False) -> tuple[int, Any]:
+    """(step, state) of the file at ``path``, its leaves checked against ``state``'s; with
+    ``step_only``, (step, None)."""
     leaves, treedef = jax.tree.flatten(state)
     try:
-        with open(checkpoint.path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            step = int(f["step"])
+            if step_only:
+                return step, None
             files = dict(f)
-        step = int(files.pop("step"))
+        files.pop("step")
     except Exception as err:  # zip, header or key errors: all mean a damaged file
-        raise CheckpointError(f"{checkpoint.path}: unreadable checkpoint ({err}); delete it to start over") from err
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err}); delete it to start over") from err
     if len(files) != len(leaves):
-        raise CheckpointError(f"{checkpoint.path}: {len(files)} arrays, expected {len(leaves)}")
+        raise CheckpointError(f"{path}: {len(files)} arrays, expected {len(leaves)}")
     restored = []
     for i, leaf in enumerate(leaves):
-        a, want = files.get(f"leaf_{i}"), np.asarray(leaf)
+        # A leaf spanning other processes' devices cannot be read here, only described.
+        a, want = files.get(f"leaf_{i}"), leaf if isinstance(leaf, (np.ndarray, jax.Array)) else np.asarray(leaf)
         if a is None or a.shape != want.shape or a.dtype != want.dtype:
             got = "missing" if a is None else f"{a.dtype}{a.shape}"
-            raise CheckpointError(f"{checkpoint.path}: leaf_{i} is {got}, expected {want.dtype}{want.shape}")
+            raise CheckpointError(f"{path}: leaf_{i} is {got}, expected {np.dtype(want.dtype)}{want.shape}")
         restored.append(a)
     return step, jax.tree.unflatten(treedef, restored)
 

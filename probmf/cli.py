@@ -254,7 +254,11 @@ def _feature_sides(text: str) -> tuple[str, ...]:
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a model on all given ratings and save it")
     p.add_argument("--data", default="ml-100k", help="ml-100k, ..., synthetic[:preset] (all ratings are used)")
-    p.add_argument("--train", help="ratings file to fit instead of --data")
+    p.add_argument(
+        "--train",
+        help="ratings file to fit instead of --data, or a folder written by `probmf partition` (als, gibbs: each "
+        "process of a --distributed run reads only its own rows)",
+    )
     _add_model_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder to save the model in (replaced only on success)")
@@ -263,15 +267,20 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import jax
 
     from probmf.data.io import read_ratings
+    from probmf.data.partitioned import PartitionedRatings, open_partitioned
     from probmf.evaluate import load_ratings
     from probmf.fitters.run import fit_model
     from probmf.persistence import FittedModel, save_model
     from probmf.sharding import to_host
 
-    if args.train:
+    if args.train and Path(args.train).is_dir():  # written by `probmf partition`: each process reads its rows
+        train, dataset = open_partitioned(args.train), str(args.train)
+    elif args.train:
         train, dataset = read_ratings(args.train), str(args.train)
     else:
         train, dataset = load_ratings(args.data, fallback=not args.no_fallback)
@@ -281,7 +290,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fitted = to_host(fitted)
     if jax.process_index() != 0:
         return 0
-    path = save_model(args.out, FittedModel.from_training(args.model, options, fitted, train, dataset))
+    if isinstance(train, PartitionedRatings):
+        model = FittedModel.from_partitioned(args.model, options, fitted, train, dataset)
+    else:
+        model = FittedModel.from_training(args.model, options, fitted, train, dataset)
+    path = save_model(args.out, model)
     info = {"saved": str(path), "model": args.model, "dataset": dataset, "rank": int(fitted.rank),
             "n_train": len(train), "fit_seconds": round(seconds, 3)}  # fmt: skip
     text = f"saved {args.model} (rank {info['rank']}) fitted on {len(train):,} ratings of {dataset} to {path}"

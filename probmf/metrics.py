@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import Ratings
 
 
@@ -37,9 +39,30 @@ def predict_ratings(model: Any, test: Ratings, *, clip: tuple[float, float] | No
     return np.asarray(pred)
 
 
-def plugin_sd(model: Any, train: Ratings, clip: tuple[float, float] | None) -> float:
-    """A point estimate's plug-in predictive sd: sqrt(mean (r - clip(r_hat))^2) over ``train``."""
-    return rmse(predict_ratings(model, train, clip=clip), train.values)
+def plugin_sd(model: Any, train: Ratings | PartitionedRatings, clip: tuple[float, float] | None) -> float:
+    """A point estimate's plug-in predictive sd: sqrt(mean (r - clip(r_hat))^2) over ``train``.
+
+    From a partitioned folder (`probmf.data.partitioned`) each process reads and predicts its
+    own range of users and the squared errors are summed across processes (a collective
+    under ``jax.distributed``: every process calls it), so no process holds all ratings."""
+    if not isinstance(train, PartitionedRatings):
+        return rmse(predict_ratings(model, train, clip=clip), train.values)
+    from jax.experimental import multihost_utils
+
+    from probmf.data.partitioned import load_rows
+    from probmf.sharding import to_host
+
+    model = to_host(model)  # the fit's tables may span the processes' devices
+    n, processes, me = train.num_users, jax.process_count(), jax.process_index()
+    per = -(-n // processes)
+    rows = load_rows(train, "user", min(me * per, n), min((me + 1) * per, n))
+    pred = np.asarray(model.predict(jnp.asarray(rows.rows), jnp.asarray(rows.cols)), np.float64)
+    if clip is not None:
+        pred = np.clip(pred, clip[0], clip[1])
+    sse = np.array([np.sum((pred - rows.vals) ** 2)])
+    if processes > 1:
+        sse = np.asarray(multihost_utils.process_allgather(sse))
+    return float(np.sqrt(np.sum(sse) / len(train)))
 
 
 def interval_scores(mean: ArrayLike, sd: ArrayLike, truth: ArrayLike) -> dict:

@@ -38,6 +38,7 @@ import probmf
 from probmf.checkpoint import matrix_digest
 from probmf.data.archive import sha256_file
 from probmf.data.features import plain_options
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import IdMap, Ratings
 from probmf.fitters import POSTERIOR_FITTERS, saved_types
 from probmf.model import MFParams
@@ -107,6 +108,27 @@ class FittedModel:
             csr.indices.astype(np.int32),
             dataset,
         )
+
+    @classmethod
+    def from_partitioned(
+        cls, model: str, options: dict, fitted: Predictor, part: PartitionedRatings, dataset: str | None = None
+    ) -> FittedModel:
+        """Wrap a fit on the partitioned folder ``part``: its id maps and rating range from the
+        metadata, the rated items (4 bytes a rating, in the process that saves) read one file of
+        users at a time: the model `from_training` keeps for the same ratings."""
+        from probmf.data.partitioned import load_rows
+
+        indptr = np.concatenate([[0], np.cumsum(part.user_counts)]).astype(np.int64)
+        items = np.empty(int(indptr[-1]), np.int32)
+        block = part.blocks["user"]
+        for lo in range(0, part.num_users, block):
+            hi = min(lo + block, part.num_users)
+            rows = load_rows(part, "user", lo, hi)
+            # Each user's items in increasing order, as `from_training`'s CSR holds them.
+            key = np.sort(rows.rows.astype(np.int64) * part.num_items + rows.cols)
+            items[indptr[lo] : indptr[hi]] = key - rows.rows.astype(np.int64) * part.num_items
+        return cls(model, plain_options(options), fitted, part.user_ids, part.item_ids, part.rating_range, indptr,
+                   items, dataset)  # fmt: skip
 
 
 def save_model(path: str | os.PathLike[str], model: FittedModel) -> Path:

@@ -54,6 +54,33 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+def _memory_maps() -> tuple[int, int]:
+    """(memory mappings this process holds, the kernel's limit vm.max_map_count); (0, 1) where
+    /proc cannot tell."""
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/sys/vm/max_map_count") as limit:
+            return sum(1 for _ in maps), int(limit.read())
+    except (OSError, ValueError):
+        return 0, 1
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs once they hold a third of the process's memory mappings.
+
+    Each XLA-CPU executable keeps its code in mappings of its own (a Gibbs chain: thousands),
+    and JAX's caches keep every executable alive. A worker that runs many fits would pass the
+    kernel's vm.max_map_count (65,530 by default), and XLA then aborts the process in the
+    middle of a compile. Clearing costs only recompiles of programs that a later test shares.
+    """
+    yield
+    held, limit = _memory_maps()
+    if held > limit // 3:
+        import jax
+
+        jax.clear_caches()
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No network, no real data folder, a fresh cache under tmp_path (returned)."""

@@ -297,3 +297,104 @@ def test_multihost_experiment_smoke(gloo, tmp_path, capsys):
     assert one["ratings_read"] == [2 * one["n_ratings"]]  # both sides, all rows
     assert sum(two["ratings_read"]) == 2 * two["n_ratings"] and max(two["ratings_read"]) < 2 * two["n_ratings"]
     assert all(len(r["peak_rss_mb"]) == r["processes"] and min(r["peak_rss_mb"]) > 0 for r in rows)
+
+
+# argv: coordinator num_processes process_id folder out die; fits ALS, then Gibbs, checkpointing
+# every sweep in folder, and writes out (.npz) with every leaf and the step each fit resumed
+# from. die "yes": process 0 exits right after saving Gibbs's step 2; process 1 takes part in that
+# save's gather, waits for process 0's file, then exits before writing its own (a kill that
+# catches the processes apart).
+RESUME = r"""
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+coordinator, num_processes, process_id, folder, out, die = sys.argv[1:]
+jax.distributed.initialize(coordinator, int(num_processes), int(process_id))
+
+import probmf.checkpoint as checkpoint
+from probmf.data.synthetic import synthetic_preset
+from probmf.fitters.als import fit_als
+from probmf.fitters.gibbs import fit_gibbs
+from probmf.sharding import to_host
+
+save, restore, resumed = checkpoint.save, checkpoint.restore, []
+
+
+def dying_save(ckpt, step, state):
+    if die == "yes" and ckpt.path.name.startswith("gibbs") and step == 2:
+        if jax.process_index() == 1:
+            to_host(state)
+            other = ckpt.path.with_name(ckpt.path.name.replace("process1", "process0"))
+            for _ in range(600):  # until process 0's file of step 2 is in place: the kill comes after it
+                if other.exists():
+                    with np.load(other) as f:
+                        if int(f["step"]) == 2:
+                            break
+                time.sleep(0.1)
+            os._exit(3)
+        save(ckpt, step, state)
+        os._exit(3)
+    save(ckpt, step, state)
+
+
+def logged_restore(ckpt, state):
+    step, state = restore(ckpt, state)
+    resumed.append(step)
+    return step, state
+
+
+checkpoint.save, checkpoint.restore = dying_save, logged_restore
+train, _ = synthetic_preset("tiny")
+key = jax.random.PRNGKey(0)
+run = {"devices": 2, "checkpoint": folder, "checkpoint_every": 1}
+als = fit_als(key, train, rank=3, num_sweeps=3, solver="cg", **run)
+gibbs = fit_gibbs(key, train, rank=3, num_warmup=2, num_samples=3, linalg="jax", **run)
+arrays = {"resumed": np.array(resumed)}
+for name, tree in (("als", als.params), ("gibbs", gibbs.posterior)):
+    for p, v in jax.tree_util.tree_leaves_with_path(to_host(tree)):
+        arrays[f"{name}{jax.tree_util.keystr(p)}"] = np.asarray(v)
+np.savez(out, als_trace=als.trace, **arrays)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_bit_for_bit(gloo, tmp_path):
+    """Each process saves its own file; killed with the processes a step apart, the run
+    resumes from the step both hold and ends where the uninterrupted run ends, bit for bit; a
+    process missing its files is refused by name."""
+
+    def run(folder: Path, tag: str, die: str = "no") -> list[dict]:
+        outs = [tmp_path / f"{tag}{i}.npz" for i in range(2)]
+        _two_processes(
+            lambda c, i: [sys.executable, "-c", RESUME, c, "2", str(i), str(folder), str(outs[i]), die],
+            tmp_path / f"logs-{tag}",
+        )
+        return [dict(np.load(out)) for out in outs]
+
+    whole = run(tmp_path / "whole", "whole")
+    assert [list(w["resumed"]) for w in whole] == [[0, 0]] * 2
+    folder = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="a process failed"):
+        run(folder, "cut", die="yes")
+    names = sorted(p.name for p in folder.iterdir())
+    assert sum(n.startswith("als") for n in names) == 4  # the finished ALS run: both processes, two files each
+    gibbs = sorted(n.split(".", 1)[1] for n in names if n.startswith("gibbs"))
+    # Process 0 wrote step 2 and kept step 1; process 1 holds step 1 alone.
+    assert gibbs == ["process0-of-2.npz", "process0-of-2.previous.npz", "process1-of-2.npz"]
+    resumed = run(folder, "resumed")
+    for i, (got, want) in enumerate(zip(resumed, whole, strict=True)):
+        # ALS was finished: read back, not refitted; Gibbs resumed after sweep 1, which both hold.
+        assert list(got["resumed"]) == [3, 1], i
+        assert sorted(got) == sorted(want)
+        for k in want:
+            if k != "resumed":
+                np.testing.assert_array_equal(got[k], want[k], err_msg=f"process {i}: {k}")
+
+    for path in folder.glob("gibbs-*.process1-of-2*"):
+        path.unlink()
+    with pytest.raises(RuntimeError, match="none in common"):
+        run(folder, "orphan")

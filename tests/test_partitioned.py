@@ -121,6 +121,33 @@ def test_cli_partition(tiny, tmp_path, capsys):
     assert "not a partitioned ratings folder" in capsys.readouterr().err
 
 
+def test_cli_fits_a_partitioned_folder_into_the_model_of_its_ratings_file(tiny, tmp_path, capsys):
+    """``probmf fit --train DIR`` saves what ``--train FILE`` saves for the same ratings: the
+    parameters, the plug-in sd (each process's squared errors summed) and the rated items;
+    a fitter that needs every rating is refused by name."""
+    write_ratings(tiny, tmp_path / "r.csv")
+    assert main(["partition", "--train", str(tmp_path / "r.csv"), "--out", str(tmp_path / "p"), "--parts", "3"]) == 0
+    capsys.readouterr()
+    fit = ["fit", "--model", "als", "--rank", "3", "--num-sweeps", "3", "--json"]
+    assert main([*fit, "--train", str(tmp_path / "p"), "--out", str(tmp_path / "from-dir")]) == 0
+    assert main([*fit, "--train", str(tmp_path / "r.csv"), "--out", str(tmp_path / "from-file")]) == 0
+    infos = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [i["n_train"] for i in infos] == [len(tiny)] * 2
+    got, want = (np.load(tmp_path / name / "arrays.npz") for name in ("from-dir", "from-file"))
+    assert sorted(got) == sorted(want) and "rated_items" in want
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    meta = [json.loads((tmp_path / name / "model.json").read_text()) for name in ("from-dir", "from-file")]
+    assert [m.pop("dataset") for m in meta] == [str(tmp_path / "p"), str(tmp_path / "r.csv")]
+    # The plug-in sd: a float64 sum of each part's squared errors against a float32 mean.
+    sds = [m["structure"]["fields"].pop("noise_sd")["value"] for m in meta]
+    assert sds[0] == pytest.approx(sds[1], rel=1e-6)
+    assert meta[0] == meta[1]
+    assert main(["fit", "--model", "svd", "--train", str(tmp_path / "p"), "--out", str(tmp_path / "svd")]) == 2
+    assert "fitted by als or gibbs" in capsys.readouterr().err
+    assert not (tmp_path / "svd").exists()
+
+
 @pytest.mark.slow  # ~15 s: two Gibbs compilations
 def test_gibbs_on_a_partitioned_folder_is_gibbs_on_the_ratings(tiny, tmp_path):
     key = jax.random.PRNGKey(2)

@@ -65,6 +65,8 @@ FITTERS = {name: fitter.fit for name, fitter in REGISTRY.items()}
 
 POSTERIOR_FITTERS = frozenset({"gibbs", "nuts", "svi"})
 NETWORK_FITTERS = frozenset({"mlp", "residual", "autorec-i", "autorec-u"})
+# The fitters that take a partitioned folder (`probmf.data.partitioned`), each process reading its own rows.
+PARTITIONED_FITTERS = frozenset({"als", "gibbs"})
 
 
 def saved_types() -> tuple[type, ...]:
@@ -79,6 +81,7 @@ __all__ = [
     "REGISTRY",
     "Fitter",
     "NETWORK_FITTERS",
+    "PARTITIONED_FITTERS",
     "POSTERIOR_FITTERS",
     "ALSResult",
     "AutoRecResult",

@@ -17,8 +17,9 @@ import jax
 
 from probmf.checkpoint import show_progress
 from probmf.data.io import to_ratings
+from probmf.data.partitioned import PartitionedRatings
 from probmf.data.ratings import Ratings
-from probmf.fitters import FITTERS, NETWORK_FITTERS, POSTERIOR_FITTERS, REGISTRY
+from probmf.fitters import FITTERS, NETWORK_FITTERS, PARTITIONED_FITTERS, POSTERIOR_FITTERS, REGISTRY
 from probmf.metrics import plugin_sd
 from probmf.predictor import PointPredictor, Predictor
 from probmf.program import RunOptions, run_program
@@ -54,11 +55,17 @@ def resolve_options(model: str, given: dict) -> dict:
     return {**options, **given}
 
 
-def run_fitter(model: str, train: Ratings, *, options: dict, rng_key: jax.Array) -> tuple:
+def run_fitter(model: str, train: Ratings | PartitionedRatings, *, options: dict, rng_key: jax.Array) -> tuple:
     """Run the fitter ``model`` on ``train``: its ``Config`` from ``options`` (the rest are
     `RunOptions`), validated, its ``prepare``, and `probmf.program.run_program`, the loop every
-    fitter shares (checkpoints, progress bar). Returns (its result, options used, seconds)."""
+    fitter shares (checkpoints, progress bar). Returns (its result, options used, seconds).
+    ``train`` may be a partitioned folder for the `PARTITIONED_FITTERS`."""
     options = resolve_options(model, options)
+    if isinstance(train, PartitionedRatings) and model not in PARTITIONED_FITTERS:
+        raise ValueError(
+            f"{train.path}: a partitioned folder is fitted by {' or '.join(sorted(PARTITIONED_FITTERS))} "
+            f"(each process reads its own rows), not by {model}"
+        )
     fitter = REGISTRY[model]
     run = RunOptions(**{k: v for k, v in options.items() if k in RunOptions._fields})
     config = fitter.config(**fitter.fixed, **{k: v for k, v in options.items() if k not in RunOptions._fields})
@@ -68,7 +75,9 @@ def run_fitter(model: str, train: Ratings, *, options: dict, rng_key: jax.Array)
     return result, options, time.perf_counter() - t0
 
 
-def predictor_of(model: str, result: Any, train: Ratings, clip: bool | tuple[float, float] = True) -> Predictor:
+def predictor_of(
+    model: str, result: Any, train: Ratings | PartitionedRatings, clip: bool | tuple[float, float] = True
+) -> Predictor:
     """The `Predictor` of fitter ``model``'s ``result`` on ``train``: a posterior result as it
     is; a point fit (its ``params``, or the result when it predicts by itself) as a
     `PointPredictor` whose plug-in sd is over ``train`` with predictions clipped as ``clip``
@@ -77,12 +86,21 @@ def predictor_of(model: str, result: Any, train: Ratings, clip: bool | tuple[flo
         return result
     fitted = result if model in NETWORK_FITTERS else result.params
     if clip is True:
-        clip = (float(train.values.min()), float(train.values.max()))
+        clip = (
+            train.rating_range
+            if isinstance(train, PartitionedRatings)
+            else (float(train.values.min()), float(train.values.max()))
+        )
     return PointPredictor(fitted, plugin_sd(fitted, train, clip or None))
 
 
 def fit_model(
-    model: str, train: Ratings, *, options: dict, seed: int = 0, clip: bool | tuple[float, float] = True
+    model: str,
+    train: Ratings | PartitionedRatings,
+    *,
+    options: dict,
+    seed: int = 0,
+    clip: bool | tuple[float, float] = True,
 ) -> tuple:
     """Fit ``model`` on ``train``: returns (its `Predictor` (`predictor_of`), options used, seconds)."""
     result, options, seconds = run_fitter(model, train, options=options, rng_key=jax.random.PRNGKey(seed))
