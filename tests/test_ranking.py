@@ -72,7 +72,8 @@ def _random_case(seed, num_users=30, num_items=40):
 
 
 @pytest.mark.slow  # ranx compiles its numba kernels: about a minute after an install, 8 s with its cache
-@pytest.mark.filterwarnings("ignore:unsafe cast from uint64 to int64")  # numba's, inside ranx
+# numba's, inside ranx; its message may open with terminal colour codes, hence the leading ".*"
+@pytest.mark.filterwarnings("ignore:.*unsafe cast from uint64 to int64")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ranking_matches_ranx(seed):
     """precision, recall and NDCG@k against ranx (an independent implementation) on random data.
