@@ -18,15 +18,17 @@ and the draw of Y, a perturb-and-solve draw with the matrix F^T F + c I: solved 
 its eigendecomposition (computed once on the host; C^3 flops and C^2 floats, so up to
 `MAX_IMPLICIT_COLUMNS` columns), or by conjugate gradients (`solve_cg`) with F^T F applied as
 two passes over the training tiles (`probmf.fitters.rows.row_sums`), preconditioned by its
-diagonal, warm-started from the previous sweep's Y and stopped at a relative residual of
-`CG_TOLERANCE` in every column (1e-4: each entry within ~0.1% of its posterior sd of the exact
-draw on ML-100K, `tests/test_gibbs.py`). "auto" takes the eigendecomposition where it fits.
+diagonal with its largest eigenvalues deflated (`coarse_space`), warm-started from the previous
+sweep's Y and stopped at a relative residual of `CG_TOLERANCE` in every column (1e-4: each entry
+within ~0.1% of its posterior sd of the exact draw on ML-100K, `tests/test_gibbs.py`). "auto"
+takes the eigendecomposition where it fits.
 Side information (`probmf.fitters.gibbs.features`) is a second term of the same form, X A,
 whose operator and draw are these.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -39,6 +41,7 @@ from probmf.data.ratings import Ratings
 from probmf.encoding import Encoded, RowTiles
 from probmf.fitters.rows import row_sums
 from probmf.linalg import cholesky, solve_lower
+from probmf.sharding import replicated, to_host
 
 
 class ImplicitOperator(NamedTuple):
@@ -50,7 +53,8 @@ class ImplicitOperator(NamedTuple):
       tile passes like a half-sweep's instead of scatters over every rating;
     - the eigendecomposition F^T F = V diag(D) V^T (``vecs`` (C, C), ``vals`` (C,)) that makes
       the draw of the vectors it weighs exact for any c, or None: the draw then solves by
-      conjugate gradients (`sample_implicit`).
+      conjugate gradients (`sample_implicit`), with the ``coarse`` space of its preconditioner
+      (`coarse_space`; None: Jacobi alone).
 
     For implicit feedback F_ij = |N(i)|^-1/2 on row i's training set N(i); for side
     information F is an attribute matrix X (`probmf.fitters.gibbs.features`)."""
@@ -62,6 +66,7 @@ class ImplicitOperator(NamedTuple):
     vals: jax.Array | None
     diag: jax.Array
     tiles: tuple | None = None
+    coarse: tuple | None = None
 
     @property
     def num_cols(self) -> int:
@@ -89,6 +94,12 @@ IMPLICIT_SOLVERS = ("auto", "eigen", "cg")
 # CG stops when every column's residual is below CG_TOLERANCE times its right-hand side (2-norms).
 CG_TOLERANCE = 1e-4
 CG_MAX_ITERATIONS = 1_000
+# The Jacobi-scaled F^T F of implicit feedback has one or two eigenvalues far above the rest
+# (172 and 9 over a bulk below 3 for the users of the ML-1M-shaped preset; 279 and 18 for its
+# items), which cost float32 CG about 40% more iterations. The preconditioner deflates this
+# many (`coarse_space`), found by this many steps of orthogonal iteration at set-up.
+CG_DEFLATION = 2
+COARSE_STEPS = 15
 
 
 def implicit_solver(solver: str, num_cols: int) -> str:
@@ -122,13 +133,43 @@ def implicit_operator(
     diag = np.asarray(F.multiply(F).sum(axis=0)).ravel()
     vals: jax.Array | None = None
     vecs: jax.Array | None = None
+    coarse = None
     if solver == "eigen":
         eigvals, eigvecs = np.linalg.eigh((F.T @ F).toarray())
         vals, vecs = jnp.asarray(np.maximum(eigvals, 0.0), jnp.float32), jnp.asarray(eigvecs, jnp.float32)
+    else:
+        coarse = coarse_space(lambda Z: F.T @ (F @ Z), diag)
     return ImplicitOperator(
         jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), jnp.asarray(weights, jnp.float32), vecs, vals,
-        jnp.asarray(diag, jnp.float32),
+        jnp.asarray(diag, jnp.float32), coarse=coarse,
     )  # fmt: skip
+
+
+def coarse_space(
+    gram: Callable[[np.ndarray], np.ndarray], diag: np.ndarray, size: int = CG_DEFLATION, steps: int = COARSE_STEPS,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array] | None:  # fmt: skip
+    """(Z, G Z, g), the coarse space of `solve_cg`'s preconditioner for G = F^T F (``gram``:
+    Z (C, m) -> G Z, on the host; ``diag`` (C,) its diagonal D): Z (C, m) spans
+    D^-1/2 times the top m = ``size`` eigenvectors of D^-1/2 G D^-1/2, by ``steps`` steps of
+    orthogonal iteration from a fixed start, and is then rotated (Rayleigh-Ritz) so that
+    Z^T Z = I and Z^T G Z = diag(g): Z^T (G + c I) Z = diag(g + c) for every c. None when
+    C <= 2m (nothing to deflate). Placed on ``mesh``'s devices, replicated, when given."""
+    C = diag.shape[0]
+    if C <= 2 * size:
+        return None
+    d = np.asarray(diag, np.float64)
+    s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)[:, None]  # unrated columns: left alone
+    X = np.random.default_rng(0).standard_normal((C, size))
+    for _ in range(steps):
+        X = np.linalg.qr(s * gram(s * X))[0]
+    Z = np.linalg.qr(s * X)[0]
+    GZ = gram(Z)
+    g, W = np.linalg.eigh(0.5 * (Z.T @ GZ + GZ.T @ Z))
+    Z, GZ, g = (np.asarray(a, np.float32) for a in (Z @ W, GZ @ W, np.maximum(g, 0.0)))
+    if mesh is not None:
+        return replicated(mesh, (Z, GZ, g))
+    return jnp.asarray(Z), jnp.asarray(GZ), jnp.asarray(g)
 
 
 def tiled_operator(tiles: RowTiles, tiles_t: RowTiles) -> ImplicitOperator:
@@ -138,7 +179,13 @@ def tiled_operator(tiles: RowTiles, tiles_t: RowTiles) -> ImplicitOperator:
     counts = tiles.counts
     weights = jnp.where(counts > 0, 1.0 / jnp.sqrt(jnp.maximum(counts, 1.0)), 0.0)
     diag = row_sums(tiles_t, (weights * weights)[:, None])[:, 0]
-    return ImplicitOperator(None, None, None, None, None, diag, (tiles, tiles_t, weights))
+    op = ImplicitOperator(None, None, None, None, None, diag, (tiles, tiles_t, weights))
+    gram = jax.jit(lambda Z: op.apply_t(op.apply(Z, tiles.num_rows)))
+
+    def gram_host(Z: np.ndarray) -> np.ndarray:  # the host's float64 block through the device passes
+        return np.asarray(to_host(gram(replicated(tiles.mesh, Z.astype(np.float32)))), np.float64)
+
+    return op._replace(coarse=coarse_space(gram_host, np.asarray(to_host(diag)), mesh=tiles.mesh))
 
 
 def implicit_operators(
@@ -187,8 +234,8 @@ def sample_implicit(
     P^-1, drawn by perturbation, Y = (F^T F + c I)^-1 (F^T (T + E1) + sqrt(c) E2) with the
     rows of E1, E2 ~ N(0, P^-1) (its mean is the posterior mean and its covariance
     (F^T F + c I)^-1 (F^T F + c I)(F^T F + c I)^-1 (x) P^-1). The inverse runs through F^T F's
-    eigenvectors, exactly, or (``op.vecs`` None) by Jacobi-preconditioned conjugate gradients
-    from ``x0`` (C, d) (e.g. the previous sweep's Y; None: zeros), to `CG_TOLERANCE`."""
+    eigenvectors, exactly, or (``op.vecs`` None) by preconditioned conjugate gradients
+    (`solve_cg`) from ``x0`` (C, d) (e.g. the previous sweep's Y; None: zeros), to `CG_TOLERANCE`."""
     key_1, key_2 = jax.random.split(rng_key)
     d = P.shape[0]
     L = cholesky(P, linalg)
@@ -207,18 +254,36 @@ def solve_cg(
     op: ImplicitOperator, c: jax.Array, rhs: jax.Array, num_rows: int, x0: jax.Array, tol: float = CG_TOLERANCE,
     max_iterations: int = CG_MAX_ITERATIONS,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """(Y, iterations): Y (C, d) solving (F^T F + c I) Y = rhs column by column, by conjugate
-    gradients preconditioned with diag(F^T F) + c, from ``x0``, until every column's residual
-    2-norm is at most ``tol`` times its right-hand side's (or ``max_iterations``). Each
-    iteration applies F and F^T once (two passes over the ratings)."""
+    """(Y, iterations): Y (C, d) solving A Y = rhs column by column, A = F^T F + c I, by
+    conjugate gradients from ``x0``, until every column's residual 2-norm is at most ``tol``
+    times its right-hand side's (or ``max_iterations``). Each iteration applies F and F^T once
+    (two passes over the ratings).
+
+    The preconditioner is Jacobi's, M = diag(A), or with ``op.coarse`` = (Z, G Z, g) the
+    balancing (BNN) preconditioner that deflates span(Z) (Tang et al. 2009, "Comparison of
+    two-level preconditioners derived from deflation, domain decomposition and multigrid"):
+    (I - Q A) M^-1 (I - A Q) + Q with Q = Z (Z^T A Z)^-1 Z^T, Z^T A Z = diag(g + c); symmetric
+    positive definite for any Z, so the solution is the same, and its cost O(C m d) an
+    iteration, since A Z = G Z + c Z."""
 
     def gram(Y: jax.Array) -> jax.Array:
         return op.apply_t(op.apply(Y, num_rows)) + c * Y
 
     m_inv = (1.0 / (op.diag + c))[:, None]
+    hi = lax.Precision.HIGHEST
+
+    def precondition(r: jax.Array) -> jax.Array:
+        if op.coarse is None:
+            return m_inv * r
+        Z, GZ, g = op.coarse
+        AZ, e_inv = GZ + c * Z, (1.0 / (g + c))[:, None]
+        q = e_inv * jnp.matmul(Z.T, r, precision=hi)  # E^-1 Z^T r
+        y = m_inv * (r - jnp.matmul(AZ, q, precision=hi))  # M^-1 (I - A Q) r
+        return y + jnp.matmul(Z, q - e_inv * jnp.matmul(AZ.T, y, precision=hi), precision=hi)
+
     bound = (tol * tol) * jnp.sum(rhs * rhs, axis=0)
     r = rhs - gram(x0)
-    z = m_inv * r
+    z = precondition(r)
     state = (jnp.int32(0), x0, r, z, jnp.sum(r * z, axis=0))
 
     def not_done(s: tuple) -> jax.Array:
@@ -230,7 +295,7 @@ def solve_cg(
         pAp = jnp.sum(p * Ap, axis=0)
         alpha = jnp.where(pAp > 0, rz / jnp.where(pAp > 0, pAp, 1.0), 0.0)  # a converged column stays put
         x, r = x + alpha * p, r - alpha * Ap
-        z = m_inv * r
+        z = precondition(r)
         rz_new = jnp.sum(r * z, axis=0)
         p = z + jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0) * p
         return it + 1, x, r, p, rz_new
