@@ -284,3 +284,18 @@ def test_attribute_effects_are_rotation_invariant_per_draw():
         assert a["mean"] == pytest.approx(b["mean"]) and a["spread"] == pytest.approx(b["spread"])
     # The average effect of one draw is mean_r (v_r . a_g) + bias_g.
     assert one[1]["mean"] == pytest.approx(float(np.mean(np.einsum("srk,sk->sr", V, A[:, 1, :k]) + A[:, 1, k:])))
+
+
+def test_cg_iterations_smoke_reports_both_preconditioners_per_side_and_c(tmp_path):
+    """A row per side and c, each solve converged (within the iteration cap) with both
+    preconditioners, the rows appended to --out as printed."""
+    out_file = tmp_path / "cg.jsonl"
+    lines = _run("cg_iterations.py", "--smoke", "--c", "0.5", "2", "--out", str(out_file)).stdout.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [(r["side"], r["c"]) for r in rows] == [("users", 0.5), ("users", 2.0), ("items", 0.5), ("items", 2.0)]
+    from probmf.fitters.gibbs.implicit import CG_MAX_ITERATIONS
+
+    for r in rows:
+        assert 0 < r["iterations_deflated"] < CG_MAX_ITERATIONS and 0 < r["iterations_jacobi"] < CG_MAX_ITERATIONS
+        assert len(r["ritz"]) == 2 and r["num_cols"] == (40 if r["side"] == "users" else 60)
+    assert [json.loads(line) for line in out_file.read_text().splitlines()] == rows
