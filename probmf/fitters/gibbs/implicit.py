@@ -79,6 +79,10 @@ class ImplicitOperator(NamedTuple):
         assert self.rows is not None and self.cols is not None and self.weights is not None, "no tiles: nonzeros"
         return jax.ops.segment_sum(Y[self.cols] * self.weights[:, None], self.rows, num_rows)
 
+    def gram(self, Y: jax.Array, num_rows: int) -> jax.Array:
+        """F^T F Y: (C, d) -> (C, d), two passes."""
+        return self.apply_t(self.apply(Y, num_rows))
+
     def apply_t(self, T: jax.Array) -> jax.Array:
         """F^T T: (N, d) -> (C, d)."""
         if self.tiles is not None:
@@ -180,7 +184,7 @@ def tiled_operator(tiles: RowTiles, tiles_t: RowTiles) -> ImplicitOperator:
     weights = jnp.where(counts > 0, 1.0 / jnp.sqrt(jnp.maximum(counts, 1.0)), 0.0)
     diag = row_sums(tiles_t, (weights * weights)[:, None])[:, 0]
     op = ImplicitOperator(None, None, None, None, None, diag, (tiles, tiles_t, weights))
-    gram = jax.jit(lambda Z: op.apply_t(op.apply(Z, tiles.num_rows)))
+    gram = jax.jit(lambda Z: op.gram(Z, tiles.num_rows))
 
     def gram_host(Z: np.ndarray) -> np.ndarray:  # the host's float64 block through the device passes
         return np.asarray(to_host(gram(replicated(tiles.mesh, Z.astype(np.float32)))), np.float64)
@@ -267,16 +271,17 @@ def solve_cg(
     iteration, since A Z = G Z + c Z."""
 
     def gram(Y: jax.Array) -> jax.Array:
-        return op.apply_t(op.apply(Y, num_rows)) + c * Y
+        return op.gram(Y, num_rows) + c * Y
 
     m_inv = (1.0 / (op.diag + c))[:, None]
     hi = lax.Precision.HIGHEST
+    if op.coarse is not None:  # A Z and E^-1 once, outside the iterations
+        Z, GZ, g = op.coarse
+        AZ, e_inv = GZ + c * Z, (1.0 / (g + c))[:, None]
 
     def precondition(r: jax.Array) -> jax.Array:
         if op.coarse is None:
             return m_inv * r
-        Z, GZ, g = op.coarse
-        AZ, e_inv = GZ + c * Z, (1.0 / (g + c))[:, None]
         q = e_inv * jnp.matmul(Z.T, r, precision=hi)  # E^-1 Z^T r
         y = m_inv * (r - jnp.matmul(AZ, q, precision=hi))  # M^-1 (I - A Q) r
         return y + jnp.matmul(Z, q - e_inv * jnp.matmul(AZ.T, y, precision=hi), precision=hi)
