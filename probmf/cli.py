@@ -176,8 +176,11 @@ def _convergence_text(row: dict) -> str:
     """A Bayesian model's worst R-hat and ESS over the checked test pairs, when it has them."""
     if row.get("r_hat_max") is None:
         return ""
-    ess = row.get("ess_min")
-    return f"  R-hat {row['r_hat_max']:.3f}" + ("" if ess is None else f"  ESS {ess:.0f}")
+    bulk, tail = row.get("ess_min"), row.get("ess_tail_min")
+    text = f"  R-hat {row['r_hat_max']:.3f}"
+    if bulk is not None:
+        text += f"  ESS {bulk:.0f}" + ("" if tail is None else f" (tail {tail:.0f})")
+    return text
 
 
 SUMMARY_RANKING = (

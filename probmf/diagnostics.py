@@ -13,8 +13,12 @@ folding, and localization"), computed here in numpy so that arviz stays optional
     rank R-hat = max(R-hat(z(x)), R-hat(z(|x - median x|)))   bulk and tail (folded)
     bulk ESS = ESS(z(x)) over the split chains, Geyer's initial monotone sequence, the
                integrated autocorrelation time floored at 1 / log10(S)
+    tail ESS = min(ESS(1[x <= q_0.05]), ESS(1[x <= q_0.95])) over the split chains, q_p
+               the p-quantile of all S draws (R's type 7): how well the 90% interval's ends
+               are known
 
-i.e. ``az.rhat(..., method="rank")`` and ``az.ess(..., method="bulk")``, to float rounding
+i.e. ``az.rhat(..., method="rank")``, ``az.ess(..., method="bulk")`` and
+``az.ess(..., method="tail")``, to float rounding
 (tested against ArviZ). The one difference: one chain gets an R-hat here (its two halves),
 where ArviZ returns NaN for fewer than two chains.
 
@@ -37,7 +41,7 @@ from probmf.posterior import Posterior, draw_offsets, draw_predictive
 if TYPE_CHECKING:
     from probmf.data.ratings import Ratings
 
-__all__ = ["bulk_ess", "prediction_diagnostics", "prediction_draws", "rank_rhat", "to_inference_data"]
+__all__ = ["bulk_ess", "prediction_diagnostics", "prediction_draws", "rank_rhat", "tail_ess", "to_inference_data"]
 
 
 def prediction_draws(
@@ -83,7 +87,8 @@ def rank_rhat(x: ArrayLike) -> np.ndarray:
     (chains, draws, ...): float64 of shape ``x.shape[2:]``; NaN where it is undefined (a
     constant quantity, NaN draws, fewer than 4 draws per chain)."""
 
-    def rhat(split: np.ndarray) -> float:
+    def rhat(chains: np.ndarray) -> float:
+        split = _split_chains(chains)
         return max(_rhat(_z_scale(split)), _rhat(_z_scale(np.abs(split - np.median(split)))))
 
     return _each_quantity(x, rhat)
@@ -93,22 +98,35 @@ def bulk_ess(x: ArrayLike) -> np.ndarray:
     """Bulk effective sample size (module docstring) of draws ``x`` (chains, draws, ...):
     float64 of shape ``x.shape[2:]``; S for a constant quantity, NaN with NaN draws or fewer
     than 4 draws per chain."""
-    return _each_quantity(x, lambda split: _ess(_z_scale(split)))
+    return _each_quantity(x, lambda chains: _ess(_z_scale(_split_chains(chains))))
+
+
+def tail_ess(x: ArrayLike) -> np.ndarray:
+    """Tail effective sample size (module docstring: the smaller of the ESS of the indicators
+    of the 5% and 95% quantiles) of draws ``x`` (chains, draws, ...): float64 of shape
+    ``x.shape[2:]``; S for a constant quantity, NaN with NaN draws or fewer than 4 draws per
+    chain."""
+
+    def ess(chains: np.ndarray) -> float:
+        low, high = np.quantile(chains, [0.05, 0.95])
+        return min(_ess(_split_chains(chains <= low).astype(float)), _ess(_split_chains(chains <= high).astype(float)))
+
+    return _each_quantity(x, ess)
 
 
 def _each_quantity(x: ArrayLike, statistic: Callable[[np.ndarray], float]) -> np.ndarray:
-    """``statistic`` of the split chains (`_split_chains`) of each quantity of draws ``x``
-    (chains, draws, ...), float64 of shape ``x.shape[2:]``; NaN for a quantity with a NaN
-    draw, and everywhere with fewer than 4 draws per chain."""
+    """``statistic`` of the chains (chains, draws) of each quantity of draws ``x`` (chains,
+    draws, ...), float64 of shape ``x.shape[2:]``; NaN for a quantity with a NaN draw, and
+    everywhere with fewer than 4 draws per chain."""
     x = np.asarray(x, np.float64)
     out = np.full(x.shape[2:], np.nan)
     if x.shape[1] < 4:
         return out
     for index in np.ndindex(*x.shape[2:]):
-        split = _split_chains(x[(slice(None), slice(None)) + index])
-        if not np.isnan(split).any():
+        chains = x[(slice(None), slice(None)) + index]
+        if not np.isnan(chains).any():
             with np.errstate(divide="ignore", invalid="ignore"):
-                out[index] = statistic(split)
+                out[index] = statistic(chains)
     return out
 
 

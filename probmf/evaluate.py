@@ -25,7 +25,7 @@ from probmf.data.movielens import DATASETS, DatasetNotFoundError, load_movielens
 from probmf.data.ratings import Ratings
 from probmf.data.splits import kfold, random_split
 from probmf.data.synthetic import PRESETS, synthetic_preset
-from probmf.diagnostics import prediction_diagnostics
+from probmf.diagnostics import bulk_ess, prediction_draws, rank_rhat, tail_ess
 from probmf.fitters.run import fit_model
 from probmf.metrics import accuracy, cold_mask, interval_scores, ranking, rmse
 from probmf.predictor import Predictor
@@ -140,27 +140,30 @@ def _uncertainty(fitted: Predictor, test: Ratings, mean: np.ndarray, sd: np.ndar
     if fitted.posterior is not None:
         extra.update(_convergence(fitted, test))
     elif fitted.num_samples > 1:
-        extra.update(r_hat_max=None, ess_min=None)
+        extra.update(r_hat_max=None, ess_min=None, ess_tail_min=None)
     return {"scores": interval_scores(mean, sd, test.values), "sd": sd, **extra}
 
 
 def _convergence(fitted: Predictor, test: Ratings, num_pairs: int = 200) -> dict:
-    """Rank-normalised split R-hat (max) and bulk ESS (min) of the predictions at up to
+    """Rank-normalised split R-hat (max), bulk ESS (min) and tail ESS (min) of the predictions at up to
     ``num_pairs`` test pairs spread over the test set (`probmf.diagnostics`; chains as the
     sampler ran them, between chains with several; one chain is split in two)."""
     chains, posterior = fitted.num_chains, fitted.posterior
     assert posterior is not None, "called for a fit that keeps its draws"
     if posterior.num_samples // chains < 4:  # split R-hat needs two halves of >= 2 draws
-        return {"r_hat_max": None, "ess_min": None}
+        return {"r_hat_max": None, "ess_min": None, "ess_tail_min": None}
     pick = np.unique(np.linspace(0, len(test) - 1, min(num_pairs, len(test))).astype(np.int64))
     times = None if test.timestamps is None else test.timestamps[pick]
-    r_hat, ess = prediction_diagnostics(posterior, test.users[pick], test.items[pick], num_chains=chains,
-                                        times=times)  # fmt: skip
-    # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat or ESS:
-    # it is left out.
-    finite, ess_ok = np.isfinite(r_hat), np.isfinite(ess) & (ess > 0)
-    r_hat_max = float(np.max(r_hat[finite])) if finite.any() else None
-    return {"r_hat_max": r_hat_max, "ess_min": float(np.min(ess[ess_ok])) if ess_ok.any() else None}
+    x = prediction_draws(posterior, test.users[pick], test.items[pick], num_chains=chains, times=times)
+    r_hat, bulk, tail = rank_rhat(x), bulk_ess(x), tail_ess(x)
+
+    def worst(values: np.ndarray, extreme: Callable) -> float | None:
+        # A pair predicted identically by every draw (e.g. a cold one) has no defined R-hat or
+        # ESS (NaN; its ESS reads S): it is left out.
+        ok = np.isfinite(r_hat) & np.isfinite(values)
+        return float(extreme(values[ok])) if ok.any() else None
+
+    return {"r_hat_max": worst(r_hat, np.max), "ess_min": worst(bulk, np.min), "ess_tail_min": worst(tail, np.min)}
 
 
 def mean_row(rows: list[dict]) -> dict:
@@ -168,13 +171,13 @@ def mean_row(rows: list[dict]) -> dict:
 
     Per-fold metrics (rmse, mae, coverage, nll, counts, seconds, ranking and ``*_cold``
     fields) are averaged over the folds where they are not None (None where no fold has
-    one); r_hat_max is the max and ess_min the min over the folds (ignoring None). Every
+    one); r_hat_max is the max and ess_min, ess_tail_min the min over the folds (ignoring None). Every
     other field (dataset, model, rank, num_samples, options, ...) is kept only when all folds
     agree on it, else it is None: nothing fold-specific is copied from one fold.
     """
     numeric = ("rmse", "mae", "coverage_50", "coverage_90", "nll", "n_train", "n_test", "n_cold", "fit_seconds",
                "predict_seconds", "n_ranked_users")  # fmt: skip
-    extreme = {"r_hat_max": max, "ess_min": min}
+    extreme = {"r_hat_max": max, "ess_min": min, "ess_tail_min": min}
 
     def same(values: list) -> bool:
         try:

@@ -184,9 +184,9 @@ def test_mean_row_averages_metrics_and_summarises_diagnostics():
     rows = [
         _fold_row("u1", rmse=0.90, nll=1.0, n_cold=0, rmse_cold=None, r_hat_max=1.02, ess_min=None, fit_seconds=1.0),
         _fold_row("u2", rmse=0.93, nll=1.3, n_cold=3, rmse_cold=1.1, coverage_50_cold=0.4, coverage_90_cold=0.8,
-                  r_hat_max=1.30, ess_min=40.0, fit_seconds=2.0),
+                  r_hat_max=1.30, ess_min=40.0, ess_tail_min=70.0, fit_seconds=2.0),
         _fold_row("u3", rmse=0.96, nll=1.6, n_cold=6, rmse_cold=1.3, coverage_50_cold=0.6, coverage_90_cold=1.0,
-                  r_hat_max=None, ess_min=90.0, fit_seconds=4.0),
+                  r_hat_max=None, ess_min=90.0, ess_tail_min=30.0, fit_seconds=4.0),
     ]  # fmt: skip
     for row, precision in zip(rows, (0.5, 0.5, 0.2), strict=True):
         row["precision_at_10"] = precision
@@ -200,6 +200,7 @@ def test_mean_row_averages_metrics_and_summarises_diagnostics():
     assert mean["coverage_50_cold"] == pytest.approx(0.5) and mean["coverage_90_cold"] == pytest.approx(0.9)
     # diagnostics: the worst fold, not the first
     assert mean["r_hat_max"] == pytest.approx(1.30) and mean["ess_min"] == pytest.approx(40.0)
+    assert mean["ess_tail_min"] == pytest.approx(30.0)
     # fields every fold shares are kept
     assert (mean["dataset"], mean["model"], mean["rank"], mean["num_samples"], mean["seed"]) == (
         "ml-100k", "gibbs", 10, 200, 0)  # fmt: skip

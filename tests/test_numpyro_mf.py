@@ -21,7 +21,7 @@ from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 
 from probmf.data.synthetic import synthetic_preset, synthetic_ratings
-from probmf.diagnostics import prediction_diagnostics, prediction_draws, to_inference_data
+from probmf.diagnostics import prediction_diagnostics, prediction_draws, tail_ess, to_inference_data
 from probmf.evaluate import evaluate_fold
 from probmf.fitters import FITTERS
 from probmf.fitters.bayes_model import mf_model
@@ -229,7 +229,8 @@ def test_to_inference_data_groups_dims_and_shapes():
 @pytest.mark.parametrize("shift", [0.0, 1.5])
 def test_arviz_rhat_and_ess_agree_with_prediction_diagnostics(shift):
     """`prediction_diagnostics` computes ArviZ's defaults, the rank-normalised split R-hat
-    and the bulk ESS (Vehtari et al. 2021), in numpy: equal to float rounding."""
+    and the bulk ESS (Vehtari et al. 2021), in numpy, and `tail_ess` its tail ESS: equal to
+    float rounding."""
     az = pytest.importorskip("arviz")
     post = _ar1_posterior(shift=shift)
     users, items = np.arange(6), np.array([0, 1, 2, 3, 4, 0])
@@ -237,6 +238,11 @@ def test_arviz_rhat_and_ess_agree_with_prediction_diagnostics(shift):
     r_hat, ess = prediction_diagnostics(post, users, items, num_chains=4)
     np.testing.assert_allclose(az.rhat(idata, var_names=["mean_rating"])["mean_rating"].values, r_hat, rtol=1e-9)
     np.testing.assert_allclose(az.ess(idata, var_names=["mean_rating"])["mean_rating"].values, ess, rtol=1e-9)
+    tail = tail_ess(prediction_draws(post, users, items, num_chains=4))
+    az_tail = az.ess(idata, var_names=["mean_rating"], method="tail")["mean_rating"].values
+    np.testing.assert_allclose(az_tail, tail, rtol=1e-9)
+    if not shift:  # a Gaussian AR(1)'s tail indicators are less autocorrelated than the chain itself
+        assert np.all((tail > ess) & (tail < 1000))
     if shift:
         assert np.all(r_hat > 1.5)  # chains that disagree are flagged
     else:
