@@ -182,7 +182,8 @@ def _fold_row(split, **fields):
 
 def test_mean_row_averages_metrics_and_summarises_diagnostics():
     rows = [
-        _fold_row("u1", rmse=0.90, nll=1.0, n_cold=0, rmse_cold=None, r_hat_max=1.02, ess_min=None, fit_seconds=1.0),
+        _fold_row("u1", rmse=0.90, nll=1.0, n_cold=0, rmse_cold=None, r_hat_max=1.02, ess_min=None, ess_tail_min=None,
+                  fit_seconds=1.0),
         _fold_row("u2", rmse=0.93, nll=1.3, n_cold=3, rmse_cold=1.1, coverage_50_cold=0.4, coverage_90_cold=0.8,
                   r_hat_max=1.30, ess_min=40.0, ess_tail_min=70.0, fit_seconds=2.0),
         _fold_row("u3", rmse=0.96, nll=1.6, n_cold=6, rmse_cold=1.3, coverage_50_cold=0.6, coverage_90_cold=1.0,
