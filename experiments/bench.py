@@ -66,6 +66,7 @@ def _optax(rng_key, train, args, run):
 def _gibbs(rng_key, train, args, run):
     config = GibbsConfig(rank=args.rank, num_warmup=0, num_samples=args.iters + 1, implicit=args.implicit,
                          linalg=args.linalg, implicit_solver=args.implicit_solver).validate(run)  # fmt: skip
+    args.linalg_used = config.linalg  # "auto" resolved by rank
     return prepare_gibbs(rng_key, train, config, run)
 
 
@@ -174,7 +175,7 @@ def run(args) -> dict:
         "state_devices": max(len(a.sharding.device_set) for a in jax.tree.leaves(state) if isinstance(a, jax.Array)),
         "batch_size": args.batch_used,
         "solver": getattr(args, "solver_used", None),
-        "linalg": args.linalg if args.model == "gibbs" else None,
+        "linalg": getattr(args, "linalg_used", args.linalg) if args.model == "gibbs" else None,
         "implicit": args.implicit if args.model == "gibbs" else None,
         "implicit_solver": args.implicit_solver if args.model == "gibbs" and args.implicit else None,
         "engine": getattr(args, "engine", "fast") if args.model == "svi" else None,
@@ -192,7 +193,12 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5, help="timed iterations after the compiling one")
     p.add_argument("--lam", "--lambda", dest="lam", type=float, help="factor ridge (default: the fitter's)")
     p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"], help="als")
-    p.add_argument("--linalg", default="lapack", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or not")
+    p.add_argument(
+        "--linalg",
+        default="auto",
+        choices=["auto", "lapack", "jax"],
+        help="gibbs: Cholesky by LAPACK or not (auto: LAPACK up to rank 32)",
+    )
     p.add_argument(
         "--batch-size",
         dest="batch_size",

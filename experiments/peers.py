@@ -181,7 +181,7 @@ DIST = {"lenskit": "lenskit", "myfm": "myfm"}
 def probmf_row(model: str, rank: int, args) -> dict:
     """bench.py's row for ``model`` at ``rank``, timed by `bench.run` on the same data."""
     ns = argparse.Namespace(model=model, rank=rank, iters=args.iters, preset=args.preset, smoke=args.smoke,
-                            seed=args.seed, lam=None, solver="auto", linalg="lapack", batch_size=None,
+                            seed=args.seed, lam=None, solver="auto", linalg="auto", batch_size=None,
                             implicit=False, implicit_solver="auto", engine="fast", devices=1)  # fmt: skip
     row = bench.run(ns)
     return {"system": "probmf", "algorithm": model, "version": row["probmf_version"], **row}

@@ -90,7 +90,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-warmup", "--warmup", dest="num_warmup", type=int, help="gibbs: burn-in sweeps")
     p.add_argument("--chains", dest="num_chains", type=int, help="gibbs: independent chains, pooled (default 1)")
     p.add_argument("--likelihood", choices=["gaussian", "rounded"], help="gibbs: ratings as rounded latent Gaussians")
-    p.add_argument("--linalg", choices=["lapack", "jax"], help="gibbs: Cholesky by LAPACK or without it")
+    p.add_argument(
+        "--linalg",
+        choices=["auto", "lapack", "jax"],
+        help="gibbs: Cholesky by LAPACK or without it (auto: LAPACK up to rank 32)",
+    )
     p.add_argument(
         "--engine",
         "--svi-engine",

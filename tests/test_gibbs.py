@@ -8,7 +8,8 @@ from jax import lax
 
 from probmf.data.synthetic import synthetic_ratings
 from probmf.encoding import Layout, encode
-from probmf.fitters.gibbs import _block_prior, _sample_rows, fit_gibbs, sample_normal_wishart
+from probmf.fitters.gibbs import GibbsConfig, _block_prior, _sample_rows, fit_gibbs, sample_normal_wishart
+from probmf.fitters.gibbs.chain import AUTO_LAPACK_MAX_RANK
 from probmf.metrics import interval_scores
 from probmf.model import MFParams, init_params
 
@@ -48,6 +49,18 @@ def test_row_draws_have_the_conjugate_mean_and_covariance(small, linalg):
         se = np.sqrt(np.diag(cov) / num)
         np.testing.assert_array_less(np.abs(x[:, user].mean(0) - mean), 5 * se)
         np.testing.assert_allclose(np.cov(x[:, user].T), cov, atol=5 * np.sqrt(2.0 / num) * np.max(np.diag(cov)))
+
+
+def test_auto_linalg_is_lapack_up_to_its_rank_and_lapack_free_above():
+    """linalg="auto" resolves at validation (so a checkpoint's fingerprint holds what ran); explicit
+    choices are kept and unknown ones refused."""
+    r = AUTO_LAPACK_MAX_RANK
+    assert GibbsConfig(rank=r).validate().linalg == "lapack"
+    assert GibbsConfig(rank=r + 1).validate().linalg == "jax"
+    assert GibbsConfig(rank=r + 1, linalg="lapack").validate().linalg == "lapack"
+    assert GibbsConfig(rank=2, linalg="jax").validate().linalg == "jax"
+    with pytest.raises(ValueError, match="linalg must be one of"):
+        GibbsConfig(linalg="eigen").validate()
 
 
 def _z_scores(samples: np.ndarray, expected: np.ndarray) -> np.ndarray:

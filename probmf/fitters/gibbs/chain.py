@@ -54,6 +54,11 @@ from probmf.program import DEFAULT_RUN, Program, RunOptions, run_program
 from probmf.sharding import check_devices, device_mesh
 
 LIKELIHOODS = ("gaussian", "rounded")
+LINALG_CHOICES = ("auto", *LINALGS)
+# "auto": LAPACK up to this rank, the LAPACK-free Cholesky above it: with LAPACK a rank-64
+# sweep hung on the ML-1M-shaped preset (jax 0.10, XLA-CPU; rank 32 ran), and without it
+# the sweep is as fast there (`probmf.linalg`).
+AUTO_LAPACK_MAX_RANK = 32
 
 
 class GibbsResult(NamedTuple):
@@ -204,7 +209,7 @@ class GibbsConfig(NamedTuple):
     item_features: object = None
     keep_draws: bool = True
     predict_pairs: tuple | None = None
-    linalg: str = "lapack"
+    linalg: str = "auto"
     implicit_solver: str = "auto"
     num_chains: int = 1
     time: bool = False
@@ -235,8 +240,10 @@ class GibbsConfig(NamedTuple):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {c.likelihood!r}")
         if c.num_chains > 1 and run.devices != 1:
             raise ValueError("several chains run vectorised on one device (devices=1)")
-        if c.linalg not in LINALGS:
-            raise ValueError(f"linalg must be one of {LINALGS}, got {c.linalg!r}")
+        if c.linalg not in LINALG_CHOICES:
+            raise ValueError(f"linalg must be one of {LINALG_CHOICES}, got {c.linalg!r}")
+        if c.linalg == "auto":
+            c = c._replace(linalg="lapack" if c.rank <= AUTO_LAPACK_MAX_RANK else "jax")
         if not c.keep_draws and c.predict_pairs is None:
             raise ValueError("keep_draws=False needs predict_pairs: there would be nothing to predict from")
         if not isinstance(c.implicit, bool):
@@ -401,7 +408,7 @@ def fit_gibbs(
     item_features: FeatureTable | sp.spmatrix | sp.sparray | np.ndarray | None = None,
     keep_draws: bool = True,
     predict_pairs: tuple | None = None,
-    linalg: str = "lapack",
+    linalg: str = "auto",
     implicit_solver: str = "auto",
     num_chains: int = 1,
     time: bool = False,
@@ -436,7 +443,8 @@ def fit_gibbs(
         running predictive moments at ``predict_pairs``, for data whose draws would not fit.
       predict_pairs: (users (P,), items (P,)) dense ids (-1 unknown) whose predictive mean
         and variance are accumulated during sampling (`PredictiveSummary`).
-      linalg: "lapack" or "jax" (no LAPACK calls; `probmf.linalg`).
+      linalg: "lapack", "jax" (no LAPACK calls; `probmf.linalg`) or "auto" (LAPACK up to
+        rank `AUTO_LAPACK_MAX_RANK`, "jax" above, where LAPACK's batched calls can hang).
       implicit_solver: how each side's implicit vectors are drawn (`sample_implicit`):
         "eigen" exactly through an eigendecomposition of F^T F (at most
         `MAX_IMPLICIT_COLUMNS` columns), "cg" by conjugate gradients to a relative residual

@@ -36,7 +36,7 @@ from probmf.fitters.gibbs.implicit import ImplicitOperator, ImplicitSide, sample
 from probmf.fitters.gibbs.rounded import Latent, _sample_latent, latent_values, with_values
 from probmf.fitters.gibbs.temporal import TimeData, TimeState, init_time, offsets, sample_time
 from probmf.fitters.rows import residual_sum_of_squares, update_rows
-from probmf.linalg import cholesky, solve_lower
+from probmf.linalg import cholesky, gaussian_draw, solve_lower
 from probmf.model import MFParams, predict_with_fallback
 from probmf.objectives import Hyperpriors
 from probmf.posterior import RowPrior
@@ -125,9 +125,7 @@ def _sample_rows(
         block: jax.Array, G: jax.Array, h: jax.Array, s: jax.Array, x0: jax.Array, per_row: tuple[jax.Array, jax.Array]
     ) -> tuple[jax.Array, jax.Array]:
         z, rhs = per_row
-        L = cholesky(tau * G + prior_prec, linalg)
-        y = solve_lower(L, tau * h + rhs, linalg=linalg)
-        x = solve_lower(L, y + z, transpose=True, linalg=linalg)  # L^T x = L^-1 r + z
+        x = gaussian_draw(tau * G + prior_prec, tau * h + rhs, z, linalg)
         return x, residual_sum_of_squares(x, G, h, s)
 
     return update_rows(X, xb, Y, yb, mu, tiles, (noise, prior_rhs), solve_block)
