@@ -77,9 +77,10 @@ LEVELS = np.linspace(0.05, 0.95, 19)  # nominal central-interval levels for the 
 def methods(quick: bool, smoke: bool) -> dict[str, tuple[str, dict]]:
     """name -> (fitter, options except rank and lam)."""
     # Smoke: the Gibbs chain starts from as many ALS sweeps as the ALS methods run, so that
-    # ALS program is compiled once, not twice.
+    # ALS program is compiled once, not twice; 25 draws are the fewest arviz >= 1's PSIS takes
+    # (a Pareto tail of at least 5 draws).
     draws = (
-        {"num_warmup": 10, "num_samples": 20, "init_sweeps": 5} if smoke else ({"num_samples": 100} if quick else {})
+        {"num_warmup": 10, "num_samples": 25, "init_sweeps": 5} if smoke else ({"num_samples": 100} if quick else {})
     )
     out = {
         "mle-als": ("als", {"lam": 0.0, "lam_bias": 0.0, "num_sweeps": 5 if smoke else 15}),
@@ -133,9 +134,10 @@ def elpd(model, train, test, seed: int):
         warnings.simplefilter("ignore")  # a high Pareto k is reported as loo_bad_k instead
         loo = az.loo(to_inference_data(model, train, seed=seed), pointwise=True)
     k = np.asarray(loo.pareto_k)
-    loo_elpd = float(loo.elpd_loo)
+    # arviz >= 1 names the fields elpd and p.
+    loo_elpd, p_loo = (float(loo.elpd_loo), float(loo.p_loo)) if hasattr(loo, "elpd_loo") else (loo.elpd, loo.p)
     row.update(elpd_loo=loo_elpd, elpd_loo_se=float(loo.se), elpd_loo_per_rating=loo_elpd / k.size,
-               p_loo=float(loo.p_loo), loo_bad_k=float(np.mean(k > 0.7)))  # fmt: skip
+               p_loo=float(p_loo), loo_bad_k=float(np.mean(k > 0.7)))  # fmt: skip
     return row, loo
 
 
@@ -155,7 +157,8 @@ def compare(rows: list[dict], loos: dict) -> None:
         at_k = {r["method"]: loos[(r["method"], k)] for r in rows if r["rank"] == k and (r["method"], k) in loos}
         if len(at_k) < 2:
             continue
-        table = az.compare(at_k, ic="loo")
+        # arviz >= 1 compares by LOO only and has no ic argument.
+        table = az.compare(at_k) if int(az.__version__.split(".")[0]) >= 1 else az.compare(at_k, ic="loo")
         for r in rows:
             if r["rank"] == k and r["method"] in table.index:
                 got = table.loc[r["method"]]

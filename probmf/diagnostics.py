@@ -18,9 +18,9 @@ folding, and localization"), computed here in numpy so that arviz stays optional
                are known
 
 i.e. ``az.rhat(..., method="rank")``, ``az.ess(..., method="bulk")`` and
-``az.ess(..., method="tail")``, to float rounding
-(tested against ArviZ). The one difference: one chain gets an R-hat here (its two halves),
-where ArviZ returns NaN for fewer than two chains.
+``az.ess(..., method="tail")`` (arviz >= 1: with ``prob=0.95``; its default is the 0.89
+interval), to float rounding (tested against ArviZ 0.23 and 1.3). The one difference: one
+chain gets an R-hat here (its two halves), where ArviZ returns NaN for fewer than two chains.
 
 A `Posterior` from C chains holds their draws chain-major (S = C x draws per chain).
 """
