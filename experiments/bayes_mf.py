@@ -135,9 +135,9 @@ def elpd(model, train, test, seed: int):
         loo = az.loo(to_inference_data(model, train, seed=seed), pointwise=True)
     k = np.asarray(loo.pareto_k)
     # arviz >= 1 names the fields elpd and p.
-    loo_elpd, p_loo = (float(loo.elpd_loo), float(loo.p_loo)) if hasattr(loo, "elpd_loo") else (loo.elpd, loo.p)
+    loo_elpd, p_loo = map(float, (loo.elpd_loo, loo.p_loo) if hasattr(loo, "elpd_loo") else (loo.elpd, loo.p))
     row.update(elpd_loo=loo_elpd, elpd_loo_se=float(loo.se), elpd_loo_per_rating=loo_elpd / k.size,
-               p_loo=float(p_loo), loo_bad_k=float(np.mean(k > 0.7)))  # fmt: skip
+               p_loo=p_loo, loo_bad_k=float(np.mean(k > 0.7)))  # fmt: skip
     return row, loo
 
 

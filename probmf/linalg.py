@@ -39,16 +39,12 @@ def gaussian_draw(A: jax.Array, b: jax.Array, z: jax.Array, linalg: str = "lapac
     """x = A^-1 b + L^-T z for SPD A = L L^T (..., n, n) and b, z (..., n): with z ~ N(0, I), a
     draw from N(A^-1 b, A^-1). Computed as L^-T (L^-1 b + z): two triangular solves, or, with
     ``linalg="jax"`` above `_LOOP_MAX` rows, two products with the inverse factor."""
-    if linalg == "lapack":
-        L = jnp.linalg.cholesky(A)
-        return solve_lower(L, solve_lower(L, b) + z, transpose=True)
-    _check(linalg)
-    if A.shape[-1] <= _LOOP_MAX:
-        L = _cholesky_columns(A)
-        return solve_lower(L, solve_lower(L, b, linalg="jax") + z, transpose=True, linalg="jax")
-    U = _factor(A)[1]
-    y = jnp.einsum("...ij,...j->...i", U, b, precision=HIGHEST) + z
-    return jnp.einsum("...ji,...j->...i", U, y, precision=HIGHEST)
+    if linalg == "jax" and A.shape[-1] > _LOOP_MAX:
+        U = _factor(A)[1]
+        y = jnp.einsum("...ij,...j->...i", U, b, precision=HIGHEST) + z
+        return jnp.einsum("...ji,...j->...i", U, y, precision=HIGHEST)
+    L = cholesky(A, linalg)
+    return solve_lower(L, solve_lower(L, b, linalg=linalg) + z, transpose=True, linalg=linalg)
 
 
 # Below _LOOP_MAX rows the column loop and loop solves are faster (2x at n = 11 with 4,096
